@@ -1,0 +1,162 @@
+"""Per-event output records: joined outcomes and dead letters (re-exported by ``schemas.messages``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypedDict
+
+import orjson
+
+from schemas.events import Label, Prediction, binary_label
+
+__all__ = [
+    "DLQ_FIELDS",
+    "MAX_DLQ_RAW_BYTES",
+    "OUTCOME_FIELDS",
+    "DeadLetter",
+    "Outcome",
+    "make_dead_letter",
+    "make_outcome",
+]
+
+#: The dead-letter ``raw`` field carries at most this many bytes of the original message.
+MAX_DLQ_RAW_BYTES = 65_536
+
+
+class Outcome(TypedDict):
+    """outcomes topic value: one prediction joined with its label."""
+
+    prediction_id: str
+    model_id: str
+    model_version: str
+    segments: dict[str, str]
+    task: str
+    y_pred: str | None
+    y_true: str | None
+    score: float | None
+    value_pred: float | None
+    value_true: float | None
+    latency_ms: float | None
+    prediction_ts: float
+    label_ts: float
+    label_delay_s: float
+    correct: bool | None
+    abs_error: float | None
+
+
+class DeadLetter(TypedDict):
+    """dlq topic value (key = the original message key)."""
+
+    reason: str
+    field: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    received_at: float
+    raw: str
+    raw_truncated: bool
+
+
+OUTCOME_FIELDS = tuple(Outcome.__annotations__)
+DLQ_FIELDS = tuple(DeadLetter.__annotations__)
+
+
+def make_outcome(pred: Prediction, label: Label) -> Outcome:
+    """Join a prediction with its label.
+
+    Classes are compared as strings; for a binary prediction the label is first mapped
+    with :func:`~schemas.binary_label` (``True``/``"1"`` -> ``"1"``). A label of the
+    wrong kind (a class for a regression, a value for a classifier) gives
+    ``correct``/``abs_error`` = None.
+
+    Examples
+    --------
+    >>> from schemas import validate_label, validate_prediction
+    >>> p = validate_prediction({"prediction_id": "p1", "model_id": "m", "timestamp": 1.8e9,
+    ...     "prediction": {"score": 0.9}}, now=1.8e9)
+    >>> o = make_outcome(p, validate_label({"prediction_id": "p1", "timestamp": 1.8e9 + 30,
+    ...     "label": True}, now=1.8e9))
+    >>> o["y_pred"], o["y_true"], o["correct"], o["label_delay_s"]
+    ('1', '1', True, 30.0)
+    """
+    y_pred: str | None = None
+    y_true: str | None = None
+    correct: bool | None = None
+    abs_error: float | None = None
+    if pred.task == "regression":
+        if pred.value is not None and label.value is not None:
+            abs_error = abs(pred.value - label.value)
+    else:
+        y_pred = str(pred.label)
+        if label.label is not None:
+            if pred.task == "binary":
+                b = binary_label(label.label)
+                y_true = str(label.label) if b is None else str(b)
+            else:
+                y_true = str(label.label)
+            correct = y_pred == y_true
+    return {
+        "prediction_id": pred.prediction_id,
+        "model_id": pred.model_id,
+        "model_version": pred.model_version,
+        "segments": pred.segments,
+        "task": pred.task,
+        "y_pred": y_pred,
+        "y_true": y_true,
+        "score": pred.score,
+        "value_pred": pred.value,
+        "value_true": label.value,
+        "latency_ms": pred.latency_ms,
+        "prediction_ts": pred.timestamp,
+        "label_ts": label.timestamp,
+        "label_delay_s": label.timestamp - pred.timestamp,
+        "correct": correct,
+        "abs_error": abs_error,
+    }
+
+
+def make_dead_letter(
+    rejection: Any,
+    raw: object,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    received_at: float | None = None,
+) -> DeadLetter:
+    """Build a dead-letter record from a :class:`~schemas.Rejection` and the raw input.
+
+    ``raw`` may be bytes (decoded as UTF-8 with replacement) or an event object
+    (serialised as JSON, else ``repr``); it is cut to 64 KiB (``raw_truncated``).
+
+    Examples
+    --------
+    >>> from schemas import Rejection
+    >>> d = make_dead_letter(Rejection("malformed_json", "", "bad"), b"\\xff{x", topic="t",
+    ...     partition=0, offset=7, received_at=1.8e9)
+    >>> d["raw"], d["raw_truncated"]
+    ('\\ufffd{x', False)
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        data = bytes(raw)
+    elif isinstance(raw, str):
+        data = raw.encode("utf-8", "replace")
+    else:
+        try:
+            data = orjson.dumps(raw)
+        except Exception:  # not JSON-serialisable (e.g. a Python caller's object)
+            data = repr(raw).encode("utf-8", "replace")
+    truncated = len(data) > MAX_DLQ_RAW_BYTES
+    code, field, detail = rejection
+    return {
+        "reason": code,
+        "field": field,
+        "detail": detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "received_at": time.time() if received_at is None else received_at,
+        "raw": data[:MAX_DLQ_RAW_BYTES].decode("utf-8", "replace"),
+        "raw_truncated": truncated,
+    }
