@@ -1,0 +1,241 @@
+"""Error-stream drift detectors (river's ADWIN, DDM, EDDM) behind one small bank.
+
+A ``DetectorBank`` belongs to one (model, version): it feeds one stream of errors
+(0/1 misclassifications, or absolute errors for ADWIN on a regressor) to several
+named detectors, in order, one value at a time, exactly as river would be fed
+directly, and reports what fired as ``DetectorAlarm`` records.
+
+Facts this relies on (river 0.26.1, see ARCHITECTURE.md):
+
+- ``update(x)`` returns None; ``drift_detected`` / ``warning_detected`` describe the
+  last update only.
+- A detector resets itself on the update *after* a drift, so the bank never resets
+  one (that would reset twice and shift every later index).
+- ADWIN fires when the error falls as well as when it rises; the bank compares
+  ``estimation`` just before and just after the detecting update to tell them apart.
+- Every detector survives a pickle round trip with identical later alarms.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["DetectorAlarm", "DetectorBank", "ErrorStreamDetector", "make_detector", "DETECTORS"]
+
+DETECTORS = ("adwin", "ddm", "eddm")
+
+
+@runtime_checkable
+class ErrorStreamDetector(Protocol):
+    """What the bank needs from a detector; river's detectors fit unwrapped.
+
+    ``warning_detected`` is optional (ADWIN has none); the bank reads it with ``getattr``.
+    """
+
+    def update(self, x: Any) -> Any: ...
+
+    @property
+    def drift_detected(self) -> bool: ...
+
+
+def make_detector(name: str, params: dict[str, Any] | None = None) -> ErrorStreamDetector:
+    """Build river's detector ``name`` ("adwin", "ddm", "eddm"); ``params`` override river's defaults.
+
+    Examples
+    --------
+    >>> make_detector("eddm", {"alpha": 0.8, "beta": 0.75})
+    EDDM (
+      warm_start=30
+      alpha=0.8
+      beta=0.75
+    )
+    """
+    from river.drift import ADWIN
+    from river.drift.binary import DDM, EDDM
+
+    classes: dict[str, type] = {"adwin": ADWIN, "ddm": DDM, "eddm": EDDM}
+    try:
+        cls = classes[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; expected one of {DETECTORS}") from None
+    detector: ErrorStreamDetector = cls(**(params or {}))
+    return detector
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorAlarm:
+    """One alarm raised by a named detector of a bank.
+
+    ``position`` is the 0-based index of the triggering value among every value the
+    bank was fed since it was created (state round trips keep counting). ``direction``
+    is "up" when the detector's estimate of the error rose, "down" when it fell or stayed, and
+    None when the detector has no estimate (DDM, EDDM). ``estimate_before`` /
+    ``estimate_after`` are ADWIN's ``estimation`` around the triggering update.
+    """
+
+    detector: str
+    kind: Literal["drift", "warning"]
+    position: int
+    direction: Literal["up", "down"] | None = None
+    estimate_before: float | None = None
+    estimate_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _PublicWindow:
+    """Fallback when a detector has no river ``_helper``: its public total and width."""
+
+    def __init__(self, det: Any) -> None:
+        self.det = det
+
+    def get_total(self) -> float:
+        return float(self.det.total)
+
+    def get_width(self) -> float:
+        return float(self.det.width)
+
+
+def _window(det: Any) -> Any:
+    helper = getattr(det, "_helper", None)
+    if hasattr(helper, "get_total") and hasattr(helper, "get_width"):
+        return helper
+    return _PublicWindow(det)
+
+
+class DetectorBank:
+    """Several named drift detectors fed by one error stream.
+
+    Parameters
+    ----------
+    config
+        Detector name -> river parameters, e.g. ``{"adwin": {}, "ddm": {}, "eddm": {}}``.
+        Names are "adwin", "ddm", "eddm"; ``{}`` keeps river's defaults.
+
+    Notes
+    -----
+    A "warning" alarm is raised only on the transition into the warning zone (the
+    update where ``warning_detected`` turns True), not on every update inside it: a
+    warning zone lasts hundreds of updates and would otherwise flood the alert path.
+    A drift ends the zone (river clears or resets it), so the next warning is new.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> errors = np.concatenate([rng.random(2000) < 0.1, rng.random(2000) < 0.4]).astype(float)
+    >>> bank = DetectorBank({"adwin": {}, "ddm": {}})
+    >>> alarms = bank.update_many(errors[:1000]) + bank.update_many(errors[1000:])
+    >>> [(a.detector, a.kind, a.position, a.direction) for a in alarms if a.kind == "drift"]
+    [('adwin', 'drift', 2079, 'up'), ('ddm', 'drift', 2293, None)]
+    >>> bank.n
+    4000
+    """
+
+    def __init__(self, config: dict[str, dict[str, Any]]) -> None:
+        if not config:
+            raise ValueError("config must name at least one detector")
+        self.config = {name: dict(params) for name, params in config.items()}
+        self.detectors: dict[str, ErrorStreamDetector] = {
+            name: make_detector(name, params) for name, params in self.config.items()
+        }
+        self._in_warning = {name: False for name in self.detectors}
+        self.n = 0
+
+    def update_many(self, errors: Sequence[float] | np.ndarray) -> list[DetectorAlarm]:
+        """Feed ``errors`` in order to every detector; return the alarms in stream order."""
+        # Plain Python floats: river's per-value arithmetic is faster on them than on numpy scalars.
+        values = errors.tolist() if isinstance(errors, np.ndarray) else list(errors)
+        alarms: list[tuple[int, int, DetectorAlarm]] = []
+        start = self.n
+        for order, (name, det) in enumerate(self.detectors.items()):
+            if hasattr(det, "estimation"):
+                found = self._feed_estimating(name, det, values, start)
+            else:
+                found = self._feed_flagging(name, det, values, start)
+            alarms.extend((a.position, order, a) for a in found)
+        self.n = start + len(values)
+        alarms.sort(key=lambda t: (t[0], t[1]))
+        return [a for _, _, a in alarms]
+
+    @staticmethod
+    def _feed_estimating(
+        name: str, det: ErrorStreamDetector, values: list[float], start: int
+    ) -> list[DetectorAlarm]:
+        """ADWIN-like detectors: direction from ``estimation`` around the drift update."""
+        out: list[DetectorAlarm] = []
+        update = det.update
+        window = _window(det)
+        get_total, get_width = window.get_total, window.get_width
+        renew = False
+        for i, x in enumerate(values):
+            # estimation = total / width; river's property costs ~0.5 us, the helper's getters less.
+            width = get_width()
+            before = get_total() / width if width else 0.0
+            update(x)
+            if renew:
+                # The update after a drift replaced the window object (river's _reset).
+                window = _window(det)
+                get_total, get_width = window.get_total, window.get_width
+                renew = False
+            if det.drift_detected:
+                after = float(det.estimation)  # type: ignore[attr-defined]
+                direction: Literal["up", "down"] = "up" if after > before else "down"
+                out.append(DetectorAlarm(name, "drift", start + i, direction, float(before), after))
+                renew = True
+        return out
+
+    def _feed_flagging(
+        self, name: str, det: ErrorStreamDetector, values: list[float], start: int
+    ) -> list[DetectorAlarm]:
+        """DDM/EDDM-like detectors: drift flag, and a warning flag when they have one."""
+        out: list[DetectorAlarm] = []
+        update = det.update
+        has_warning = hasattr(det, "warning_detected")
+        in_warning = self._in_warning[name]
+        for i, x in enumerate(values):
+            update(x)
+            if det.drift_detected:
+                out.append(DetectorAlarm(name, "drift", start + i))
+                # The detector resets on its next update: the warning zone is over.
+                in_warning = False
+            elif has_warning:
+                warning = det.warning_detected  # type: ignore[attr-defined]
+                if warning and not in_warning:
+                    out.append(DetectorAlarm(name, "warning", start + i))
+                in_warning = warning
+        self._in_warning[name] = bool(in_warning)
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-safe state: river detectors as base64(pickle), plus the counters."""
+        blob = pickle.dumps(self.detectors, protocol=pickle.HIGHEST_PROTOCOL)
+        return {
+            "config": self.config,
+            "n": self.n,
+            "in_warning": dict(self._in_warning),
+            "detectors": base64.b64encode(blob).decode("ascii"),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> DetectorBank:
+        """Rebuild a bank; later alarms equal those of the bank that was saved.
+
+        Only load state this deployment wrote: unpickling runs code from the blob.
+        """
+        bank = cls.__new__(cls)
+        bank.config = {k: dict(v) for k, v in d["config"].items()}
+        bank.detectors = pickle.loads(base64.b64decode(d["detectors"]))
+        bank._in_warning = {k: bool(v) for k, v in d["in_warning"].items()}
+        bank.n = int(d["n"])
+        return bank
+
+    def __repr__(self) -> str:
+        return f"DetectorBank({list(self.detectors)}, n={self.n})"
