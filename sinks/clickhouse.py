@@ -1,0 +1,401 @@
+"""ClickHouse sink: Driftline's output topics into the tables of ``sinks/sql``.
+
+One message kind per topic (metrics, alerts, drift_events, outcomes); the table is chosen from the
+topic's name (its last ``.``-separated part, e.g. ``driftline.metrics`` -> ``metrics``), or from
+``topic_tables`` when given.
+
+Idempotence, in two layers:
+
+1. Every insert covers one (topic, partition) offset range and carries
+   ``insert_deduplication_token = "topic:partition:first-last"``; the tables set
+   ``non_replicated_deduplication_window``, so ClickHouse ignores an identical repeat (a retry
+   of the same batch). Verified with chdb 4.4 (ClickHouse 26.9).
+2. Every row stores its ``_topic, _partition, _offset``; :meth:`ClickHouseSink.resume_offsets`
+   reads ``max(_offset) + 1`` back and ``write`` skips messages below it, so a replay with
+   different batch boundaries (after a crash before the Kafka commit) adds nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from sinks.base import Sink, SinkBackpressureError, SinkBatch
+from sinks.migrations import migrate, validate_database, validate_retention_days
+
+log = logging.getLogger(__name__)
+
+TABLES = ("metrics", "alerts", "drift_events", "outcomes")
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "metrics": (
+        "model_id", "model_version", "segment", "task", "window_start", "window_end", "metric",
+        "value", "count", "labeled_count", "revision", "final", "emitted_at",
+    ),
+    "alerts": (
+        "alert_id", "incident_id", "status", "severity", "kind", "rule", "model_id",
+        "model_version", "segment", "metric", "value", "threshold", "window_start", "window_end",
+        "detected_at", "emitted_at", "message", "evidence",
+    ),
+    "drift_events": (
+        "event_id", "model_id", "model_version", "partition", "detector", "kind", "direction",
+        "position", "params", "estimate_before", "estimate_after", "window_start", "window_end",
+        "detected_at", "emitted_at",
+    ),
+    "outcomes": (
+        "prediction_id", "model_id", "model_version", "segments", "task", "y_pred", "y_true",
+        "score", "value_pred", "value_true", "latency_ms", "prediction_ts", "label_ts",
+        "label_delay_s", "correct", "abs_error",
+    ),
+}  # fmt: skip
+SOURCE_COLUMNS = ("_topic", "_partition", "_offset")
+
+
+def _ms(t: Any) -> int:
+    """Epoch seconds (float) -> DateTime64(3) ticks; clickhouse-connect writes ints as raw ticks."""
+    return 0 if t is None else round(float(t) * 1000.0)
+
+
+def _ms_or_none(t: Any) -> int | None:
+    return None if t is None else round(float(t) * 1000.0)
+
+
+def _f(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _s(x: Any) -> str | None:
+    return None if x is None else str(x)
+
+
+def _json(x: Any) -> str:
+    return orjson.dumps(x if x is not None else {}).decode()
+
+
+def _metrics_rows(m: dict[str, Any]) -> list[tuple[Any, ...]]:
+    counts = m.get("counts") or {}
+    labeled = int(m.get("labeled_count") or 0)
+    common = (
+        m["model_id"],
+        str(m.get("model_version", "")),
+        m.get("segment") or "",
+        m.get("task") or "",
+    )
+    ws, we, em = _ms(m["window_start"]), _ms(m["window_end"]), _ms(m.get("emitted_at"))
+    rev, final = int(m.get("revision") or 0), bool(m.get("final"))
+    rows = []
+    for name, value in (m.get("metrics") or {}).items():
+        if value is None or not math.isfinite(value):
+            continue  # undefined metric (e.g. recall with no positives): absent, not 0
+        n = counts.get(name, labeled)
+        rows.append((*common, ws, we, name, float(value), int(n), labeled, rev, final, em))
+    return rows
+
+
+def _alert_rows(a: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [(
+        a["alert_id"], a.get("incident_id") or "", a["status"], a.get("severity") or "",
+        a.get("kind") or "", a.get("rule") or "", a["model_id"], str(a.get("model_version") or ""),
+        a.get("segment") or "", a.get("metric") or "", _f(a.get("value")), _f(a.get("threshold")),
+        _ms(a.get("window_start")), _ms(a.get("window_end")), _ms(a.get("detected_at")),
+        _ms(a.get("emitted_at")), a.get("message") or "", _json(a.get("evidence")),
+    )]  # fmt: skip
+
+
+def _drift_rows(d: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [(
+        d["event_id"], d["model_id"], str(d.get("model_version") or ""), int(d.get("partition") or 0),
+        d["detector"], d["kind"], d.get("direction"), int(d.get("position") or 0),
+        _json(d.get("params")), _f(d.get("estimate_before")), _f(d.get("estimate_after")),
+        _ms(d.get("window_start")), _ms(d.get("window_end")), _ms(d.get("detected_at")),
+        _ms(d.get("emitted_at")),
+    )]  # fmt: skip
+
+
+def _num(x: Any) -> float | int | None:
+    """Pass JSON numbers through (the Float64 writer takes ints); reject anything else."""
+    if x is None or x.__class__ is float or x.__class__ is int:
+        return x  # type: ignore[no-any-return]
+    return float(x)
+
+
+def _outcome_rows(o: dict[str, Any]) -> list[tuple[Any, ...]]:
+    # hot path (one call per outcome): few function calls, values passed through when typed right
+    segs = o.get("segments") or {}
+    for k, v in segs.items():
+        if k.__class__ is not str or v.__class__ is not str:
+            segs = {str(k): str(v) for k, v in segs.items()}
+            break
+    y_pred, y_true, label_ts = o.get("y_pred"), o.get("y_true"), o.get("label_ts")
+    correct = o.get("correct")
+    return [(
+        o["prediction_id"], o["model_id"], str(o.get("model_version") or ""), segs,
+        o.get("task") or "",
+        y_pred if y_pred is None or y_pred.__class__ is str else str(y_pred),
+        y_true if y_true is None or y_true.__class__ is str else str(y_true),
+        _num(o.get("score")), _num(o.get("value_pred")), _num(o.get("value_true")),
+        _num(o.get("latency_ms")), round(o["prediction_ts"] * 1000.0),
+        None if label_ts is None else round(label_ts * 1000.0),
+        _num(o.get("label_delay_s")), None if correct is None else bool(correct),
+        _num(o.get("abs_error")),
+    )]  # fmt: skip
+
+
+ROW_BUILDERS: dict[str, Callable[[dict[str, Any]], list[tuple[Any, ...]]]] = {
+    "metrics": _metrics_rows,
+    "alerts": _alert_rows,
+    "drift_events": _drift_rows,
+    "outcomes": _outcome_rows,
+}
+
+
+def sampled(prediction_id: str, rate: float) -> bool:
+    """Return whether an outcome is kept at sample ``rate`` (deterministic in ``prediction_id``).
+
+    Keeps ``crc32(utf8(prediction_id)) < rate * 2**32``, the same test as ClickHouse's
+    ``crc32(prediction_id)``, so replays (and analysts) select exactly the same rows.
+    """
+    if rate >= 1.0:
+        return True
+    return zlib.crc32(prediction_id.encode()) < rate * 4294967296.0
+
+
+class ClickHouseSink(Sink):
+    """Write Driftline's output messages into ClickHouse (embedded chdb or a server).
+
+    Parameters
+    ----------
+    dsn : str
+        ``chdb:///path`` (embedded; one process per path) or ``http://host:8123``.
+    database : str
+        Database name (a plain identifier).
+    retention_days : int
+        TTL of every table, in days of event time, 1..36500.
+    outcome_sample_rate : float
+        Fraction of outcomes stored, in ``(0, 1]``; chosen by ``crc32(prediction_id)``.
+    client_settings : dict, optional
+        Extra keyword arguments for ``clickhouse_connect.get_client`` (e.g. username/password read
+        from the environment by the caller, never from the command line).
+    topic_tables : dict, optional
+        ``{topic: table}`` overriding the name-based routing.
+    max_retries : int
+        Insert attempts after the first one before :class:`SinkBackpressureError`.
+    backoff_s : float
+        First retry delay; doubles per retry, capped at ``max_backoff_s``.
+
+    Guarantees
+    ----------
+    * Each message's rows go into one insert; an insert is atomic (one ClickHouse block).
+    * At-least-once input gives each row once, by the two layers in the module docstring, as long
+      as one sink process owns a given (topic, partition) at a time.
+    * ``write`` never drops a batch silently: malformed messages are counted in
+      ``stats()["invalid"]`` and logged; insert errors are retried, then raised as
+      :class:`SinkBackpressureError` (nothing of the failing (topic, partition) was written;
+      earlier ones were and will be skipped on the retry).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        database: str = "driftline",
+        retention_days: int = 90,
+        outcome_sample_rate: float = 1.0,
+        client_settings: dict[str, Any] | None = None,
+        topic_tables: dict[str, str] | None = None,
+        max_retries: int = 5,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+        client: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dsn, str) or not dsn:
+            raise ValueError("dsn: expected 'chdb:///path' or 'http://host:8123'")
+        self.dsn = dsn
+        self.database = validate_database(database)
+        self.retention_days = validate_retention_days(retention_days)
+        if not 0.0 < float(outcome_sample_rate) <= 1.0:
+            raise ValueError(f"outcome_sample_rate: {outcome_sample_rate} not in (0, 1]")
+        self.outcome_sample_rate = float(outcome_sample_rate)
+        self.client_settings = dict(client_settings or {})
+        for t in (topic_tables or {}).values():
+            if t not in TABLES:
+                raise ValueError(f"topic_tables: unknown table {t!r} (known: {TABLES})")
+        self.topic_tables = dict(topic_tables or {})
+        if max_retries < 0:
+            raise ValueError("max_retries: must be >= 0")
+        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self.client: Any = client  # injectable (tests wrap the real client with faults)
+        self._contexts: dict[str, Any] = {}
+        self._next_offset: dict[tuple[str, int], int] = {}
+        self._stats: dict[str, Any] = {
+            "rows_written": dict.fromkeys(TABLES, 0),
+            "inserts": 0, "retries": 0, "failures": 0, "invalid": 0, "skipped_replayed": 0,
+            "sampled_out": 0, "unrouted": 0, "last_error": None,
+        }  # fmt: skip
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Open the client, apply pending migrations, load the resume offsets."""
+        if self.client is None:
+            import clickhouse_connect
+
+            self.client = clickhouse_connect.get_client(dsn=self.dsn, **self.client_settings)
+        migrate(self.client, database=self.database, retention_days=self.retention_days)
+        self.reset_offsets()
+
+    def close(self) -> None:
+        """Close the client (a chdb path can only be reopened elsewhere once closed)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self._contexts.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since construction (copies)."""
+        with self._lock:
+            out = dict(self._stats)
+            out["rows_written"] = dict(self._stats["rows_written"])
+            return out
+
+    # ---- offsets -------------------------------------------------------------------------
+
+    def resume_offsets(self) -> dict[tuple[str, int], int]:
+        """Return ``{(topic, partition): max(_offset) + 1}`` over all tables.
+
+        This is what ClickHouse has applied; a consumer that seeks there reads nothing twice.
+        Scans the three source columns of every table (small, well compressed columns).
+        """
+        out: dict[tuple[str, int], int] = {}
+        for table in TABLES:
+            rows = self.client.query(
+                f"SELECT _topic, _partition, max(_offset) FROM {self.database}.{table} "
+                "GROUP BY _topic, _partition"
+            ).result_rows
+            for topic, partition, off in rows:
+                key = (str(topic), int(partition))
+                out[key] = max(out.get(key, 0), int(off) + 1)
+        return out
+
+    def reset_offsets(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Reload (or set) the per-partition offsets below which ``write`` skips messages.
+
+        Call after a rebalance: another process may have written partitions meanwhile.
+        """
+        with self._lock:
+            self._next_offset = dict(self.resume_offsets() if offsets is None else offsets)
+
+    def forget_partitions(self, tps: list[tuple[str, int]]) -> None:
+        """Drop the skip offsets of partitions this process no longer owns."""
+        with self._lock:
+            for tp in tps:
+                self._next_offset.pop(tp, None)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def table_for(self, topic: str) -> str | None:
+        """Return the table a topic's messages go to, or None when unknown."""
+        if topic in self.topic_tables:
+            return self.topic_tables[topic]
+        last = topic.rsplit(".", 1)[-1]
+        for table in sorted(TABLES, key=len, reverse=True):
+            if last == table or last.endswith("_" + table) or last.endswith("-" + table):
+                return table
+        return None
+
+    def write(self, batch: SinkBatch) -> None:
+        """Insert a batch: one insert per (topic, partition), oldest partition first.
+
+        Raises
+        ------
+        SinkBackpressureError
+            An insert still failed after ``max_retries`` retries.
+        """
+        for (topic, partition), items in batch.items.items():
+            table = self.table_for(topic)
+            if table is None:
+                self._stats["unrouted"] += len(items)
+                log.error("no table for topic %r: %d messages not written", topic, len(items))
+                continue
+            start = self._next_offset.get((topic, partition), 0)
+            fresh = [it for it in items if it.offset >= start]
+            self._stats["skipped_replayed"] += len(items) - len(fresh)
+            if not fresh:
+                continue
+            columns = self._columns(table, topic, partition, fresh)
+            token = f"{topic}:{partition}:{fresh[0].offset}-{fresh[-1].offset}"
+            if columns[0]:
+                self._insert_with_retry(table, columns, token)
+                self._stats["rows_written"][table] += len(columns[0])
+            self._next_offset[(topic, partition)] = fresh[-1].offset + 1
+
+    def _columns(self, table: str, topic: str, partition: int, items: list[Any]) -> list[list[Any]]:
+        build = ROW_BUILDERS[table]
+        rate = self.outcome_sample_rate if table == "outcomes" else 1.0
+        rows: list[tuple[Any, ...]] = []
+        offsets: list[int] = []
+        for it in items:
+            v = it.value
+            try:
+                if rate < 1.0 and not sampled(str(v["prediction_id"]), rate):
+                    self._stats["sampled_out"] += 1
+                    continue
+                new = build(v)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # our own topics: a malformed message is a bug upstream; keep going, loudly
+                self._stats["invalid"] += 1
+                log.error(
+                    "invalid %s message at %s[%d]@%d: %r", table, topic, partition, it.offset, exc
+                )
+                continue
+            rows.extend(new)
+            offsets.extend([it.offset] * len(new))
+        n = len(COLUMNS[table])
+        cols: list[list[Any]] = (
+            [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
+        )
+        cols.append([topic] * len(offsets))
+        cols.append([partition] * len(offsets))
+        cols.append(offsets)
+        return cols
+
+    def _insert_with_retry(self, table: str, columns: list[list[Any]], token: str) -> None:
+        delay = self.backoff_s
+        for attempt in range(self.max_retries + 1):
+            try:
+                self._insert(table, columns, token)
+                return
+            except Exception as exc:  # any client/transport error: retry, then backpressure
+                self._stats["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                self._contexts.pop(table, None)  # a broken context must not be reused
+                if attempt == self.max_retries:
+                    self._stats["failures"] += 1
+                    raise SinkBackpressureError(delay, self._stats["last_error"]) from exc
+                self._stats["retries"] += 1
+                log.warning("insert into %s failed (attempt %d): %s", table, attempt + 1, exc)
+                time.sleep(delay)
+                delay = min(delay * 2.0, self.max_backoff_s)
+
+    def _insert(self, table: str, columns: list[list[Any]], token: str) -> None:
+        names = COLUMNS[table] + SOURCE_COLUMNS
+        ctx = self._contexts.get(table)
+        if ctx is None:
+            # reuse the insert context: it saves a DESCRIBE round trip per insert
+            ctx = self.client.create_insert_context(
+                table=f"{self.database}.{table}", column_names=list(names), column_oriented=True
+            )
+            self._contexts[table] = ctx
+        ctx.settings = {"insert_deduplication_token": token}
+        ctx.data = columns
+        try:
+            self.client.insert(context=ctx)
+        finally:
+            ctx.data = None
+        self._stats["inserts"] += 1

@@ -1,0 +1,320 @@
+"""Kafka -> sink loop: consume Driftline's output topics and write them with a :class:`Sink`.
+
+Guarantees
+----------
+* Offsets are committed only after the sink wrote everything up to them (write, then commit):
+  a crash replays at most the uncommitted batch, and the sink's idempotence (dedup tokens and
+  ``resume_offsets``) turns the replay into no new rows: each row once.
+* On assignment, a partition starts at ``sink.resume_offsets()`` (what ClickHouse already holds)
+  when the sink has rows for it, else at the group's committed offset (else earliest).
+* Nothing is dropped silently: a destination outage keeps the batch in memory and retries it
+  with exponential backoff; while ``max_buffer_rows`` messages are waiting, partitions are
+  paused (no more reads) and resumed once the backlog is written. Undecodable messages are
+  counted (``stats()["undecodable"]``) and logged, then skipped: these topics are written by
+  Driftline itself, so such a message is a bug to report, not data to keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from sinks.base import Sink, SinkBackpressureError
+
+log = logging.getLogger(__name__)
+
+Pending = tuple[str, int, int, dict[str, Any]]
+
+
+class SinkRunner:
+    """Run a consumer thread feeding ``sink``.
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers.
+    topics : list[str]
+        Topics to consume.
+    sink : Sink
+        Already constructed; ``setup()`` is called by :meth:`start`. If it has
+        ``resume_offsets()`` it is used on assignment.
+    group_id : str
+        Consumer group.
+    batch_rows, batch_seconds : int, float
+        Flush when this many messages are buffered or this long after the first one.
+    max_buffer_rows : int
+        While this many messages wait for an outage to end, partitions are paused.
+    client_config : dict, optional
+        Extra librdkafka settings (override the defaults).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        sink: Sink,
+        *,
+        group_id: str = "driftline-sink",
+        batch_rows: int = 20000,
+        batch_seconds: float = 1.0,
+        max_buffer_rows: int = 200000,
+        client_config: dict[str, Any] | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("topics: need at least one topic")
+        if batch_rows < 1 or max_buffer_rows < batch_rows:
+            raise ValueError("batch_rows must be >= 1 and max_buffer_rows >= batch_rows")
+        if batch_seconds <= 0:
+            raise ValueError("batch_seconds: must be > 0")
+        self.topics, self.sink = list(topics), sink
+        self.batch_rows, self.batch_seconds, self.max_buffer_rows = (
+            batch_rows,
+            batch_seconds,
+            max_buffer_rows,
+        )
+        self.config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,  # Tansu: the 45 s default makes a join take ~23 s
+            "enable.partition.eof": False,
+        }
+        self.config.update(client_config or {})
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Any = None
+        self._pending: list[Pending] = []
+        self._first_at: float | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._paused = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._stats: dict[str, Any] = {
+            "messages": 0, "batches": 0, "retries": 0, "failures": 0, "undecodable": 0,
+            "commits": 0, "buffered_rows": 0, "backpressured": False, "last_error": None,
+            "assigned": 0, "running": False, "pauses": 0,
+        }  # fmt: skip
+        self._error: BaseException | None = None
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def start(self) -> SinkRunner:
+        """Set up the sink and start the consumer thread; returns self."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("SinkRunner already started")
+            self.sink.setup()
+            self._consumer = Consumer(self.config)
+            self._consumer.subscribe(
+                self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
+            self._thread = threading.Thread(target=self._run, name="driftline-sink", daemon=True)
+            self._stats["running"] = True
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop: flush what is buffered, commit it, close the consumer, then close the sink.
+
+        If the final flush fails the uncommitted messages are simply read again next time.
+        """
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                log.error("sink runner did not stop within %.1fs", timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: messages, batches, retries, failures, undecodable, commits, buffered_rows,
+        backpressured, last_error, and the sink's own (``rows_written`` per table...)."""
+        with self._lock:
+            out = dict(self._stats)
+        sink_stats = getattr(self.sink, "stats", None)
+        if callable(sink_stats):
+            s = sink_stats()
+            out["rows_written"] = s.get("rows_written", {})
+            out["sink"] = s
+        return out
+
+    def __enter__(self) -> SinkRunner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- consumer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        c = self._consumer
+        try:
+            while not self._stop.is_set():
+                # paused partitions return nothing, but consume() keeps serving the group
+                # (heartbeats, rebalance callbacks) while an outage lasts
+                for m in c.consume(num_messages=min(self.batch_rows, 10000), timeout=0.1):
+                    self._take(m)
+                with self._lock:
+                    self._stats["buffered_rows"] = len(self._pending)
+                now = time.monotonic()
+                due = self._pending and (
+                    len(self._pending) >= self.batch_rows
+                    or (self._first_at is not None and now - self._first_at >= self.batch_seconds)
+                )
+                if due and now >= self._retry_at:
+                    self._flush()
+            self._flush()
+        except BaseException as exc:  # surfaced via stats(); the thread must not die silently
+            log.exception("sink runner crashed")
+            self._error = exc
+            with self._lock:
+                self._stats["last_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            try:
+                c.close()
+                self.sink.close()  # start() set it up; a chdb path is free again after this
+            finally:
+                with self._lock:
+                    self._stats["running"] = False
+
+    def _take(self, m: Any) -> None:
+        err = m.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+            return
+        with self._lock:
+            self._stats["messages"] += 1
+        try:
+            value = orjson.loads(m.value())
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            with self._lock:
+                self._stats["undecodable"] += 1
+            log.error(
+                "undecodable message at %s[%d]@%d skipped: %s",
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                exc,
+            )
+            # still counts as consumed: its offset is committed with the next write
+            value = None
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append((m.topic(), m.partition(), m.offset(), value))  # type: ignore[arg-type]
+        if len(self._pending) >= self.max_buffer_rows and not self._paused:
+            self._pause(True)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = self._pending
+        last: dict[tuple[str, int], int] = {}
+        for topic, part, off, value in batch:
+            last[(topic, part)] = off
+            if value is not None:
+                self.sink.add(topic, part, off, value)
+        try:
+            self.sink.flush()
+        except Exception as exc:
+            # the sink cleared its buffer; ours still holds the batch: retry it later, whole
+            # (the sink skips what it already wrote)
+            retry_after = exc.retry_after if isinstance(exc, SinkBackpressureError) else 1.0
+            self._backoff = min(max(retry_after, self._backoff * 2.0, 0.05), 30.0)
+            self._retry_at = time.monotonic() + self._backoff
+            with self._lock:
+                self._stats["failures"] += 1
+                self._stats["retries"] += 1
+                self._stats["backpressured"] = True
+                self._stats["buffered_rows"] = len(batch)
+                self._stats["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("sink write failed (%s); retrying in %.2fs with %d messages buffered",
+                        exc, self._backoff, len(batch))  # fmt: skip
+            if len(batch) >= self.max_buffer_rows and not self._paused:
+                self._pause(True)
+            return
+        self._pending, self._first_at, self._backoff = [], None, 0.0
+        offsets = [
+            TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in self._assigned
+        ]
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        with self._lock:
+            self._stats["batches"] += 1
+            self._stats["commits"] += 1 if offsets else 0
+            self._stats["buffered_rows"] = 0
+            self._stats["backpressured"] = False
+        if self._paused:
+            self._pause(False)
+
+    def _pause(self, pause: bool) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assigned]
+        if parts:
+            (self._consumer.pause if pause else self._consumer.resume)(parts)
+        self._paused = pause
+        with self._lock:
+            self._stats["pauses"] += 1 if pause else 0
+        log.info("%s %d partitions", "paused" if pause else "resumed", len(parts))
+
+    # ---- rebalance callbacks (run inside consume/poll, in the consumer thread) --------------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        resume: dict[tuple[str, int], int] = {}
+        if hasattr(self.sink, "resume_offsets"):
+            try:
+                resume = self.sink.resume_offsets()
+                if hasattr(self.sink, "reset_offsets"):
+                    self.sink.reset_offsets(resume)  # another process may have written meanwhile
+            except (
+                Exception
+            ) as exc:  # destination down: committed offsets + dedup tokens still hold
+                log.warning("resume_offsets failed (%s); starting from committed offsets", exc)
+        committed: dict[tuple[str, int], int] = {}
+        if resume:
+            try:
+                for tp in consumer.committed(partitions, timeout=10):
+                    if tp.offset >= 0:
+                        committed[(tp.topic, tp.partition)] = tp.offset
+            except Exception as exc:
+                log.warning("reading committed offsets failed (%s)", exc)
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if key in resume:
+                # the later of the two: resume_offsets lags when the last messages made no rows
+                # (undecodable, sampled out); the commit lags when a crash hit between write and
+                # commit
+                tp.offset = max(resume[key], committed.get(key, 0))
+            self._assigned.add(key)
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        with self._lock:
+            self._stats["assigned"] = len(self._assigned)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        log.info("revoked %s", sorted(revoked))
+        try:
+            self._flush()
+        except Exception as exc:
+            log.warning("flush on revoke failed: %s", exc)
+        if self._pending:
+            # not written: the next owner re-reads them from the committed offset
+            self._pending = [p for p in self._pending if (p[0], p[1]) not in revoked]
+            with self._lock:
+                self._stats["buffered_rows"] = len(self._pending)
+        self._assigned -= revoked
+        if hasattr(self.sink, "forget_partitions"):
+            self.sink.forget_partitions(list(revoked))
+        consumer.unassign()
+        with self._lock:
+            self._stats["assigned"] = len(self._assigned)
