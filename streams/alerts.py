@@ -1,0 +1,234 @@
+"""Alert rules and the alert lifecycle (pure logic).
+
+An alert is an incident with a lifecycle: ``firing`` once when its condition starts,
+``resolved`` once when it clears, never twice in a row (deduplicated), and not firing
+again within the rule's cooldown after a resolve. Every transition carries a stable
+``alert_id`` (same on a replay) and the evidence behind it. Times are event times
+(window ends, detection times), so a replay of the same input raises the same alerts.
+
+Rules, per model (``streams.models.ModelConfig``):
+- detector drift and warning (from ``detectors.policy``), kind ``concept_drift``;
+  resolved once no alarm of that detector came for ``drift_resolve_s`` of event time;
+- thresholds: a metric outside [min, max] with >= ``min_count`` events (``threshold``);
+- relative drop: a metric ``drop`` below the mean of the previous windows (``threshold``);
+- latency p99 above the SLO (``latency``);
+- volume below ``volume_drop`` x or above ``volume_spike`` x the recent average (``volume``);
+- label coverage below a floor, judged ``coverage_after_s`` after the window (``label_coverage``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from schemas.messages import incident_id, make_alert
+from streams.models import ModelConfig
+
+Alert = dict[str, Any]
+
+
+class AlertEngine:
+    """Lifecycle state of one model's alerts; serialisable with ``to_state``.
+
+    Examples
+    --------
+    >>> from streams.models import ModelConfig, ThresholdRule
+    >>> cfg = ModelConfig(thresholds=(ThresholdRule("accuracy", min=0.9, min_count=10),))
+    >>> eng = AlertEngine("m")
+    >>> win = {"model_id": "m", "model_version": "1", "segment": "", "window_start": 0.0,
+    ...        "window_end": 60.0, "metrics": {"accuracy": 0.5}, "counts": {"accuracy": 100}}
+    >>> [a["status"] for a in eng.on_window(cfg, win, emitted_at=61.0)]
+    ['firing']
+    >>> eng.on_window(cfg, win, emitted_at=62.0)  # still firing: deduplicated
+    []
+    >>> win2 = dict(win, window_start=60.0, window_end=120.0, metrics={"accuracy": 0.95})
+    >>> [a["status"] for a in eng.on_window(cfg, win2, emitted_at=121.0)]
+    ['resolved']
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
+        self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
+        self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
+
+    # ---- entry points --------------------------------------------------------------------
+    def on_alarm(self, cfg: ModelConfig, alarm: dict[str, Any], emitted_at: float) -> list[Alert]:
+        """A detector alarm (``drift_event`` + policy ``severity``) from a partition."""
+        ev = alarm["drift_event"]
+        severity = alarm.get("severity")
+        if severity is None:
+            return []
+        rule = ev["detector"] if ev["kind"] == "drift" else f"{ev['detector']}_warning"
+        ctx = {"model_id": ev["model_id"], "model_version": ev["model_version"], "segment": "",
+               "window_start": ev["window_start"], "window_end": ev["window_end"]}
+        key = self._key(ctx, rule, "error_rate")
+        incident = self.active.get(key)
+        if incident is not None:
+            incident["last_seen"] = max(incident["last_seen"], ev["detected_at"])
+            if severity == "critical" and incident["severity"] == "warning":
+                incident["severity"] = "critical"
+            return []
+        evidence = {"detector": ev["detector"], "kind": ev["kind"], "direction": ev["direction"],
+                    "position": ev["position"], "partition": ev["partition"], "params": ev["params"],
+                    "estimate_before": ev["estimate_before"], "estimate_after": ev["estimate_after"],
+                    "drift_event_id": ev["event_id"], "policy": alarm.get("reason")}
+        message = f"{ev['detector'].upper()} detected concept {ev['kind']} on {ev['model_id']} {ev['model_version']}"
+        if ev["estimate_before"] is not None:
+            message += f": error rate {_fmt(ev['estimate_before'])} -> {_fmt(ev['estimate_after'])}"
+        return self._fire(cfg, key, ctx, rule=rule, kind="concept_drift", metric="error_rate", severity=severity,
+                          value=ev["estimate_after"], threshold=None, detected_at=ev["detected_at"],
+                          emitted_at=emitted_at, message=message, evidence=evidence)
+
+    def on_window(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
+        """A merged window (metrics message) was emitted: evaluate the window rules."""
+        out: list[Alert] = []
+        metrics, counts = win["metrics"], win["counts"]
+        for r in cfg.thresholds:
+            v, n = metrics.get(r.metric), counts.get(r.metric, 0)
+            if v is None or n < r.min_count:
+                continue
+            bad = (r.min is not None and v < r.min) or (r.max is not None and v > r.max)
+            rule = f"{r.metric}_{'min' if r.min is not None else 'max'}"
+            limit = r.min if r.min is not None else r.max
+            out += self._condition(cfg, win, rule, "threshold", r.metric, bad, r.severity, v, limit, n, emitted_at,
+                                   f"{r.metric} {v:.4g} {'below' if r.min is not None else 'above'} {limit} ({n} events)")
+        for r in cfg.relative_drops:
+            v, n = metrics.get(r.metric), counts.get(r.metric, 0)
+            if v is None or n < r.min_count:
+                continue
+            base = self._baseline(win, r.metric, r.baseline_windows)
+            self._remember(win, r.metric, v, r.baseline_windows)
+            if base is None or base <= 0:
+                continue
+            bad = v < base * (1.0 - r.drop)
+            out += self._condition(cfg, win, f"{r.metric}_drop", "threshold", r.metric, bad, r.severity, v,
+                                   base * (1.0 - r.drop), n, emitted_at,
+                                   f"{r.metric} {v:.4g} is {1 - v / base:.1%} below its recent mean {base:.4g}",
+                                   {"baseline": base, "drop": r.drop})
+        if cfg.latency_p99_slo_ms is not None and "latency_p99" in metrics:
+            v = metrics["latency_p99"]
+            out += self._condition(cfg, win, "latency_p99_max", "latency", "latency_p99", v > cfg.latency_p99_slo_ms,
+                                   "warning", v, cfg.latency_p99_slo_ms, counts.get("latency_p99", 0), emitted_at,
+                                   f"latency p99 {v:.1f} ms above the SLO {cfg.latency_p99_slo_ms} ms")
+        if win.get("revision", 0) == 0 and win["segment"] == "":
+            out += self._volume(cfg, win, emitted_at)
+        if cfg.label_coverage_min is not None and "label_coverage" in metrics and win["segment"] == "" \
+                and emitted_at - win["window_end"] >= cfg.coverage_after_s:
+            v = metrics["label_coverage"]
+            out += self._condition(cfg, win, "label_coverage_min", "label_coverage", "label_coverage",
+                                   v < cfg.label_coverage_min, "warning", v, cfg.label_coverage_min,
+                                   counts.get("label_coverage", 0), emitted_at,
+                                   f"label coverage {v:.1%} below {cfg.label_coverage_min:.0%}")
+        if win["segment"] == "":
+            out += self._resolve_drift(cfg, win, emitted_at)
+        return out
+
+    # ---- rules ---------------------------------------------------------------------------
+    def _volume(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
+        n = win["metrics"].get("prediction_count", 0.0)
+        base = self._baseline(win, "prediction_count", cfg.volume_baseline_windows, minimum=3)
+        self._remember(win, "prediction_count", n, cfg.volume_baseline_windows)
+        if base is None or base < cfg.volume_min_count:
+            return []
+        low = cfg.volume_drop is not None and n < base * cfg.volume_drop
+        high = cfg.volume_spike is not None and n > base * cfg.volume_spike
+        out = self._condition(cfg, win, "volume_drop", "volume", "prediction_count", low, "warning", n,
+                              base * (cfg.volume_drop or 0), int(n), emitted_at,
+                              f"volume {n:.0f} is below {cfg.volume_drop}x its recent mean {base:.0f}", {"baseline": base})
+        out += self._condition(cfg, win, "volume_spike", "volume", "prediction_count", high, "warning", n,
+                               base * (cfg.volume_spike or 0), int(n), emitted_at,
+                               f"volume {n:.0f} is above {cfg.volume_spike}x its recent mean {base:.0f}", {"baseline": base})
+        return out
+
+    def _resolve_drift(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
+        out: list[Alert] = []
+        for key, inc in list(self.active.items()):
+            if inc["kind"] != "concept_drift" or inc["model_version"] != win["model_version"]:
+                continue
+            if win["window_start"] > inc["last_seen"] + cfg.drift_resolve_s:
+                out.append(self._resolve(key, win, emitted_at, inc["value"],
+                                         f"no {inc['rule']} alarm for {cfg.drift_resolve_s:.0f} s"))
+        return out
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def _condition(self, cfg: ModelConfig, win: dict[str, Any], rule: str, kind: str, metric: str, bad: bool,
+                   severity: str, value: float, threshold: float | None, n: int, emitted_at: float, message: str,
+                   extra: dict[str, Any] | None = None) -> list[Alert]:
+        key = self._key(win, rule, metric)
+        if bad:
+            if key in self.active:
+                return []
+            evidence = {"metric": metric, "value": value, "threshold": threshold, "events": n,
+                        "revision": win.get("revision", 0), **(extra or {})}
+            return self._fire(cfg, key, win, rule=rule, kind=kind, metric=metric, severity=severity, value=value,
+                              threshold=threshold, detected_at=win["window_end"], emitted_at=emitted_at,
+                              message=message, evidence=evidence)
+        if key in self.active and win["window_start"] >= self.active[key]["window_start"]:
+            return [self._resolve(key, win, emitted_at, value, f"{metric} back to {value:.4g}")]
+        return []
+
+    def _fire(self, cfg: ModelConfig, key: str, ctx: dict[str, Any], *, rule: str, kind: str, metric: str,
+              severity: str, value: float | None, threshold: float | None, detected_at: float, emitted_at: float,
+              message: str, evidence: dict[str, Any]) -> list[Alert]:
+        last = self.resolved_at.get(key)
+        if last is not None and detected_at < last + cfg.cooldown_s:
+            return []
+        alert = make_alert(status="firing", severity=severity, kind=kind, rule=rule,  # type: ignore[arg-type]
+                           model_id=ctx["model_id"], model_version=ctx["model_version"], segment=ctx["segment"],
+                           metric=metric, value=value, threshold=threshold, window_start=ctx["window_start"],
+                           window_end=ctx["window_end"], detected_at=detected_at, emitted_at=emitted_at,
+                           message=message, evidence=evidence, incident_start=detected_at)
+        self.active[key] = {"kind": kind, "rule": rule, "metric": metric, "severity": severity,
+                            "model_version": ctx["model_version"], "segment": ctx["segment"],
+                            "window_start": ctx["window_start"], "incident_start": detected_at,
+                            "last_seen": detected_at, "value": value, "threshold": threshold}
+        return [dict(alert)]
+
+    def _resolve(self, key: str, win: dict[str, Any], emitted_at: float, value: float | None, why: str) -> Alert:
+        inc = self.active.pop(key)
+        self.resolved_at[key] = win["window_end"]
+        alert = make_alert(status="resolved", severity=inc["severity"], kind=inc["kind"], rule=inc["rule"],
+                           model_id=self.model_id, model_version=inc["model_version"], segment=inc["segment"],
+                           metric=inc["metric"], value=value, threshold=inc["threshold"],
+                           window_start=win["window_start"], window_end=win["window_end"],
+                           detected_at=win["window_end"], emitted_at=emitted_at, message=f"resolved: {why}",
+                           evidence={"incident_id": incident_id(self.model_id, inc["model_version"], inc["segment"],
+                                                                inc["rule"], inc["metric"], inc["incident_start"])},
+                           incident_start=inc["incident_start"])
+        return dict(alert)
+
+    # ---- baselines -----------------------------------------------------------------------
+    def _series(self, win: dict[str, Any], metric: str) -> str:
+        return f"{win['model_version']}|{win['segment']}|{metric}"
+
+    def _baseline(self, win: dict[str, Any], metric: str, n: int, minimum: int = 1) -> float | None:
+        hist = self.history.get(self._series(win, metric), {})
+        prev = [v for ws, v in sorted(hist.items(), key=lambda kv: float(kv[0])) if float(ws) < win["window_start"]][-n:]
+        return sum(prev) / len(prev) if len(prev) >= minimum else None
+
+    def _remember(self, win: dict[str, Any], metric: str, value: float, n: int) -> None:
+        hist = self.history.setdefault(self._series(win, metric), {})
+        hist[repr(float(win["window_start"]))] = value
+        if len(hist) > n + 1:
+            for ws in sorted(hist, key=float)[: len(hist) - n - 1]:
+                del hist[ws]
+
+    def _key(self, ctx: dict[str, Any], rule: str, metric: str) -> str:
+        return f"{ctx['model_version']}|{ctx['segment']}|{rule}|{metric}"
+
+    def to_state(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "active": self.active, "resolved_at": self.resolved_at, "history": self.history}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> AlertEngine:
+        eng = cls(d["model_id"])
+        eng.active, eng.resolved_at, eng.history = d["active"], d["resolved_at"], d["history"]
+        return eng
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.3f}"
+
+
+AlertSink = Callable[[Alert], None]

@@ -1,0 +1,374 @@
+"""The faust application: two agents, their tables, timers and web views.
+
+- ``join`` agent: consumes the co-partitioned predictions and labels topics in batches
+  (``take_events``) and runs one ``PartitionProcessor`` per partition over each batch.
+  Its state is the ``join`` table: waiting predictions, early labels and one partition
+  record per partition. Outputs: ``partials`` (window partials, detector alarms),
+  ``outcomes``, ``dlq``.
+- ``merge`` agent: consumes ``partials`` (keyed by model_id) and runs one
+  ``WindowMerger`` per partials partition. State: the ``merge`` table. Outputs:
+  ``metrics``, ``alerts``, ``drift_events``.
+- A timer closes windows of idle partitions and emits due window revisions.
+- Web views: ``/health``, ``/metrics`` (Prometheus), ``/query`` (read-only SQL when the
+  worker owns an embedded chdb store).
+
+Faust pitfalls avoided (ARCHITECTURE.md): default aiokafka transport (``kafka://``),
+at-least-once with idempotent state, table writes aggregated per batch (not per event),
+event-time windows closed by us, raw serializers with orjson done here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event
+
+from streams.merge import MergeOutput, WindowMerger
+from streams.models import ModelsConfig
+from streams.observe import PipelineMetrics
+from streams.partition import BatchResult, Message, PartitionProcessor
+from streams.settings import Settings, aiokafka_security
+from streams.topics import topic_names
+from streams.windows import SeriesKey
+
+log = logging.getLogger("driftline.worker")
+
+TICK_SECONDS = 0.5
+
+
+class _PartitionEvent:
+    """The two attributes of a faust event that tables read: ``message.partition``."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+@contextlib.contextmanager
+def partition_context(partition: int) -> Iterator[None]:
+    """Make faust tables read and write ``partition`` outside an agent's event.
+
+    faust takes a table write's changelog partition from the current event; our
+    writes are per batch and per timer tick, so we name the partition ourselves.
+    """
+    stub = _PartitionEvent(partition)
+    token = _current_event.set(weakref.ref(stub))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def table_set(table: Any, partition: int, key: bytes, value: bytes) -> None:
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def table_del(table: Any, partition: int, key: bytes) -> None:
+    with contextlib.suppress(KeyError):
+        del table.data[key]
+    table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+class DriftlineApp:
+    """Builds and owns the faust app of one worker process."""
+
+    def __init__(self, settings: Settings, models: ModelsConfig, *, sink: Any = None, query: Any = None) -> None:
+        self.settings = settings
+        self.models = models
+        self.topics = topic_names(settings.topic_prefix)
+        self.metrics = PipelineMetrics()
+        self.sink = sink
+        self.query = query
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.mergers: dict[int, WindowMerger] = {}
+        self.app = self._build_app()
+
+    # ---- construction ----------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{s.bootstrap}",
+            store=s.store,
+            datadir=s.data_dir,
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_partitions=s.partitions,
+            topic_allow_declare=True,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            producer_max_request_size=16 * 1024 * 1024,
+            table_cleanup_interval=3600.0,
+            web_enabled=True,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            web_in_thread=False,
+            logging_config=None,
+            **aiokafka_security(s.kafka),
+        )
+        t = self.topics
+        inputs = app.topic(t["predictions"], t["labels"])
+        self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
+        self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events")}
+        self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
+        self.merge_table = app.Table("merge", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
+        app.agent(inputs, name="join")(self._join_agent)
+        app.agent(self.partials_topic, name="merge")(self._merge_agent)
+        app.timer(TICK_SECONDS)(self._tick)
+        self._add_views(app)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        return app
+
+    # ---- join stage --------------------------------------------------------------------------
+    def _processor(self, partition: int) -> PartitionProcessor:
+        proc = self.processors.get(partition)
+        if proc is not None:
+            return proc
+        s = self.settings
+        table = self.join_table
+        with partition_context(partition):
+            proc = PartitionProcessor(
+                partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
+                max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
+                store_get=lambda k: table.data.get(k.encode()),
+            )
+            proc.load_state(table.data.get(proc.state_key().encode()))
+            proc.rebuild_index(
+                (k.decode(), v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None
+            )
+            # Deletes listed by the last partition record that the changelog may have lost.
+            for key in proc.last_deleted:
+                if table.data.get(key.encode()) is not None:
+                    table_del(table, partition, key.encode())
+        self.processors[partition] = proc
+        log.info("partition processor ready", extra={"partition": partition, "pending": proc.pending_count,
+                                                     "open_windows": len(proc.windows), "outbox": len(proc.outbox)})
+        return proc
+
+    async def _join_agent(self, stream: Any) -> None:
+        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        async for events in stream.take_events(2000, within=0.05):
+            by_partition: dict[int, list[Message]] = {}
+            for ev in events:
+                m = ev.message
+                self.metrics.events_in.labels(topic=m.topic).inc()
+                by_partition.setdefault(m.partition, []).append(
+                    Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
+            for partition, msgs in by_partition.items():
+                proc = self._processor(partition)
+                with partition_context(partition):
+                    result = proc.process(msgs)
+                await self._apply_join(proc, result)
+
+    async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
+        p = proc.partition
+        table = self.join_table
+        with partition_context(p):
+            for key, value in res.sets.items():
+                table_set(table, p, key.encode(), value)
+            table_set(table, p, proc.state_key().encode(), res.state)
+            for key in res.deletes:
+                table_del(table, p, key.encode())
+        self.metrics.count(res.counters)
+        producer = self.app.producer
+        for key, rec in res.dlq:
+            await self.out["dlq"].send(key=key, value=orjson.dumps(rec))
+        for o in res.outcomes:
+            await self.out["outcomes"].send(key=o["prediction_id"].encode(), value=orjson.dumps(o))
+        if res.partials:
+            # The partition record holding this outbox must be durable before the
+            # partials leave, or a replay could reuse their ids for other content.
+            await producer.flush()
+            for part in res.partials:
+                await self.partials_topic.send(key=part["model_id"].encode(), value=orjson.dumps(part))
+            await producer.flush()
+            proc.outbox_delivered()
+        self.metrics.pending.labels(partition=str(p)).set(proc.pending_count)
+        self.metrics.open_windows.labels(partition=str(p)).set(len(proc.windows))
+
+    # ---- merge stage -------------------------------------------------------------------------
+    def _merger(self, partition: int) -> WindowMerger:
+        merger = self.mergers.get(partition)
+        if merger is not None:
+            return merger
+        s = self.settings
+        merger = WindowMerger(self.models, window_seconds=s.window_seconds, flush_interval=s.flush_interval)
+        from streams.alerts import AlertEngine
+        from streams.merge import MergedWindow
+
+        with partition_context(partition):
+            for k, v in self.merge_table.data.items():
+                if v is None:
+                    continue
+                d = orjson.loads(v)
+                if d.get("partition") != partition:
+                    continue
+                if k.startswith(b"w:"):
+                    merger.windows[SeriesKey.decode(k[2:].decode())] = MergedWindow.from_state(d["w"])
+                elif k.startswith(b"a:"):
+                    merger.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
+                    merger.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
+        self.mergers[partition] = merger
+        return merger
+
+    async def _merge_agent(self, stream: Any) -> None:
+        async for events in stream.take_events(1000, within=0.05):
+            by_partition: dict[int, list[Any]] = {}
+            for ev in events:
+                by_partition.setdefault(ev.message.partition, []).append(ev.message.value)
+            now = time.time()
+            for partition, values in by_partition.items():
+                merger = self._merger(partition)
+                out = MergeOutput()
+                for raw in values:
+                    try:
+                        merger.on_partial(orjson.loads(raw), now, out)
+                    except Exception:  # our own topic; a bad record is logged, never fatal
+                        log.exception("bad partial record", extra={"partition": partition})
+                merger.tick(now, out)
+                await self._apply_merge(partition, merger, out)
+
+    async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput) -> None:
+        table = self.merge_table
+        with partition_context(partition):
+            for key in out.changed_windows:
+                mw = merger.windows.get(key)
+                if mw is not None:
+                    table_set(table, partition, b"w:" + key.encode().encode(),
+                              orjson.dumps({"partition": partition, "w": mw.to_state()}))
+            for key in out.dropped_windows:
+                table_del(table, partition, b"w:" + key.encode().encode())
+            for model in out.changed_models:
+                table_set(table, partition, b"a:" + model.encode(),
+                          orjson.dumps({"partition": partition, "e": merger.engine(model).to_state(),
+                                        "seen": merger.seen_alarms.get(model, [])}))
+        for m in out.metrics:
+            await self.out["metrics"].send(key=m["model_id"].encode(), value=orjson.dumps(m))
+        self.metrics.windows_emitted.inc(len(out.metrics))
+        for ev in out.drift_events:
+            await self.out["drift_events"].send(key=ev["model_id"].encode(), value=orjson.dumps(ev))
+        for a in out.alerts:
+            await self.out["alerts"].send(key=a["model_id"].encode(), value=orjson.dumps(a))
+            self.metrics.alerts.labels(status=a["status"], severity=a["severity"], kind=a["kind"]).inc()
+            log.warning("alert %s %s %s", a["status"], a["severity"], a["message"],
+                        extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
+
+    # ---- timers, rebalance, views ------------------------------------------------------------
+    async def _tick(self) -> None:
+        if self.app.rebalancing:
+            return
+        now = time.time()
+        self._ensure_assigned()
+        for proc in list(self.processors.values()):
+            idle = now - proc.last_activity >= self.settings.idle_close_seconds
+            if idle and (proc.windows or proc.late):
+                with partition_context(proc.partition):
+                    res = proc.close_idle()
+                await self._apply_join(proc, res)
+            elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
+                with partition_context(proc.partition):
+                    res = proc.checkpoint()
+                await self._apply_join(proc, res)
+        for partition, merger in list(self.mergers.items()):
+            out = MergeOutput()
+            merger.tick(now, out)
+            if out.metrics or out.alerts or out.dropped_windows:
+                await self._apply_merge(partition, merger, out)
+        self._update_gauges()
+
+    def _ensure_assigned(self) -> None:
+        """Create processors for assigned partitions that have seen no message yet, so
+        their recovered windows still close and their outboxes are re-sent."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:
+            return
+        for tp in assignment:
+            if tp.topic == self.topics["predictions"] and tp.partition not in self.processors:
+                self._processor(tp.partition)
+            elif tp.topic == self.topics["partials"] and tp.partition not in self.mergers:
+                self._merger(tp.partition)
+
+    def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == self.topics["predictions"]:
+                self.processors.pop(tp.partition, None)
+            elif tp.topic == self.topics["partials"]:
+                self.mergers.pop(tp.partition, None)
+
+    def _update_gauges(self) -> None:
+        with contextlib.suppress(Exception):
+            consumer = self.app.consumer
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                pos = consumer._read_offset.get(tp)  # noqa: SLF001 - faust exposes no public position
+                if hw is not None and pos is not None:
+                    self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
+        if self.sink is not None:
+            st = self.sink.stats()
+            for table, n in st.get("rows_written", {}).items():
+                self.metrics.sink_rows.labels(table=table).set(n)
+            self.metrics.sink_buffered.set(st.get("buffered_rows", 0))
+            self.metrics.sink_backpressure.set(1 if st.get("backpressured") else 0)
+            self.metrics.sink_failures.set(st.get("failures", 0))
+
+    def health(self) -> dict[str, Any]:
+        sink = self.sink.stats() if self.sink is not None else None
+        healthy = sink is None or not sink.get("last_error") or not sink.get("backpressured")
+        return {
+            "status": "ok" if healthy else "degraded",
+            "uptime_s": round(time.time() - self.metrics.started, 1),
+            "rebalancing": bool(self.app.rebalancing),
+            "partitions": sorted(self.processors),
+            "merge_partitions": sorted(self.mergers),
+            "pending_predictions": sum(p.pending_count for p in self.processors.values()),
+            "open_windows": sum(len(p.windows) for p in self.processors.values()),
+            "counters": self.metrics.counters,
+            "sink": sink,
+        }
+
+    def _add_views(self, app: faust.App) -> None:
+        owner = self
+
+        class Health(faust.web.View):
+            async def get(self, request: Any) -> Any:
+                return self.json(owner.health())
+
+        class Metrics(faust.web.View):
+            async def get(self, request: Any) -> Any:
+                return self.bytes(owner.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+        class Query(faust.web.View):
+            async def post(self, request: Any) -> Any:
+                if owner.query is None:
+                    return self.json({"error": "this worker owns no ClickHouse store"}, status=404)
+                try:
+                    body = await request.json()
+                    sql, fmt = str(body.get("sql", "")), str(body.get("format", "table"))
+                except Exception:
+                    return self.json({"error": 'expected JSON {"sql": ..., "format": ...}'}, status=400)
+                loop = asyncio.get_running_loop()
+                try:
+                    text = await loop.run_in_executor(None, owner.query, sql, fmt)
+                except Exception as exc:  # refusals and SQL errors go back to the caller
+                    return self.json({"error": str(exc)}, status=400)
+                return self.text(text)
+
+        app.page("/health")(Health)
+        app.page("/metrics")(Metrics)
+        app.page("/query")(Query)

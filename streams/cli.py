@@ -1,0 +1,163 @@
+"""``driftline`` command line: the only place that reads the environment.
+
+Subcommands: broker, topics create, simulate, worker, demo, query.
+Configuration: flags, then ``DRIFTLINE_*`` environment variables, then defaults
+(``streams.settings.Settings``). Secrets never come from flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from streams.settings import Settings
+
+log = logging.getLogger("driftline.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "bootstrap": getattr(args, "bootstrap", None),
+        "clickhouse": getattr(args, "clickhouse", None),
+        "topic_prefix": getattr(args, "topic_prefix", None),
+        "config_path": getattr(args, "config", None),
+        "partitions": getattr(args, "partitions", None),
+    }
+    return Settings.from_env(**overrides)
+
+
+def _common(p: argparse.ArgumentParser, *, clickhouse: bool = False, partitions: bool = False) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (env DRIFTLINE_BOOTSTRAP, default 127.0.0.1:9092)")
+    p.add_argument("--topic-prefix", help="topic prefix (env DRIFTLINE_TOPIC_PREFIX, default driftline.)")
+    if clickhouse:
+        p.add_argument("--clickhouse", help="clickhouse-connect DSN (env DRIFTLINE_CLICKHOUSE)")
+    if partitions:
+        p.add_argument("--partitions", type=int, help="partition count (env DRIFTLINE_PARTITIONS, default 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftline", description="Kafka-native ML model monitoring.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+
+    p = sub.add_parser("topics", help="manage Driftline's topics")
+    tsub = p.add_subparsers(dest="topics_command", required=True)
+    pc = tsub.add_parser("create", help="create predictions, labels, alerts, metrics, dlq (and internal) topics")
+    _common(pc, partitions=True)
+
+    p = sub.add_parser("simulate", help="a synthetic serving fleet sending through the SDK")
+    _common(p)
+    p.add_argument("--rate", type=float, default=200.0, help="predictions per second")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drift-at", type=float, default=None, help="seconds into the run when fraud's concept drifts")
+    p.add_argument("--covariate-drift-at", type=float, default=None, help="seconds into the run when a feature shifts")
+    p.add_argument("--label-delay", type=float, default=5.0, help="mean label delay, seconds")
+    p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+
+    p = sub.add_parser("worker", help="run the stream processors (and the ClickHouse sink)")
+    _common(p, clickhouse=True, partitions=True)
+    p.add_argument("--config", help="models file (env DRIFTLINE_CONFIG)")
+    p.add_argument("--web-port", type=int, help="health/metrics/query port (env DRIFTLINE_WEB_PORT, default 6066)")
+    p.add_argument("--no-sink", action="store_true", help="do not run the ClickHouse sink in this worker")
+
+    p = sub.add_parser("demo", help="broker + worker + simulator with drift injected, alerts as they fire")
+    p.add_argument("--duration", type=float, default=120.0, help="simulated seconds of traffic (default 120)")
+    p.add_argument("--rate", type=float, default=300.0, help="predictions per second")
+    p.add_argument("--drift-at", type=float, default=None, help="seconds into the run (default: half the duration)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--data-dir", default=None, help="where the demo keeps its ClickHouse store and logs")
+
+    p = sub.add_parser("query", help="read-only SQL against Driftline's ClickHouse tables")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--clickhouse", help="clickhouse-connect DSN (env DRIFTLINE_CLICKHOUSE)")
+    p.add_argument("--worker", help="URL of a running worker's query endpoint (default http://127.0.0.1:6066)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = globals()[f"cmd_{args.command}"]
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import serve_broker
+
+    return serve_broker(args.port, args.host)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.topics import create_topics
+
+    s = _settings(args)
+    names = create_topics(s.bootstrap, s.topic_prefix, s.partitions, client_config=dict(s.kafka))
+    for key, name in names.items():
+        print(f"{key:13s} {name}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streams.simulate import run_simulation
+
+    s = _settings(args)
+    stats = run_simulation(
+        s.bootstrap, s.topic_prefix, args.rate, args.duration, seed=args.seed, drift_at=args.drift_at,
+        realtime=not args.fast, progress=True, label_delay=args.label_delay,
+        covariate_drift_at=args.covariate_drift_at, client_config=dict(s.kafka),
+    )
+    print(" ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.observe import configure_logging
+    from streams.worker import run_worker
+
+    s = _settings(args).with_overrides(web_port=args.web_port, sink=False if args.no_sink else None)
+    configure_logging(s.log_level)
+    return run_worker(s)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, drift_at=args.drift_at, seed=args.seed,
+                    data_dir=args.data_dir)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from sinks.query import QueryRefused
+    from streams.queryclient import query
+
+    s = Settings.from_env(clickhouse=args.clickhouse)
+    worker = args.worker or os.environ.get("DRIFTLINE_WORKER_URL") or f"http://127.0.0.1:{s.web_port}"
+    try:
+        print(query(args.sql, args.format, dsn=s.clickhouse, worker_url=worker,
+                    client_settings=s.clickhouse_client_settings()))
+    except QueryRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print(*a: Any) -> None:
+    print(*a, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""``driftline demo``: the whole pipeline on one laptop, with drift injected.
+
+Starts the embedded Tansu broker, creates the topics, starts a worker (with the
+ClickHouse sink on an embedded chdb store) as a subprocess, runs the fleet simulator
+with concept drift on ``fraud`` at ``drift_at``, prints alerts as they fire, and ends
+with a summary read from ClickHouse through the worker's read-only query endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.settings import DEFAULT_DATA_DIR
+
+DEMO_MODELS = """\
+# Written by `driftline demo`: short horizons so a two-minute run shows everything.
+allow_unlisted_models: true
+defaults:
+  label_horizon_s: 60
+  early_label_wait_s: 30
+  drift_resolve_s: 60
+  cooldown_s: 60
+models:
+  fraud:
+    task: binary
+    segment_keys: [country, channel]
+    thresholds:
+      - {metric: accuracy, min: 0.8, min_count: 200}
+    latency_p99_slo_ms: 400
+  intent:
+    task: multiclass
+    thresholds:
+      - {metric: accuracy, min: 0.7, min_count: 200}
+  eta:
+    task: regression
+"""
+
+DEMO_ENV = {
+    "DRIFTLINE_WINDOW_SECONDS": "10",
+    "DRIFTLINE_ALLOWED_LATENESS": "5",
+    "DRIFTLINE_IDLE_CLOSE_SECONDS": "3",
+    "DRIFTLINE_FLUSH_INTERVAL": "2",
+    "DRIFTLINE_PARTITIONS": "4",
+}
+
+RED, YELLOW, GREEN, DIM, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[2m", "\033[0m"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return orjson.loads(r.read())
+
+
+def query(worker_url: str, sql: str, fmt: str = "json") -> Any:
+    req = urllib.request.Request(worker_url + "/query", data=orjson.dumps({"sql": sql, "format": fmt}),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body = r.read()
+    return orjson.loads(body) if fmt == "json" else body.decode()
+
+
+class AlertPrinter(threading.Thread):
+    """Prints alerts from the alerts topic as they arrive (partitions assigned directly)."""
+
+    def __init__(self, bootstrap: str, topic: str, color: bool) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.color = bootstrap, topic, color
+        self.stop_event = threading.Event()
+        self.alerts: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "driftline-demo-printer",
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        meta = c.list_topics(self.topic, timeout=10)
+        c.assign([TopicPartition(self.topic, p, 0) for p in meta.topics[self.topic].partitions])
+        while not self.stop_event.is_set():
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            a = orjson.loads(m.value())
+            self.alerts.append(a)
+            self._print(a)
+        c.close()
+
+    def _print(self, a: dict[str, Any]) -> None:
+        color = (RED if a["severity"] == "critical" else YELLOW) if a["status"] == "firing" else GREEN
+        if not self.color:
+            color = ""
+        reset = RESET if self.color else ""
+        seg = f" [{a['segment']}]" if a["segment"] else ""
+        line = (f"ALERT {a['status'].upper():8s} {a['severity']:8s} {a['model_id']} {a['model_version']}{seg} "
+                f"{a['kind']}/{a['rule']}: {a['message']}")
+        sys.stdout.write(f"\r\033[K{color}{line}{reset}\n")
+        sys.stdout.flush()
+
+
+def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | None = None, seed: int = 7,
+             data_dir: str | None = None) -> int:
+    from streams.broker import EmbeddedBroker
+    from streams.simulate import run_simulation
+    from streams.topics import create_topics, topic_names
+
+    drift_at = duration / 2 if drift_at is None else drift_at
+    root = Path(data_dir) if data_dir else DEFAULT_DATA_DIR / "demo"
+    if root.exists():
+        shutil.rmtree(root)  # a demo starts clean: the broker is in-memory anyway
+    root.mkdir(parents=True)
+    (root / "models.yaml").write_text(DEMO_MODELS)
+    color = sys.stdout.isatty()
+    print(f"driftline demo: {duration:.0f} s of traffic at {rate:.0f} predictions/s, concept drift on 'fraud' "
+          f"at {drift_at:.0f} s. State and logs in {root}")
+    broker = EmbeddedBroker(log_path=str(root / "broker.log")).start()
+    worker: subprocess.Popen[bytes] | None = None
+    printer: AlertPrinter | None = None
+    try:
+        prefix = "driftline."
+        create_topics(broker.bootstrap, prefix, int(DEMO_ENV["DRIFTLINE_PARTITIONS"]))
+        web_port = free_port()
+        env = {**os.environ, **DEMO_ENV, "DRIFTLINE_BOOTSTRAP": broker.bootstrap,
+               "DRIFTLINE_CLICKHOUSE": f"chdb://{root / 'clickhouse'}", "DRIFTLINE_DATA_DIR": str(root / "state"),
+               "DRIFTLINE_CONFIG": str(root / "models.yaml"), "DRIFTLINE_WEB_PORT": str(web_port),
+               "DRIFTLINE_TOPIC_PREFIX": prefix}
+        worker_url = f"http://127.0.0.1:{web_port}"
+        log = open(root / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
+        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        print(f"broker {broker.bootstrap}  worker pid {worker.pid}  health {worker_url}/health  "
+              f"metrics {worker_url}/metrics")
+        _wait_ready(worker, worker_url)
+        printer = AlertPrinter(broker.bootstrap, topic_names(prefix)["alerts"], color)
+        printer.start()
+        stats = run_simulation(broker.bootstrap, prefix, rate, duration, seed=seed, drift_at=drift_at,
+                               realtime=True, progress=True)
+        print(f"\nsimulator done: {stats['predictions']} predictions, {stats['labels']} labels; "
+              "waiting for the last windows to close...")
+        _wait_drained(worker_url, timeout=45.0)
+        _summary(worker_url, float(stats["start_ts"]), drift_at, printer.alerts)
+        return 0
+    finally:
+        if printer is not None:
+            printer.stop_event.set()
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.stop()
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], url: str, timeout: float = 90.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see its log")
+        try:
+            h = _get_json(url + "/health")
+            if h["partitions"] and not h["rebalancing"] and h.get("sink", {}).get("assigned"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("worker not ready in time; see its log")
+
+
+def _wait_drained(url: str, timeout: float) -> None:
+    """Wait until windows closed, partials merged and the sink has written everything."""
+    deadline = time.time() + timeout
+    last = None
+    stable = 0
+    while time.time() < deadline:
+        h = _get_json(url + "/health")
+        sink = h.get("sink") or {}
+        state = (h["open_windows"], sink.get("messages"), sink.get("buffered_rows"))
+        stable = stable + 1 if state == last and h["open_windows"] == 0 and not sink.get("buffered_rows") else 0
+        if stable >= 4:
+            return
+        last = state
+        time.sleep(1.0)
+
+
+SUMMARY_SQL = """
+SELECT model_id,
+       sumIf(value, metric = 'prediction_count') AS predictions,
+       sumIf(value, metric = 'labeled_count') AS labelled,
+       sumIf(value * count, metric = {m:String} AND window_start < toDateTime64({drift:Float64}, 3, 'UTC'))
+         / nullIf(sumIf(count, metric = {m:String} AND window_start < toDateTime64({drift:Float64}, 3, 'UTC')), 0) AS before,
+       sumIf(value * count, metric = {m:String} AND window_start >= toDateTime64({drift:Float64}, 3, 'UTC'))
+         / nullIf(sumIf(count, metric = {m:String} AND window_start >= toDateTime64({drift:Float64}, 3, 'UTC')), 0) AS after
+FROM driftline.metrics_latest
+WHERE segment = '' AND model_id = {model:String}
+GROUP BY model_id
+"""
+
+
+def _summary(url: str, start_ts: float, drift_at: float, alerts: list[dict[str, Any]]) -> None:
+    drift_ts = start_ts + drift_at
+    print("\nSummary (from ClickHouse)")
+    print(f"{'model':8s} {'predictions':>11s} {'labelled':>9s} {'metric':>9s} {'before drift':>13s} {'after drift':>12s}  alerts (firing)")
+    for model, metric in (("fraud", "accuracy"), ("intent", "accuracy"), ("eta", "mae")):
+        sql = (SUMMARY_SQL.replace("{m:String}", f"'{metric}'").replace("{drift:Float64}", repr(drift_ts))
+               .replace("{model:String}", f"'{model}'"))
+        rows = query(url, sql)
+        if not rows:
+            print(f"{model:8s} (no data)")
+            continue
+        r = rows[0]
+        fired = [a for a in alerts if a["model_id"] == model and a["status"] == "firing"]
+        rules = ", ".join(sorted({f"{a['rule']}({a['severity']})" for a in fired})) or "none"
+        share = r["labelled"] / r["predictions"] if r["predictions"] else 0.0
+        print(f"{model:8s} {r['predictions']:11.0f} {share:9.1%} {metric:>9s} {_num(r['before']):>13s} "
+              f"{_num(r['after']):>12s}  {rules}")
+    print("\nAsk more:  driftline query \"SELECT ...\"  (see README, 'Questions you can ask'); "
+          f"tables: driftline.metrics, alerts, drift_events, outcomes")
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,229 @@
+"""The models file (``DRIFTLINE_CONFIG``): per-model task, thresholds, SLOs, detectors.
+
+YAML (``.yaml``/``.yml``) or TOML (``.toml``). A ``defaults`` section applies to every
+model, listed or not; ``models.<model_id>`` overrides it. Invalid files fail at start with
+the path of the bad setting (``models.fraud.thresholds[0].min: expected a number``).
+
+Example (YAML)::
+
+    allow_unlisted_models: true
+    defaults:
+      label_horizon_s: 604800
+    models:
+      fraud:
+        task: binary
+        positive_class: "1"
+        segment_keys: [country, channel]
+        thresholds:
+          - {metric: accuracy, min: 0.85, min_count: 200}
+        relative_drops:
+          - {metric: recall, drop: 0.10}
+        latency_p99_slo_ms: 250
+        label_coverage_min: 0.5
+        detectors: {adwin: {delta: 0.002}, ddm: {}, eddm: {alpha: 0.8, beta: 0.75}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detectors.policy import DEFAULT_BANK_CONFIG
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+class ConfigError(ValueError):
+    """The models file is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """Fire when ``metric`` leaves [min, max] in a window with >= ``min_count`` events behind it."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    min_count: int = 200
+    severity: str = "critical"
+
+
+@dataclass(frozen=True)
+class RelativeDropRule:
+    """Fire when ``metric`` falls by ``drop`` (relative) below the mean of the last windows."""
+
+    metric: str
+    drop: float = 0.10
+    baseline_windows: int = 10
+    min_count: int = 200
+    severity: str = "warning"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Settings of one model; every field has a default so unlisted models work."""
+
+    task: str | None = None
+    positive_class: str = "1"
+    segment_keys: tuple[str, ...] = ()
+    label_horizon_s: float = 7 * 86400.0
+    early_label_wait_s: float = 3600.0
+    detectors: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_BANK_CONFIG))
+    corroboration_window: int = 1000
+    ddm_warmup: int = 1000
+    detector_warning_alerts: bool = False
+    thresholds: tuple[ThresholdRule, ...] = ()
+    relative_drops: tuple[RelativeDropRule, ...] = ()
+    latency_p99_slo_ms: float | None = None
+    volume_drop: float | None = 0.5
+    volume_spike: float | None = 3.0
+    volume_baseline_windows: int = 10
+    volume_min_count: int = 100
+    label_coverage_min: float | None = None
+    coverage_after_s: float = 600.0
+    cooldown_s: float = 300.0
+    drift_resolve_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("label_horizon_s", "early_label_wait_s", "cooldown_s", "drift_resolve_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        for det in self.detectors:
+            if det not in ("adwin", "ddm", "eddm"):
+                raise ConfigError(f"detectors.{det}: unknown detector (adwin, ddm, eddm)")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """All models: ``for_model(model_id)`` returns the listed config or the defaults."""
+
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    defaults: ModelConfig = field(default_factory=ModelConfig)
+    allow_unlisted_models: bool = True
+
+    def for_model(self, model_id: str) -> ModelConfig | None:
+        """The model's config, or ``None`` when unlisted models are refused."""
+        cfg = self.models.get(model_id)
+        if cfg is not None:
+            return cfg
+        return self.defaults if self.allow_unlisted_models else None
+
+
+def load_models_config(path: str | Path | None) -> ModelsConfig:
+    """Read and validate a models file; an empty path gives the defaults."""
+    if not path:
+        return ModelsConfig()
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: models file not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+    except Exception as exc:  # parser errors differ by format; report them uniformly
+        raise ConfigError(f"{p}: cannot parse: {exc}") from None
+    try:
+        return parse_models_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def parse_models_config(raw: Any) -> ModelsConfig:
+    """Validate a parsed models file.
+
+    >>> cfg = parse_models_config({"models": {"m": {"task": "binary", "thresholds": [{"metric": "accuracy", "min": 0.9}]}}})
+    >>> cfg.for_model("m").thresholds[0].min, cfg.for_model("other").task
+    (0.9, None)
+    >>> parse_models_config({"models": {"m": {"task": "ranking"}}})
+    Traceback (most recent call last):
+    ...
+    streams.models.ConfigError: models.m.task: expected one of binary, multiclass, regression, got 'ranking'
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("top level: expected a mapping")
+    unknown = set(raw) - {"models", "defaults", "allow_unlisted_models"}
+    if unknown:
+        raise ConfigError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    defaults_raw = raw.get("defaults") or {}
+    defaults = _model_config(defaults_raw, "defaults", {})
+    models_raw = raw.get("models") or {}
+    if not isinstance(models_raw, Mapping):
+        raise ConfigError("models: expected a mapping of model_id -> settings")
+    models = {str(mid): _model_config(m or {}, f"models.{mid}", defaults_raw) for mid, m in models_raw.items()}
+    allow = raw.get("allow_unlisted_models", True)
+    if not isinstance(allow, bool):
+        raise ConfigError("allow_unlisted_models: expected true or false")
+    return ModelsConfig(models=models, defaults=defaults, allow_unlisted_models=allow)
+
+
+_NUMBER_FIELDS = {
+    f.name
+    for f in dataclasses.fields(ModelConfig)
+    if f.type in ("float", "float | None", "int")
+}
+
+
+def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    merged = {**defaults, **raw}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    for key in merged:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown setting")
+    kwargs: dict[str, Any] = {}
+    for key, value in merged.items():
+        path = f"{where}.{key}"
+        if key in _NUMBER_FIELDS and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if key == "segment_keys":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: expected a list of strings")
+            value = tuple(value)
+        elif key == "positive_class":
+            value = str(value)
+        elif key == "detectors":
+            if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+                raise ConfigError(f"{path}: expected a mapping detector -> parameters")
+            value = {str(k): dict(v) for k, v in value.items()}
+        elif key == "thresholds":
+            value = tuple(_rule(ThresholdRule, r, f"{path}[{i}]") for i, r in enumerate(_as_list(value, path)))
+        elif key == "relative_drops":
+            value = tuple(_rule(RelativeDropRule, r, f"{path}[{i}]") for i, r in enumerate(_as_list(value, path)))
+        kwargs[key] = value
+    try:
+        return ModelConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
+
+
+def _as_list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list")
+    return value
+
+
+def _rule(cls: type[Any], raw: Any, path: str) -> Any:
+    if not isinstance(raw, Mapping) or "metric" not in raw:
+        raise ConfigError(f"{path}: expected a mapping with 'metric'")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"{path}.{key}: unknown setting")
+        if key not in ("metric", "severity") and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{path}.{key}: expected a number, got {value!r}")
+    if raw.get("severity", "critical") not in ("warning", "critical"):
+        raise ConfigError(f"{path}.severity: expected warning or critical")
+    if cls is ThresholdRule and raw.get("min") is None and raw.get("max") is None:
+        raise ConfigError(f"{path}: set min or max")
+    return cls(**raw)

@@ -1,0 +1,457 @@
+"""The per-partition processor: join, window partials, detectors. Pure logic, no I/O.
+
+One ``PartitionProcessor`` owns one partition of the co-partitioned predictions and
+labels topics. The faust agent (``streams.app``) hands it batches of raw messages and
+applies what it returns: table writes in a fixed order, then output messages.
+
+Exactly-once effect (at-least-once input)
+-----------------------------------------
+All writes of a partition go to one changelog partition, in this order per batch:
+(1) new waiting records (``p:``/``l:`` keys), (2) the partition record ``s:<p>``
+holding the applied offsets, open windows, detectors and the outbox, (3) deletes of
+joined or expired records (also listed in the partition record). A crash leaves a
+prefix of that sequence. On restart, messages at or below the applied offsets are
+skipped; a replayed message finds its own waiting records (same source offset: not a
+duplicate) and re-joins them because their deletes come after the partition record;
+deletes the partition record lists but the changelog lost are redone on recovery.
+
+Detector order
+--------------
+A detector instance runs per (model, version, partition) and sees that partition's
+outcomes in join order: label-message offset order, then event order inside an
+envelope (or prediction order when the label arrived first). That order is the
+partition's log, so it is the same for a given input on every run and every worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from detectors.drift import DetectorBank
+from detectors.policy import AlarmPolicy
+from schemas.events import Label, Prediction, Rejection, binary_label, decode_message
+from schemas.messages import make_dead_letter, make_drift_event, make_outcome, segment_string
+from streams.models import ModelConfig, ModelsConfig
+from streams.pending import (
+    ExpiryIndex,
+    decode_label,
+    decode_prediction,
+    encode_label,
+    encode_prediction,
+)
+from streams.windows import SeriesKey, WindowPartial, window_start
+
+MAX_CLOCK_SKEW_S = 60.0  # the watermark never runs ahead of wall-clock time by more than this
+EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
+RECENT_JOINED = 50_000  # ids remembered to tell a second label from an unknown one
+
+
+@dataclass
+class Message:
+    kind: str  # "prediction" | "label"
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class BatchResult:
+    sets: dict[str, bytes] = field(default_factory=dict)
+    state: bytes = b""
+    deletes: list[str] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    partials: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class PartitionProcessor:
+    """Join, windows and detectors of one partition (see the module docstring)."""
+
+    def __init__(
+        self,
+        partition: int,
+        models: ModelsConfig,
+        *,
+        window_seconds: float = 60.0,
+        allowed_lateness: float = 30.0,
+        max_message_bytes: int = 1_048_576,
+        max_pending: int = 5_000_000,
+        store_get: Callable[[str], bytes | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.partition = partition
+        self.models = models
+        self.window_seconds = window_seconds
+        self.allowed_lateness = allowed_lateness
+        self.max_message_bytes = max_message_bytes
+        self.max_pending = max_pending
+        self._get = store_get
+        self.clock = clock
+        self.applied: dict[str, int] = {"prediction": -1, "label": -1}
+        self.watermark = 0.0
+        self.windows: dict[SeriesKey, WindowPartial] = {}
+        self.late: dict[SeriesKey, WindowPartial] = {}
+        self.banks: dict[tuple[str, str], DetectorBank] = {}
+        self.policies: dict[tuple[str, str], AlarmPolicy] = {}
+        self.tasks: dict[str, str] = {}
+        self.outbox: list[dict[str, Any]] = []
+        self.seq = 0
+        self.last_deleted: list[str] = []
+        self.expiry = ExpiryIndex()
+        self.pending_count = 0
+        self.recent_joined: OrderedDict[str, None] = OrderedDict()
+        self.last_activity = clock()
+
+    # ---- state -------------------------------------------------------------------------
+    def state_key(self) -> str:
+        return f"s:{self.partition}"
+
+    def dump_state(self) -> bytes:
+        return orjson.dumps(
+            {
+                "applied": self.applied,
+                "watermark": self.watermark,
+                "windows": {k.encode(): w.to_state() for k, w in self.windows.items()},
+                "late": {k.encode(): w.to_state() for k, w in self.late.items()},
+                "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
+                "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
+                "tasks": self.tasks,
+                "outbox": self.outbox,
+                "seq": self.seq,
+                "last_deleted": self.last_deleted,
+            }
+        )
+
+    def load_state(self, raw: bytes | None) -> None:
+        if not raw:
+            return
+        d = orjson.loads(raw)
+        self.applied = d["applied"]
+        self.watermark = d["watermark"]
+        self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
+        self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
+        self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
+        self.policies = {tuple(k.split("\x1f")): AlarmPolicy.from_state(v) for k, v in d["policies"].items()}  # type: ignore[misc]
+        self.tasks = d["tasks"]
+        self.outbox = d["outbox"]
+        self.seq = d["seq"]
+        self.last_deleted = d["last_deleted"]
+
+    def rebuild_index(self, records: Iterable[tuple[str, bytes]]) -> None:
+        """Rebuild the expiry index from this partition's waiting records after recovery."""
+        self.expiry.clear()
+        self.pending_count = 0
+        for key, raw in records:
+            rec = decode_prediction(raw) if key.startswith("p:") else decode_label(raw)
+            if rec.partition != self.partition:
+                continue
+            self.expiry.add(rec.expires_at, key)
+            self.pending_count += key.startswith("p:")
+
+    # ---- batch processing ----------------------------------------------------------------
+    def process(self, messages: list[Message]) -> BatchResult:
+        """Apply a batch of this partition's messages (in log order per topic)."""
+        res = BatchResult()
+        self._res = res
+        self._overlay: dict[str, bytes | None] = {}
+        self._joins: dict[tuple[str, str], list[tuple[Prediction, Label, int]]] = {}
+        self.last_activity = self.clock()
+        for msg in messages:
+            if msg.offset <= self.applied[msg.kind]:
+                self._count("replayed_skipped")
+                continue
+            self.applied[msg.kind] = msg.offset
+            self._count(f"messages_{msg.kind}")
+            events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+            for rej, raw in rejections:
+                self._dead_letter(msg, rej, raw)
+            for ev in events:
+                try:
+                    if msg.kind == "prediction":
+                        self._on_prediction(msg, ev)  # type: ignore[arg-type]
+                    else:
+                        self._on_label(msg, ev)  # type: ignore[arg-type]
+                except Exception as exc:  # a poison event must not stop the partition
+                    self._dead_letter(msg, Rejection("processing_error", "", f"{type(exc).__name__}: {exc}"), ev._asdict())
+        self._run_detectors()
+        self._expire()
+        self._close_windows(force=False)
+        return self._finish()
+
+    def close_idle(self) -> BatchResult:
+        """Close every open window (the partition has been idle); emit late deltas."""
+        self._res = BatchResult()
+        self._overlay = {}
+        self._joins = {}
+        self._close_windows(force=True)
+        return self._finish()
+
+    def checkpoint(self) -> BatchResult:
+        """A partition record with no new input (to re-send a recovered outbox)."""
+        self._res = BatchResult()
+        self._overlay = {}
+        self._joins = {}
+        return self._finish()
+
+    def outbox_delivered(self) -> None:
+        """The app confirmed delivery of the outbox; the next partition record drops it."""
+        self.outbox = []
+
+    # ---- internals -------------------------------------------------------------------------
+    def _finish(self) -> BatchResult:
+        res = self._res
+        for key, value in self._overlay.items():
+            if value is None:
+                res.deletes.append(key)
+            else:
+                res.sets[key] = value
+        if self.late:
+            for key, w in self.late.items():
+                self._emit_partial("late", key, w)
+            self.late = {}
+        self.last_deleted = res.deletes
+        res.partials = list(self.outbox)
+        res.state = self.dump_state()
+        return res
+
+    def _count(self, name: str, n: int = 1) -> None:
+        c = self._res.counters
+        c[name] = c.get(name, 0) + n
+
+    def _lookup(self, key: str) -> bytes | None:
+        if key in self._overlay:
+            return self._overlay[key]
+        return self._get(key)
+
+    def _dead_letter(self, msg: Message, rej: Rejection, raw: object) -> None:
+        self._count(f"dlq_{rej.code}")
+        rec = make_dead_letter(rej, raw, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        self._res.dlq.append((msg.key, dict(rec)))
+
+    def _model(self, msg: Message, model_id: str, task: str | None, raw: Any) -> ModelConfig | None:
+        cfg = self.models.for_model(model_id)
+        if cfg is None:
+            self._dead_letter(msg, Rejection("unknown_model", "model_id", f"model {model_id!r} is not in the models file"), raw)
+            return None
+        expected = cfg.task or self.tasks.get(model_id)
+        if task is not None and expected is not None and task != expected:
+            self._dead_letter(msg, Rejection("task_mismatch", "prediction", f"model {model_id!r} is {expected}, event is {task}"), raw)
+            return None
+        if task is not None and model_id not in self.tasks:
+            self.tasks[model_id] = task
+        return cfg
+
+    def _partial(self, table: dict[SeriesKey, WindowPartial], key: SeriesKey, task: str) -> WindowPartial:
+        w = table.get(key)
+        if w is None:
+            w = table[key] = WindowPartial(task)
+        return w
+
+    def _series(self, cfg: ModelConfig, p: Prediction, ws: float) -> list[SeriesKey]:
+        keys = [SeriesKey(p.model_id, p.model_version, "", ws)]
+        for combo in cfg.segment_keys:
+            keys.append(SeriesKey(p.model_id, p.model_version, segment_string(p.segments, combo.split(",")), ws))
+        return keys
+
+    def _is_closed(self, ws: float) -> bool:
+        return ws + self.window_seconds + self.allowed_lateness <= self.watermark
+
+    def _on_prediction(self, msg: Message, p: Prediction) -> None:
+        cfg = self._model(msg, p.model_id, p.task, p._asdict())
+        if cfg is None:
+            return
+        key = "p:" + p.prediction_id
+        ws = window_start(p.timestamp, self.window_seconds)
+        existing = self._lookup(key)
+        if existing is not None:
+            rec = decode_prediction(existing)
+            if (rec.partition, rec.offset) != (msg.partition, msg.offset):
+                self._count("duplicate_predictions")
+                for sk in self._series(cfg, p, ws):
+                    self._partial(self.windows if not self._is_closed(ws) else self.late, sk, p.task).duplicate_predictions += 1
+                return
+        elif p.prediction_id in self.recent_joined:
+            self._count("duplicate_predictions")
+            return
+        self.watermark = max(self.watermark, min(p.timestamp, self.clock() + MAX_CLOCK_SKEW_S))
+        closed = self._is_closed(ws)
+        lat = np.array([np.nan if p.latency_ms is None else p.latency_ms])
+        score = p.value if p.task == "regression" else (p.score if p.scores is None else max(p.scores.values(), default=np.nan))
+        sc = np.array([np.nan if score is None else score])
+        for sk in self._series(cfg, p, ws):
+            if closed:
+                self._partial(self.late, sk, p.task).late_predictions += 1
+            else:
+                self._partial(self.windows, sk, p.task).add_predictions(lat, sc)
+        if closed:
+            self._count("late_predictions")
+        early_raw = self._lookup("l:" + p.prediction_id)
+        if early_raw is not None:
+            self._overlay["l:" + p.prediction_id] = None
+            self._join(cfg, p, decode_label(early_raw).label, msg)
+            return
+        expires = p.timestamp + cfg.label_horizon_s
+        self._overlay[key] = encode_prediction(msg.partition, msg.offset, expires, p)
+        self.expiry.add(expires, key)
+        self.pending_count += 1
+        if self.pending_count > self.max_pending:
+            self._evict(self.pending_count - self.max_pending)
+
+    def _on_label(self, msg: Message, lab: Label) -> None:
+        key = "p:" + lab.prediction_id
+        raw = self._lookup(key)
+        if raw is None:
+            if lab.prediction_id in self.recent_joined:
+                self._count("duplicate_labels")
+                return
+            lkey = "l:" + lab.prediction_id
+            existing = self._lookup(lkey)
+            if existing is not None and decode_label(existing)[:2] != (msg.partition, msg.offset):
+                self._count("duplicate_labels")
+                return
+            wait = (self.models.for_model(lab.model_id or "") or self.models.defaults).early_label_wait_s
+            self._overlay[lkey] = encode_label(msg.partition, msg.offset, lab.timestamp + wait, lab)
+            self.expiry.add(lab.timestamp + wait, lkey)
+            self._count("early_labels")
+            return
+        rec = decode_prediction(raw)
+        cfg = self.models.for_model(rec.pred.model_id) or self.models.defaults
+        is_regression = rec.pred.task == "regression"
+        if is_regression != (lab.value is not None):
+            self._dead_letter(msg, Rejection("label_kind_mismatch", "label" if is_regression else "value", f"model {rec.pred.model_id!r} is {rec.pred.task}"), lab._asdict())
+            return
+        if lab.timestamp > rec.expires_at:
+            self._count("labels_after_horizon")
+        self._overlay[key] = None
+        self.pending_count -= 1
+        self._join(cfg, rec.pred, lab, msg)
+
+    def _join(self, cfg: ModelConfig, p: Prediction, lab: Label, msg: Message) -> None:
+        self._count("joins")
+        self.recent_joined[p.prediction_id] = None
+        if len(self.recent_joined) > RECENT_JOINED:
+            self.recent_joined.popitem(last=False)
+        outcome = make_outcome(p, lab)
+        self._res.outcomes.append(dict(outcome))
+        ws = window_start(p.timestamp, self.window_seconds)
+        table = self.late if self._is_closed(ws) else self.windows
+        delay = np.array([max(lab.timestamp - p.timestamp, 0.0)])
+        if p.task == "regression":
+            yt, yp, sc = np.array([lab.value]), np.array([p.value]), None
+            err = abs(float(p.value) - float(lab.value))  # type: ignore[arg-type]
+        elif p.task == "binary":
+            t = _binary_truth(lab.label, cfg.positive_class)
+            yt, yp = np.array([t]), np.array([int(p.label) if p.label in (0, 1) else 0])
+            sc = np.array([np.nan if p.score is None else p.score])
+            err = float(yt[0] != yp[0])
+        else:
+            yt, yp, sc = [str(lab.label)], [str(p.label)], None
+            err = float(yt[0] != yp[0])
+        for sk in self._series(cfg, p, ws):
+            self._partial(table, sk, p.task).add_outcomes(yt, yp, sc, delay)
+        self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
+
+    def _run_detectors(self) -> None:
+        for (model, version), joined in self._joins.items():
+            cfg = self.models.for_model(model) or self.models.defaults
+            task = joined[0][0].task
+            bank = self.banks.get((model, version))
+            if bank is None:
+                det_cfg = {k: dict(v) for k, v in cfg.detectors.items() if task != "regression" or k == "adwin"}
+                if not det_cfg:  # no detector applies (``detectors: {}``, or a regressor without ADWIN)
+                    continue
+                bank = self.banks[(model, version)] = DetectorBank(det_cfg)
+                self.policies[(model, version)] = AlarmPolicy(corroboration_window=cfg.corroboration_window, ddm_warmup=cfg.ddm_warmup,
+                                                                  warning_alerts=cfg.detector_warning_alerts)
+            start = bank.n
+            alarms = bank.update_many(np.array([e for _, _, e in joined], dtype=float))
+            decisions = self.policies[(model, version)].decide((model, version), alarms)
+            for d in decisions:
+                a = d.alarm
+                severity = d.severity
+                p, lab, _ = joined[a.position - start]
+                ws = window_start(p.timestamp, self.window_seconds)
+                event = make_drift_event(
+                    model_id=model, model_version=version, partition=self.partition, detector=a.detector,
+                    kind=a.kind, direction=a.direction, position=a.position, window_start=ws,
+                    window_end=ws + self.window_seconds, detected_at=max(p.timestamp, lab.timestamp),
+                    params=dict(bank.config.get(a.detector, {})), estimate_before=a.estimate_before,
+                    estimate_after=a.estimate_after,
+                )
+                self._count(f"detector_{a.detector}_{a.kind}")
+                self.seq += 1
+                self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": model,
+                                    "drift_event": dict(event), "severity": severity, "reason": d.reason})
+
+    def _expire(self) -> None:
+        due = self.expiry.pop_due(self.watermark, EXPIRE_PER_BATCH)
+        for expires_at, key in due:
+            raw = self._lookup(key)
+            if raw is None:
+                continue
+            if key.startswith("p:"):
+                rec = decode_prediction(raw)
+                if rec.expires_at != expires_at:
+                    continue
+                self._expire_prediction(rec)
+            else:
+                if decode_label(raw).expires_at != expires_at:
+                    continue
+                self._count("orphan_labels")
+            self._overlay[key] = None
+
+    def _expire_prediction(self, rec: Any) -> None:
+        p = rec.pred
+        cfg = self.models.for_model(p.model_id) or self.models.defaults
+        ws = window_start(p.timestamp, self.window_seconds)
+        for sk in self._series(cfg, p, ws):
+            self._partial(self.late if self._is_closed(ws) else self.windows, sk, p.task).unlabeled_expired += 1
+        self.pending_count -= 1
+        self._count("unlabeled_expired")
+
+    def _evict(self, n: int) -> None:
+        for _, key in self.expiry.pop_oldest(n * 2):
+            raw = self._lookup(key)
+            if raw is None or not key.startswith("p:"):
+                continue
+            self._expire_prediction(decode_prediction(raw))
+            self._overlay[key] = None
+            self._count("pending_evicted")
+            n -= 1
+            if n <= 0:
+                break
+
+    def _close_windows(self, force: bool) -> None:
+        for key in sorted(self.windows, key=lambda k: k.window_start):
+            if force or self._is_closed(key.window_start):
+                self._emit_partial("closed", key, self.windows.pop(key))
+                self._count("windows_closed")
+
+    def _emit_partial(self, kind: str, key: SeriesKey, w: WindowPartial) -> None:
+        self.seq += 1
+        self.outbox.append({
+            "type": kind, "pid": f"{self.partition}:{self.seq}", "partition": self.partition,
+            "model_id": key.model_id, "model_version": key.model_version, "segment": key.segment,
+            "window_start": key.window_start, "window_end": key.window_start + self.window_seconds,
+            "state": w.to_state(),
+        })
+
+
+def _binary_truth(label: Any, positive_class: str) -> int:
+    b = binary_label(label)
+    if b is not None:
+        return b
+    return int(str(label) == positive_class)
+
+
+__all__ = ["BatchResult", "Message", "PartitionProcessor"]

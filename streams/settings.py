@@ -1,0 +1,186 @@
+"""One frozen settings object for every Driftline process.
+
+Each field is declared once with its type, default, environment name and meaning
+(faust's habit). Only the entry point (``streams.cli``) reads the environment: library
+code receives a ``Settings`` and never looks at ``os.environ`` itself.
+
+Kafka security settings (SASL/SSL) pass through as librdkafka properties: every
+``DRIFTLINE_KAFKA_<NAME>`` variable becomes ``<name>`` with ``_`` -> ``.`` (for example
+``DRIFTLINE_KAFKA_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism``); a ``..._FILE`` variant
+reads the value from a file so secrets stay off the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path(os.path.expanduser("~")) / ".driftline"
+
+
+def _default_dsn() -> str:
+    return f"chdb://{DEFAULT_DATA_DIR / 'clickhouse'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Driftline's settings; ``Settings.from_env()`` builds it from ``DRIFTLINE_*``."""
+
+    bootstrap: str = field(default="127.0.0.1:9092", metadata={"env": "DRIFTLINE_BOOTSTRAP", "help": "Kafka bootstrap servers"})
+    clickhouse: str = field(default_factory=_default_dsn, metadata={"env": "DRIFTLINE_CLICKHOUSE", "help": "clickhouse-connect DSN: chdb:///path (embedded) or http://host:8123"})
+    clickhouse_user: str = field(default="", metadata={"env": "DRIFTLINE_CLICKHOUSE_USER", "help": "ClickHouse user (server DSNs)"})
+    clickhouse_password: str = field(default="", repr=False, metadata={"env": "DRIFTLINE_CLICKHOUSE_PASSWORD", "secret": True, "help": "ClickHouse password; DRIFTLINE_CLICKHOUSE_PASSWORD_FILE reads it from a file"})
+    topic_prefix: str = field(default="driftline.", metadata={"env": "DRIFTLINE_TOPIC_PREFIX", "help": "prefix of every Driftline topic"})
+    config_path: str = field(default="", metadata={"env": "DRIFTLINE_CONFIG", "help": "models file (YAML or TOML); empty = defaults for every model"})
+    partitions: int = field(default=8, metadata={"env": "DRIFTLINE_PARTITIONS", "help": "partition count of new topics"})
+    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"env": "DRIFTLINE_DATA_DIR", "help": "worker state folder (RocksDB tables, logs)"})
+    store: str = field(default="memory://", metadata={"env": "DRIFTLINE_STORE", "help": "faust table store: memory:// or rocksdb://"})
+    app_id: str = field(default="driftline", metadata={"env": "DRIFTLINE_APP_ID", "help": "consumer group / faust app id"})
+    web_host: str = field(default="127.0.0.1", metadata={"env": "DRIFTLINE_WEB_HOST", "help": "bind address of the health, metrics and query endpoints"})
+    web_port: int = field(default=6066, metadata={"env": "DRIFTLINE_WEB_PORT", "help": "port of the health, metrics and query endpoints"})
+    sink: bool = field(default=True, metadata={"env": "DRIFTLINE_SINK", "help": "run the ClickHouse sink inside this worker"})
+    window_seconds: float = field(default=60.0, metadata={"env": "DRIFTLINE_WINDOW_SECONDS", "help": "event-time tumbling window length"})
+    allowed_lateness: float = field(default=30.0, metadata={"env": "DRIFTLINE_ALLOWED_LATENESS", "help": "a window closes when the watermark passes end + this"})
+    idle_close_seconds: float = field(default=10.0, metadata={"env": "DRIFTLINE_IDLE_CLOSE_SECONDS", "help": "close a partition's windows after this much wall-clock idleness"})
+    flush_interval: float = field(default=2.0, metadata={"env": "DRIFTLINE_FLUSH_INTERVAL", "help": "at most one revision of a window per this many seconds"})
+    max_message_bytes: int = field(default=1_048_576, metadata={"env": "DRIFTLINE_MAX_MESSAGE_BYTES", "help": "larger input messages go to the dead-letter topic"})
+    max_pending: int = field(default=5_000_000, metadata={"env": "DRIFTLINE_MAX_PENDING", "help": "cap of predictions waiting for labels per worker (evictions are counted)"})
+    retention_days: int = field(default=90, metadata={"env": "DRIFTLINE_RETENTION_DAYS", "help": "ClickHouse TTL of metrics, alerts, drift events and outcomes"})
+    outcome_sample_rate: float = field(default=1.0, metadata={"env": "DRIFTLINE_OUTCOME_SAMPLE_RATE", "help": "share of joined outcomes written to ClickHouse"})
+    log_level: str = field(default="info", metadata={"env": "DRIFTLINE_LOG_LEVEL", "help": "debug, info, warning, error"})
+    kafka: Mapping[str, str] = field(default_factory=dict, metadata={"help": "extra librdkafka/aiokafka security properties"})
+
+    def __post_init__(self) -> None:
+        positive = ("partitions", "window_seconds", "idle_close_seconds", "flush_interval", "max_message_bytes", "max_pending", "retention_days")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.allowed_lateness < 0:
+            raise ValueError(f"setting allowed_lateness must be >= 0, got {self.allowed_lateness!r}")
+        if not 0.0 <= self.outcome_sample_rate <= 1.0:
+            raise ValueError(f"setting outcome_sample_rate must be in [0, 1], got {self.outcome_sample_rate!r}")
+        if self.store.split(":", 1)[0] not in ("memory", "rocksdb"):
+            raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``DRIFTLINE_*`` variables, then explicit ``overrides`` (CLI flags).
+
+        >>> Settings.from_env({"DRIFTLINE_PARTITIONS": "4"}).partitions
+        4
+        >>> Settings.from_env({}, topic_prefix="t.").topic_prefix
+        't.'
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata.get("env")
+            if name and name in env:
+                values[f.name] = _coerce(f, env[name])
+            elif name and f.metadata.get("secret") and f"{name}_FILE" in env:
+                values[f.name] = Path(env[f"{name}_FILE"]).read_text().strip()
+        values["kafka"] = kafka_properties_from_env(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: secrets and DSN passwords masked."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["kafka"] = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}
+        out["clickhouse"] = redact_dsn(self.clickhouse)
+        out["clickhouse_password"] = "***" if self.clickhouse_password else ""
+        return out
+
+    def clickhouse_client_settings(self) -> dict[str, Any]:
+        """Keyword arguments for ``clickhouse_connect.get_client`` besides the DSN."""
+        out: dict[str, Any] = {}
+        if self.clickhouse_user:
+            out["username"] = self.clickhouse_user
+        if self.clickhouse_password:
+            out["password"] = self.clickhouse_password
+        return out
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"environment {f.metadata['env']}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw
+
+
+def _is_secret(key: str) -> bool:
+    return any(word in key for word in ("password", "secret", "key.pem", "token"))
+
+
+def kafka_properties_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka properties from ``DRIFTLINE_KAFKA_*`` (``*_FILE`` reads a file).
+
+    >>> kafka_properties_from_env({"DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    {'security.protocol': 'SASL_SSL'}
+    """
+    props: dict[str, str] = {}
+    prefix = "DRIFTLINE_KAFKA_"
+    for name, value in env.items():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix):].lower()
+        if key.endswith("_file"):
+            key = key[: -len("_file")]
+            value = Path(value).read_text().strip()
+        props[key.replace("_", ".")] = value
+    return props
+
+
+def redact_dsn(dsn: str) -> str:
+    """Mask the password of a DSN.
+
+    >>> redact_dsn("http://user:pw@host:8123")
+    'http://user:***@host:8123'
+    """
+    if "://" not in dsn or "@" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def aiokafka_security(props: Mapping[str, str]) -> dict[str, Any]:
+    """Translate librdkafka security properties into faust/aiokafka settings."""
+    out: dict[str, Any] = {}
+    proto = props.get("security.protocol")
+    if not proto or proto.upper() == "PLAINTEXT":
+        return out
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    context = None
+    if "SSL" in proto.upper():
+        context = ssl.create_default_context(cafile=props.get("ssl.ca.location"))
+        if props.get("ssl.certificate.location"):
+            context.load_cert_chain(props["ssl.certificate.location"], props.get("ssl.key.location"), props.get("ssl.key.password"))
+    if "SASL" in proto.upper():
+        out["broker_credentials"] = SASLCredentials(
+            username=props.get("sasl.username"),
+            password=props.get("sasl.password"),
+            mechanism=props.get("sasl.mechanism", "PLAIN"),
+            ssl_context=context,
+        )
+    elif context is not None:
+        out["broker_credentials"] = SSLCredentials(context)
+    return out

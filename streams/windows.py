@@ -1,0 +1,189 @@
+"""Mergeable per-window aggregates: what one partition knows of one window of one series.
+
+A series is (model_id, model_version, segment); a window is an event-time tumbling
+interval ``[start, start + length)``. A ``WindowPartial`` holds the label-free part
+(prediction count, latency sketch, score/value summary) and the label-based part
+(labelled count, label-delay sketch, the task's metric accumulator). Partials from
+different partitions and workers ``merge`` into the aggregate of the union, so the merge
+stage can combine them in any order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from detectors.metrics import (
+    BinaryAccumulator,
+    MulticlassAccumulator,
+    RegressionAccumulator,
+    ScoreSummary,
+)
+from detectors.sketch import QuantileSketch
+
+Accumulator = BinaryAccumulator | MulticlassAccumulator | RegressionAccumulator
+
+
+class SeriesKey(NamedTuple):
+    model_id: str
+    model_version: str
+    segment: str
+    window_start: float
+
+    def encode(self) -> str:
+        return f"{self.model_id}\x1f{self.model_version}\x1f{self.segment}\x1f{self.window_start!r}"
+
+    @classmethod
+    def decode(cls, s: str) -> SeriesKey:
+        m, v, seg, ws = s.split("\x1f")
+        return cls(m, v, seg, float(ws))
+
+
+def window_start(ts: float, length: float) -> float:
+    """Start of the tumbling window holding ``ts``.
+
+    >>> window_start(125.0, 60.0), window_start(120.0, 60.0)
+    (120.0, 120.0)
+    """
+    return float(ts // length * length)
+
+
+def _new_accumulator(task: str) -> Accumulator:
+    if task == "binary":
+        return BinaryAccumulator()
+    if task == "multiclass":
+        return MulticlassAccumulator()
+    return RegressionAccumulator()
+
+
+_ACC_TYPES: dict[str, Any] = {
+    "binary": BinaryAccumulator,
+    "multiclass": MulticlassAccumulator,
+    "regression": RegressionAccumulator,
+}
+
+
+class WindowPartial:
+    """Label-free and label-based aggregates of one series in one window.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = WindowPartial("binary")
+    >>> w.add_predictions(np.array([10.0, 20.0]), np.array([0.2, 0.9]))
+    >>> w.add_outcomes(np.array([0, 1]), np.array([0, 1]), np.array([0.2, 0.9]), np.array([5.0, 7.0]))
+    >>> m, counts = w.metrics(60.0)
+    >>> m["prediction_count"], m["accuracy"], m["label_coverage"]
+    (2.0, 1.0, 1.0)
+    """
+
+    __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions")
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.prediction_count = 0
+        self.latency = QuantileSketch()
+        self.scores = ScoreSummary()
+        self.labeled = 0
+        self.label_delay = QuantileSketch()
+        self.acc: Accumulator = _new_accumulator(task)
+        self.unlabeled_expired = 0
+        self.late_predictions = 0
+        self.duplicate_predictions = 0
+
+    def add_predictions(self, latencies: np.ndarray, scores: np.ndarray) -> None:
+        """Count predictions; NaN latencies/scores (absent fields) are skipped by the sketches."""
+        self.prediction_count += len(latencies)
+        if len(latencies):
+            self.latency.add_many(latencies[~np.isnan(latencies)])
+        if len(scores):
+            self.scores.update_many(scores[~np.isnan(scores)])
+
+    def add_outcomes(self, y_true: Any, y_pred: Any, score: np.ndarray | None, delays: np.ndarray) -> None:
+        """Add joined outcomes (binary: 0/1 ints; multiclass: strings; regression: floats)."""
+        self.labeled += len(delays)
+        self.label_delay.add_many(np.maximum(delays, 0.0))
+        if isinstance(self.acc, BinaryAccumulator):
+            self.acc.update_many(y_true, y_pred, score)
+        else:
+            self.acc.update_many(y_true, y_pred)
+
+    def merge(self, other: WindowPartial) -> None:
+        self.prediction_count += other.prediction_count
+        self.latency.merge(other.latency)
+        self.scores.merge(other.scores)
+        self.labeled += other.labeled
+        self.label_delay.merge(other.label_delay)
+        self.acc.merge(other.acc)  # type: ignore[arg-type]
+        self.unlabeled_expired += other.unlabeled_expired
+        self.late_predictions += other.late_predictions
+        self.duplicate_predictions += other.duplicate_predictions
+
+    def is_empty(self) -> bool:
+        return not (self.prediction_count or self.labeled or self.unlabeled_expired or self.late_predictions or self.duplicate_predictions)
+
+    def metrics(self, window_seconds: float) -> tuple[dict[str, float], dict[str, int]]:
+        """Contract metric names -> values, and the number of events behind each."""
+        m: dict[str, float] = {}
+        c: dict[str, int] = {}
+        n = self.prediction_count
+
+        def put(name: str, value: float, count: int) -> None:
+            m[name] = float(value)
+            c[name] = int(count)
+
+        put("prediction_count", n, n)
+        put("throughput", n / window_seconds, n)
+        put("labeled_count", self.labeled, self.labeled)
+        if n:
+            put("label_coverage", min(self.labeled / n, 1.0), n)
+        if self.latency.count:
+            for q, name in ((0.5, "latency_p50"), (0.95, "latency_p95"), (0.99, "latency_p99")):
+                put(name, self.latency.quantile(q), self.latency.count)
+        if self.label_delay.count:
+            put("label_delay_p50", self.label_delay.quantile(0.5), self.label_delay.count)
+            put("label_delay_p95", self.label_delay.quantile(0.95), self.label_delay.count)
+        if self.scores.n:
+            prefix = "prediction_value" if self.task == "regression" else "score"
+            for name, value in self.scores.metrics().items():
+                if name != "count":
+                    put(f"{prefix}_{name}", value, self.scores.n)
+        if self.acc.n:
+            for name, value in self.acc.metrics().items():
+                put(name, value, self.acc.n)
+        if self.unlabeled_expired:
+            put("unlabeled_expired", self.unlabeled_expired, self.unlabeled_expired)
+        if self.late_predictions:
+            put("late_predictions", self.late_predictions, self.late_predictions)
+        if self.duplicate_predictions:
+            put("duplicate_predictions", self.duplicate_predictions, self.duplicate_predictions)
+        return m, c
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "n": self.prediction_count,
+            "lat": self.latency.to_state(),
+            "sc": self.scores.to_state(),
+            "lab": self.labeled,
+            "dly": self.label_delay.to_state(),
+            "acc": self.acc.to_state(),
+            "unl": self.unlabeled_expired,
+            "late": self.late_predictions,
+            "dup": self.duplicate_predictions,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> WindowPartial:
+        w = cls(d["task"])
+        w.prediction_count = d["n"]
+        w.latency = QuantileSketch.from_state(d["lat"])
+        w.scores = ScoreSummary.from_state(d["sc"])
+        w.labeled = d["lab"]
+        w.label_delay = QuantileSketch.from_state(d["dly"])
+        w.acc = _ACC_TYPES[d["task"]].from_state(d["acc"])
+        w.unlabeled_expired = d["unl"]
+        w.late_predictions = d["late"]
+        w.duplicate_predictions = d["dup"]
+        return w

@@ -1,0 +1,74 @@
+"""``driftline worker``: the faust app plus, in the same process, the ClickHouse sink.
+
+With an embedded chdb store the worker owns the store (only one process may open a
+chdb path), so it also serves read-only queries at ``/query`` for ``driftline query``.
+
+Shutdown (SIGTERM or SIGINT): faust stops the agents after their current batch, flushes
+the producer (changelogs and outputs) and commits the offsets of what was processed;
+then the sink writes what it buffered and commits its own offsets. Open windows are
+not closed early: their partials are in the changelog and a restarted worker carries
+on with them, so the metrics of a window never depend on when a restart happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from streams.models import load_models_config
+from streams.settings import Settings
+from streams.topics import create_topics, topic_names
+
+log = logging.getLogger("driftline.worker")
+
+SINK_TOPICS = ("metrics", "alerts", "drift_events", "outcomes")
+
+
+def build_sink(settings: Settings) -> tuple[Any, Any]:
+    """The sink runner and a read-only query function, or (None, None) without a sink."""
+    if not settings.sink:
+        return None, None
+    from sinks.clickhouse import ClickHouseSink
+    from sinks.query import open_query_client, run_query
+    from sinks.runner import SinkRunner
+
+    names = topic_names(settings.topic_prefix)
+    sink = ClickHouseSink(settings.clickhouse, retention_days=settings.retention_days,
+                          outcome_sample_rate=settings.outcome_sample_rate,
+                          client_settings=settings.clickhouse_client_settings())
+    runner = SinkRunner(settings.bootstrap, [names[t] for t in SINK_TOPICS], sink,
+                        group_id=f"{settings.app_id}-sink", client_config=dict(settings.kafka))
+    runner.start()
+    lock = threading.Lock()
+    client = open_query_client(settings.clickhouse, **settings.clickhouse_client_settings())
+
+    def query(sql: str, fmt: str) -> str:
+        with lock:
+            return str(run_query(client, sql, fmt))
+
+    return runner, query
+
+
+def run_worker(settings: Settings) -> int:
+    import faust
+
+    from streams.app import DriftlineApp
+
+    models = load_models_config(settings.config_path)
+    names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
+                          client_config=dict(settings.kafka))
+    log.info("worker starting", extra={"settings": settings.redacted(), "topics": names})
+    runner, query = build_sink(settings)
+    dl = DriftlineApp(settings, models, sink=runner, query=query)
+    worker = faust.Worker(dl.app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        if runner is not None:
+            runner.stop()
+        log.info("worker stopped", extra={"counters": dl.metrics.counters})
+    return 0
