@@ -13,7 +13,7 @@ Rules, per model (``streams.models.ModelConfig``):
 - relative drop: a metric ``drop`` below the mean of the previous windows (``threshold``);
 - latency p99 above the SLO (``latency``);
 - volume below ``volume_drop`` x or above ``volume_spike`` x the recent average (``volume``);
-- label coverage below a floor, judged ``coverage_after_s`` after the window (``label_coverage``).
+- label coverage below a floor, judged ``coverage_after_s`` (wall clock) after the window (``label_coverage``).
 """
 
 from __future__ import annotations
@@ -88,11 +88,12 @@ class AlertEngine:
             v, n = metrics.get(r.metric), counts.get(r.metric, 0)
             if v is None or n < r.min_count:
                 continue
-            bad = (r.min is not None and v < r.min) or (r.max is not None and v > r.max)
-            rule = f"{r.metric}_{'min' if r.min is not None else 'max'}"
-            limit = r.min if r.min is not None else r.max
-            out += self._condition(cfg, win, rule, "threshold", r.metric, bad, r.severity, v, limit, n, emitted_at,
-                                   f"{r.metric} {v:.4g} {'below' if r.min is not None else 'above'} {limit} ({n} events)")
+            for bound, limit, word in (("min", r.min, "below"), ("max", r.max, "above")):
+                if limit is None:
+                    continue
+                bad = v < limit if bound == "min" else v > limit
+                out += self._condition(cfg, win, f"{r.metric}_{bound}", "threshold", r.metric, bad, r.severity, v,
+                                       limit, n, emitted_at, f"{r.metric} {v:.4g} {word} {limit} ({n} events)")
         for r in cfg.relative_drops:
             v, n = metrics.get(r.metric), counts.get(r.metric, 0)
             if v is None or n < r.min_count:
@@ -113,16 +114,24 @@ class AlertEngine:
                                    f"latency p99 {v:.1f} ms above the SLO {cfg.latency_p99_slo_ms} ms")
         if win.get("revision", 0) == 0 and win["segment"] == "":
             out += self._volume(cfg, win, emitted_at)
-        if cfg.label_coverage_min is not None and "label_coverage" in metrics and win["segment"] == "" \
-                and emitted_at - win["window_end"] >= cfg.coverage_after_s:
-            v = metrics["label_coverage"]
-            out += self._condition(cfg, win, "label_coverage_min", "label_coverage", "label_coverage",
-                                   v < cfg.label_coverage_min, "warning", v, cfg.label_coverage_min,
-                                   counts.get("label_coverage", 0), emitted_at,
-                                   f"label coverage {v:.1%} below {cfg.label_coverage_min:.0%}")
         if win["segment"] == "":
             out += self._resolve_drift(cfg, win, emitted_at)
         return out
+
+    def on_coverage(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
+        """Label coverage of a window, judged once ``coverage_after_s`` after its end.
+
+        Labels come late, so coverage is only meaningful once the expected label delay has
+        passed; the merge stage calls this once per whole-model window when that time
+        (wall clock) has come, whether or not the window was re-emitted since.
+        """
+        if cfg.label_coverage_min is None or "label_coverage" not in win["metrics"]:
+            return []
+        v = win["metrics"]["label_coverage"]
+        return self._condition(cfg, win, "label_coverage_min", "label_coverage", "label_coverage",
+                               v < cfg.label_coverage_min, "warning", v, cfg.label_coverage_min,
+                               win["counts"].get("label_coverage", 0), emitted_at,
+                               f"label coverage {v:.1%} below {cfg.label_coverage_min:.0%}")
 
     # ---- rules ---------------------------------------------------------------------------
     def _volume(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:

@@ -178,6 +178,16 @@ class DriftlineApp:
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
         p = proc.partition
         table = self.join_table
+        producer = self.app.producer
+        if res.dlq or res.outcomes:
+            # Delivered before the partition record that marks their input as applied:
+            # a crash in between replays the input and re-sends them (at-least-once,
+            # deduplicated downstream by prediction_id), never loses them.
+            for key, rec in res.dlq:
+                await self.out["dlq"].send(key=key, value=orjson.dumps(rec))
+            for o in res.outcomes:
+                await self.out["outcomes"].send(key=o["prediction_id"].encode(), value=orjson.dumps(o))
+            await producer.flush()
         with partition_context(p):
             for key, value in res.sets.items():
                 table_set(table, p, key.encode(), value)
@@ -185,11 +195,6 @@ class DriftlineApp:
             for key in res.deletes:
                 table_del(table, p, key.encode())
         self.metrics.count(res.counters)
-        producer = self.app.producer
-        for key, rec in res.dlq:
-            await self.out["dlq"].send(key=key, value=orjson.dumps(rec))
-        for o in res.outcomes:
-            await self.out["outcomes"].send(key=o["prediction_id"].encode(), value=orjson.dumps(o))
         if res.partials:
             # The partition record holding this outbox must be durable before the
             # partials leave, or a replay could reuse their ids for other content.

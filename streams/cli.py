@@ -1,6 +1,6 @@
 """``driftline`` command line: the only place that reads the environment.
 
-Subcommands: broker, topics create, simulate, worker, demo, query.
+Subcommands: broker, topics create, simulate, worker, demo, query, report.
 Configuration: flags, then ``DRIFTLINE_*`` environment variables, then defaults
 (``streams.settings.Settings``). Secrets never come from flags.
 """
@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--clickhouse", help="clickhouse-connect DSN (env DRIFTLINE_CLICKHOUSE)")
     p.add_argument("--worker", help="URL of a running worker's query endpoint (default http://127.0.0.1:6066)")
+
+    p = sub.add_parser("report", help="a self-contained HTML report: metrics, drift, alerts, score distributions")
+    p.add_argument("--model", help="only this model_id (default: every model)")
+    p.add_argument("--since", help="start: ISO 8601 (UTC if no offset) or epoch seconds (default: oldest data)")
+    p.add_argument("--until", help="end, exclusive: ISO 8601 or epoch seconds (default: now)")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--clickhouse", help="clickhouse-connect DSN (env DRIFTLINE_CLICKHOUSE)")
+    p.add_argument("--worker", help="URL of a running worker's query endpoint (default http://127.0.0.1:6066)")
     return parser
 
 
@@ -153,6 +161,15 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from streams.report_cmd import run_report
+
+    s = Settings.from_env(clickhouse=args.clickhouse)
+    worker = args.worker or os.environ.get("DRIFTLINE_WORKER_URL") or f"http://127.0.0.1:{s.web_port}"
+    return run_report(out=args.out, dsn=s.clickhouse, model=args.model, since=args.since, until=args.until,
+                      worker_url=worker, client_settings=s.clickhouse_client_settings())
 
 
 def _print(*a: Any) -> None:

@@ -33,14 +33,16 @@ class MergedWindow:
     last_emit: float = 0.0
     last_update: float = 0.0
     dirty: bool = True
+    coverage_checked: bool = False
 
     def to_state(self) -> dict[str, Any]:
         return {"p": self.partial.to_state(), "ids": self.ids, "rev": self.revision, "first": self.first_seen,
-                "emit": self.last_emit, "upd": self.last_update, "dirty": self.dirty}
+                "emit": self.last_emit, "upd": self.last_update, "dirty": self.dirty, "cov": self.coverage_checked}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> MergedWindow:
-        return cls(WindowPartial.from_state(d["p"]), d["ids"], d["rev"], d["first"], d["emit"], d["upd"], d["dirty"])
+        return cls(WindowPartial.from_state(d["p"]), d["ids"], d["rev"], d["first"], d["emit"], d["upd"], d["dirty"],
+                   d.get("cov", False))
 
 
 @dataclass
@@ -114,7 +116,9 @@ class WindowMerger:
                 due = (now - mw.first_seen >= self.merge_wait) if mw.revision < 0 else (now - mw.last_emit >= self.flush_interval)
                 if due:
                     self._emit(key, mw, now, out)
-            elif self._expired(key, mw, now):
+            if not mw.coverage_checked and mw.revision >= 0 and key.segment == "":
+                self._check_coverage(key, mw, now, out)
+            if not mw.dirty and self._expired(key, mw, now):
                 del self.windows[key]
                 out.dropped_windows.add(key)
 
@@ -138,6 +142,23 @@ class WindowMerger:
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now)
         if alerts:
             out.alerts += alerts
+        out.changed_models.add(key.model_id)
+
+    def _check_coverage(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
+        cfg = self.models.for_model(key.model_id) or self.models.defaults
+        if cfg.label_coverage_min is None:
+            mw.coverage_checked = True
+            return
+        window_end = key.window_start + self.window_seconds
+        if now - window_end < cfg.coverage_after_s:
+            return
+        mw.coverage_checked = True
+        metrics, counts = mw.partial.metrics(self.window_seconds)
+        win = {"model_id": key.model_id, "model_version": key.model_version, "segment": key.segment,
+               "window_start": key.window_start, "window_end": window_end, "revision": mw.revision,
+               "metrics": metrics, "counts": counts}
+        out.alerts += self.engine(key.model_id).on_coverage(cfg, win, emitted_at=now)
+        out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
     def dirty_count(self) -> int:

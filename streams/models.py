@@ -94,6 +94,9 @@ class ModelConfig:
         for name in ("label_horizon_s", "early_label_wait_s", "cooldown_s", "drift_resolve_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        for name in ("corroboration_window", "ddm_warmup"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
         for det in self.detectors:
             if det not in ("adwin", "ddm", "eddm"):
                 raise ConfigError(f"detectors.{det}: unknown detector (adwin, ddm, eddm)")
@@ -202,9 +205,19 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
             value = tuple(_rule(RelativeDropRule, r, f"{path}[{i}]") for i, r in enumerate(_as_list(value, path)))
         kwargs[key] = value
     try:
-        return ModelConfig(**kwargs)
+        cfg = ModelConfig(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc}") from None
+    if "detectors" in kwargs:
+        # Bad parameters would otherwise fail in the worker, on the first joined outcome.
+        from detectors.drift import make_detector
+
+        for det, params in cfg.detectors.items():
+            try:
+                make_detector(det, dict(params))
+            except Exception as exc:
+                raise ConfigError(f"{where}.detectors.{det}: invalid parameters: {exc}") from None
+    return cfg
 
 
 def _as_list(value: Any, path: str) -> list[Any]:
@@ -216,6 +229,8 @@ def _as_list(value: Any, path: str) -> list[Any]:
 def _rule(cls: type[Any], raw: Any, path: str) -> Any:
     if not isinstance(raw, Mapping) or "metric" not in raw:
         raise ConfigError(f"{path}: expected a mapping with 'metric'")
+    if not isinstance(raw["metric"], str) or not raw["metric"]:
+        raise ConfigError(f"{path}.metric: expected a metric name, got {raw['metric']!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in raw.items():
         if key not in names:

@@ -298,7 +298,9 @@ class PartitionProcessor:
         early_raw = self._lookup("l:" + p.prediction_id)
         if early_raw is not None:
             self._overlay["l:" + p.prediction_id] = None
-            self._join(cfg, p, decode_label(early_raw).label, msg)
+            early = decode_label(early_raw).label
+            if not self._kind_mismatch(msg, p, early):
+                self._join(cfg, p, early, msg)
             return
         expires = p.timestamp + cfg.label_horizon_s
         self._overlay[key] = encode_prediction(msg.partition, msg.offset, expires, p)
@@ -326,15 +328,22 @@ class PartitionProcessor:
             return
         rec = decode_prediction(raw)
         cfg = self.models.for_model(rec.pred.model_id) or self.models.defaults
-        is_regression = rec.pred.task == "regression"
-        if is_regression != (lab.value is not None):
-            self._dead_letter(msg, Rejection("label_kind_mismatch", "label" if is_regression else "value", f"model {rec.pred.model_id!r} is {rec.pred.task}"), lab._asdict())
+        if self._kind_mismatch(msg, rec.pred, lab):
             return
         if lab.timestamp > rec.expires_at:
             self._count("labels_after_horizon")
         self._overlay[key] = None
         self.pending_count -= 1
         self._join(cfg, rec.pred, lab, msg)
+
+    def _kind_mismatch(self, msg: Message, p: Prediction, lab: Label) -> bool:
+        """A class label for a regression model or a value for a classifier: dead letter."""
+        is_regression = p.task == "regression"
+        if is_regression == (lab.value is not None):
+            return False
+        detail = f"model {p.model_id!r} is {p.task}; the label carries {'a class' if is_regression else 'a value'}"
+        self._dead_letter(msg, Rejection("label_kind_mismatch", "label" if is_regression else "value", detail), lab._asdict())
+        return True
 
     def _join(self, cfg: ModelConfig, p: Prediction, lab: Label, msg: Message) -> None:
         self._count("joins")

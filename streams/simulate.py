@@ -355,6 +355,7 @@ def run_simulation(
     covariate_drift_at: float | None = None,
     client_config: dict[str, Any] | None = None,
     out: TextIO | None = None,
+    start_ts: float | None = None,
 ) -> dict[str, Any]:
     """Send a simulated fleet's traffic through :class:`DriftlineProducer`; return stats.
 
@@ -371,6 +372,7 @@ def run_simulation(
         drift_at,
         label_delay=label_delay,
         covariate_drift_at=covariate_drift_at,
+        start_ts=start_ts,
     )
     counts = {"prediction": 0, "label": 0}
     dropped = 0

@@ -1,0 +1,283 @@
+"""The ``driftline report`` page: query rows in, one self-contained HTML string out (pure).
+
+Nothing here touches ClickHouse: ``streams/report_cmd.py`` runs the queries and passes their rows
+(lists of dicts, the shape of ``driftline query --format json``) to :func:`render_report`.
+The page has inline CSS and inline SVG only (see :mod:`sinks.svg`) and a Content-Security-Policy
+that forbids every network fetch, so it reads the same offline, attached to a ticket or mailed.
+
+Row shapes (keys; times are epoch seconds):
+
+- ``metrics``: model_id, model_version, task, metric, t (window start), value — whole-model windows
+- ``alerts``: model_id, model_version, segment, status, severity, kind, rule, metric, message, t
+- ``drift_events``: model_id, model_version, detector, kind, direction, partition, t
+- ``histograms``: model_id, model_version, column, split_at, split_reason, edges (list),
+  before (list of counts), after (list of counts)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from html import escape
+from typing import Any
+
+from sinks.svg import Marker, Series, fmt_num, fmt_time, svg_histogram, svg_line_chart
+
+Row = dict[str, Any]
+QUALITY_METRICS = {
+    "binary": ("accuracy", "f1", "roc_auc"),
+    "multiclass": ("accuracy", "f1_macro"),
+    "regression": ("mae", "rmse"),
+}
+LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
+OTHER_METRICS = ("prediction_count", "label_coverage")
+#: every metric the report reads (the SQL filters on this list)
+REPORT_METRICS = tuple(sorted({m for ms in QUALITY_METRICS.values() for m in ms}
+                              | set(LATENCY_METRICS) | set(OTHER_METRICS)))  # fmt: skip
+MAX_TABLE_ROWS = 500
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
+main{max-width:1380px;margin:0 auto;padding:20px 24px 48px}
+h1{font-size:24px;margin:4px 0 2px}h2{font-size:19px;margin:0 0 4px}
+h3{font-size:14px;margin:14px 0 6px;color:#374151;text-transform:uppercase;letter-spacing:.04em}
+.sub{color:#6b7280;font-size:13px;margin-bottom:14px}
+.card{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:16px 18px;margin:14px 0}
+.kpis{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0 4px}
+.kpi{background:#f9fafb;border:1px solid #e5e7eb;border-radius:8px;padding:8px 14px;min-width:120px}
+.kpi b{display:block;font-size:20px}.kpi span{font-size:12px;color:#6b7280}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(620px,1fr));gap:10px 18px}
+svg.chart{width:100%;height:auto;max-width:680px;display:block}
+figure{margin:0}figcaption{font-size:13px;font-weight:600;color:#374151;margin:6px 0 2px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e5e7eb;vertical-align:top}
+th{background:#f9fafb;color:#374151;position:sticky;top:0}
+.pill{display:inline-block;border-radius:9px;padding:1px 8px;font-size:12px;font-weight:600}
+.firing{background:#fee2e2;color:#991b1b}.resolved{background:#dcfce7;color:#166534}
+.critical{background:#fde68a;color:#78350f}.warning{background:#e0e7ff;color:#3730a3}
+.note{font-size:12px;color:#6b7280}td.num{text-align:right;font-variant-numeric:tabular-nums}
+"""
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _key(r: Row) -> tuple[str, str]:
+    return str(r["model_id"]), str(r.get("model_version") or "")
+
+
+def _markers(alerts: list[Row], drifts: list[Row]) -> list[Marker]:
+    out = []
+    for d in drifts:
+        kind = "drift" if d.get("kind") == "drift" else "warning"
+        direction = f" ({d['direction']})" if d.get("direction") else ""
+        out.append(Marker(float(d["t"]), kind, f"{d.get('detector', '').upper()} {d.get('kind')}"
+                          f"{direction} at {fmt_time(float(d['t']))}"))  # fmt: skip
+    for a in alerts:
+        status = "firing" if a.get("status") == "firing" else "resolved"
+        out.append(Marker(float(a["t"]), status, f"{status} {a.get('severity')} {a.get('rule')}: "
+                          f"{a.get('message')} ({fmt_time(float(a['t']))})"))  # fmt: skip
+    return out
+
+
+def _series(by_metric: dict[str, list[tuple[float, float]]], names: tuple[str, ...],
+            colors: tuple[str, ...] = ()) -> list[Series]:  # fmt: skip
+    return [Series(n, by_metric.get(n, []), colors[i] if i < len(colors) else "")
+            for i, n in enumerate(names)]  # fmt: skip
+
+
+def model_section(model: str, version: str, task: str, metrics: list[Row], alerts: list[Row],
+                  drifts: list[Row], hist: Row | None, t_range: tuple[float, float]) -> str:  # fmt: skip
+    """One model version: quality, volume, latency, label coverage, score distribution."""
+    by_metric: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in metrics:
+        by_metric[str(r["metric"])].append((float(r["t"]), float(r["value"])))
+    marks = _markers(alerts, drifts)
+    name = f"{model} {version}".strip()
+    quality = QUALITY_METRICS.get(task, ("accuracy",))
+    bounded = task != "regression"
+    charts = [
+        (
+            "Quality",
+            svg_line_chart(
+                _series(by_metric, quality),
+                title=f"{name}: quality",
+                y_label="error" if not bounded else "score",
+                t_range=t_range,
+                markers=marks,
+                y_min=None if not bounded else _floor(by_metric, quality),
+                y_max=None if not bounded else 1.0,
+            ),
+        ),
+        (
+            "Prediction count per window",
+            svg_line_chart(
+                _series(by_metric, ("prediction_count",), ("#4b5563",)),
+                title=f"{name}: predictions",
+                y_label="predictions",
+                t_range=t_range,
+                markers=marks,
+                y_min=0.0,
+            ),
+        ),
+        (
+            "Latency percentiles",
+            svg_line_chart(
+                _series(by_metric, LATENCY_METRICS, ("#93c5fd", "#2563eb", "#1e3a8a")),
+                title=f"{name}: latency",
+                y_label="latency (ms)",
+                t_range=t_range,
+                markers=marks,
+                y_min=0.0,
+            ),
+        ),
+        (
+            "Label coverage",
+            svg_line_chart(
+                _series(by_metric, ("label_coverage",), ("#0891b2",)),
+                title=f"{name}: label coverage",
+                y_label="labeled share",
+                t_range=t_range,
+                markers=marks,
+                y_min=0.0,
+                y_max=1.0,
+            ),
+        ),
+    ]
+    charts.append(_hist_chart(name, task, hist))
+    figs = "".join(
+        f"<figure><figcaption>{escape(c)}</figcaption>{svg}</figure>" for c, svg in charts
+    )
+    n_pred = sum(v for _, v in by_metric.get("prediction_count", []))
+    firing = sum(1 for a in alerts if a.get("status") == "firing")
+    n_drift = sum(1 for d in drifts if d.get("kind") == "drift")
+    return (f'<section class="card model" id="{escape(_anchor(model, version))}">'
+            f"<h2>{escape(model)} <span class=\"note\">version</span> {escape(version or '(none)')}</h2>"
+            f'<div class="sub">task {escape(task or "?")} &middot; {int(n_pred):,} predictions &middot; '
+            f"{firing} alerts fired &middot; {n_drift} drift events</div>"
+            f'<div class="grid">{figs}</div></section>')  # fmt: skip
+
+
+def _floor(by_metric: dict[str, list[tuple[float, float]]], names: tuple[str, ...]) -> float:
+    vals = [v for n in names for _, v in by_metric.get(n, [])]
+    lo = min(vals) if vals else 0.0
+    return 0.0 if lo < 0.5 else 0.5  # keep the 0.5..1 band readable, never hide a collapse
+
+
+def _hist_chart(name: str, task: str, hist: Row | None) -> tuple[str, str]:
+    """``(caption, svg)`` of the before/after distribution."""
+    if not hist:
+        return "Score distribution", svg_histogram(
+            [], [], [], title=f"{name}: score distribution", x_label="score"
+        )
+    col = str(hist.get("column") or "score")
+    split = float(hist["split_at"])
+    why = ("first critical concept-drift alert" if hist.get("split_reason") == "alert"
+           else "midpoint, no critical concept-drift alert")  # fmt: skip
+    label = {"score": "P(positive)" if task == "binary" else "top score",
+             "value_pred": "predicted value"}.get(col, col)  # fmt: skip
+    stamp = fmt_time(split, "%m-%d %H:%M")
+    svg = svg_histogram(
+        list(hist["edges"]),
+        list(hist["before"]),
+        list(hist["after"]),
+        title=f"{name}: {label} before/after {stamp} ({why})",
+        x_label=label,
+        labels=(f"before {stamp}", f"after {stamp}"),
+    )
+    return f"{label.capitalize()} distribution, split at {stamp} UTC ({why})", svg
+
+
+def _anchor(model: str, version: str) -> str:
+    return "m-" + "".join(c if c.isalnum() else "-" for c in f"{model}-{version}")
+
+
+def alerts_table(alerts: list[Row]) -> str:
+    """Every alert state change, newest first (at most :data:`MAX_TABLE_ROWS`)."""
+    if not alerts:
+        return '<p class="note">No alerts in this range.</p>'
+    rows = sorted(alerts, key=lambda a: -float(a["t"]))
+    body = []
+    for a in rows[:MAX_TABLE_ROWS]:
+        status, sev = str(a.get("status", "")), str(a.get("severity", ""))
+        seg = f" [{a['segment']}]" if a.get("segment") else ""
+        body.append(
+            f"<tr><td>{escape(fmt_time(float(a['t'])))}</td>"
+            f'<td><span class="pill {escape(status)}">{escape(status)}</span></td>'
+            f'<td><span class="pill {escape(sev)}">{escape(sev)}</span></td>'
+            f"<td>{escape(str(a.get('model_id')))} {escape(str(a.get('model_version') or ''))}"
+            f"{escape(seg)}</td><td>{escape(str(a.get('rule', '')))}</td>"
+            f"<td>{escape(str(a.get('message', '')))}</td></tr>"
+        )
+    more = (f'<p class="note">{len(rows) - MAX_TABLE_ROWS} older rows not shown.</p>'
+            if len(rows) > MAX_TABLE_ROWS else "")  # fmt: skip
+    return ('<table class="alerts"><thead><tr><th>detected_at</th><th>status</th><th>severity</th>'
+            "<th>model</th><th>rule</th><th>message</th></tr></thead><tbody>"
+            + "".join(body) + "</tbody></table>" + more)  # fmt: skip
+
+
+def _kpi(value: str, label: str) -> str:
+    return f'<div class="kpi"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
+
+
+def render_report(*, metrics: list[Row], alerts: list[Row], drift_events: list[Row],
+                  histograms: list[Row], since: float | None = None, until: float | None = None,
+                  model: str | None = None, generated_at: float | None = None,
+                  source: str = "") -> str:  # fmt: skip
+    """The whole page. ``since``/``until`` are the requested bounds (None: open)."""
+    generated_at = time.time() if generated_at is None else generated_at
+    times = [float(r["t"]) for rows in (metrics, alerts, drift_events) for r in rows]
+    t0 = since if since is not None else (min(times) if times else generated_at - 86400)
+    t1 = until if until is not None else (max(times) if times else generated_at)
+    if times and until is None:
+        t1 = max(t1, max(float(r["t"]) for r in metrics) + 60 if metrics else t1)
+    groups: dict[tuple[str, str], dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for kind, rows in (("metrics", metrics), ("alerts", alerts), ("drift", drift_events)):
+        for r in rows:
+            groups[_key(r)][kind].append(r)
+    hists = {_key(h): h for h in histograms}
+    for k in hists:
+        groups[k]  # noqa: B018 - a model with outcomes only still gets a section
+    sections, toc = [], []
+    for m, v in sorted(groups):
+        g = groups[(m, v)]
+        task = next((str(r["task"]) for r in g["metrics"] if r.get("task")), "")
+        task = task or str(hists.get((m, v), {}).get("task") or "")
+        sections.append(model_section(m, v, task, g["metrics"], g["alerts"], g["drift"],
+                                      hists.get((m, v)), (t0, t1)))  # fmt: skip
+        toc.append(f'<a href="#{escape(_anchor(m, v))}">{escape(m)} {escape(v)}</a>')
+    firing = [a for a in alerts if a.get("status") == "firing"]
+    windows = len({(r["model_id"], r["model_version"], r["t"]) for r in metrics})
+    n_pred = sum(float(r["value"]) for r in metrics if r["metric"] == "prediction_count")
+    kpis = "".join([
+        _kpi(str(len({m for m, _ in groups})), "models"),
+        _kpi(str(len(groups)), "model versions"),
+        _kpi(f"{windows:,}", "windows"),
+        _kpi(fmt_num(n_pred), "predictions"),
+        _kpi(str(len(firing)), "alerts fired"),
+        _kpi(str(sum(1 for a in firing if a.get("severity") == "critical")), "critical"),
+        _kpi(str(sum(1 for a in alerts if a.get("status") == "resolved")), "resolved"),
+        _kpi(str(sum(1 for d in drift_events if d.get("kind") == "drift")), "drift events"),
+    ])  # fmt: skip
+    scope = f"model {escape(model)}" if model else "all models"
+    rng = f"{fmt_time(t0)} &ndash; {fmt_time(t1)}"
+    req = ("requested " + (fmt_time(since) if since is not None else "start of data") + " to "
+           + (fmt_time(until) if until is not None else "now"))  # fmt: skip
+    nav = " &middot; ".join(toc) or "no data in this range"
+    body = (
+        "".join(sections)
+        or '<section class="card"><p>No metrics, alerts or drift events in this range.</p></section>'
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>Driftline report: {scope}</title><style>{CSS}</style></head><body><main>"
+        f'<header class="card summary"><h1>Driftline report</h1>'
+        f'<div class="sub">{scope} &middot; {rng} ({escape(req)}) &middot; generated '
+        f"{escape(fmt_time(generated_at))}{' &middot; ' + escape(source) if source else ''}</div>"
+        f'<div class="kpis">{kpis}</div><div class="note">Models: {nav}</div>'
+        '<div class="note">Markers on every time axis: orange diamonds are detector drift events '
+        "(amber: warnings), red triangles alerts firing, green dots alerts resolved; hover for details.</div>"
+        f"</header>{body}"
+        f'<section class="card"><h2>Alerts</h2>{alerts_table(alerts)}</section>'
+        "</main></body></html>"
+    )

@@ -1,0 +1,374 @@
+"""Partition processors + merge stage against scikit-learn, late labels and revisions.
+
+The harness (a dict as the join table, ``streams.app._apply_join``'s write order) is the
+one of ``tests/test_partition.py``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from sklearn import metrics as skm
+from test_partition import T0, Feed, Harness, label, pred
+
+from schemas.messages import segment_string
+from schemas.partitioning import partition_for
+from streams.merge import MergedWindow, MergeOutput, WindowMerger
+from streams.models import ModelConfig, ModelsConfig
+from streams.simulate import generate
+from streams.windows import window_start
+
+NPART = 3
+W = 60.0
+MODELS = ModelsConfig(
+    models={
+        "fraud": ModelConfig(task="binary", segment_keys=("country",)),
+        "intent": ModelConfig(task="multiclass", segment_keys=("channel",)),
+        "eta": ModelConfig(task="regression", segment_keys=("city",)),
+    }
+)
+EXACT: dict[str, Any] = {"rel": 1e-9, "abs": 1e-12}
+
+Key = tuple[str, str, str, float]
+
+
+# ---- the pipeline run --------------------------------------------------------------------
+
+
+def _arrival(
+    preds: list[dict[str, Any]], labels: list[dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    items = [(p["timestamp"], 0, "prediction", p) for p in preds] + [
+        (lab["timestamp"], 1, "label", lab) for lab in labels
+    ]
+    items.sort(key=lambda t: (t[0], t[1]))
+    return [(kind, ev) for _, _, kind, ev in items]
+
+
+def _batches(feed: Feed, events: list[tuple[str, dict[str, Any]]], size: int) -> list[list[Any]]:
+    """Batches of messages; runs of one kind become envelopes or single-event messages in turn."""
+    out = []
+    n_run = 0
+    for lo in range(0, len(events), size):
+        chunk = events[lo : lo + size]
+        msgs: list[Any] = []
+        i = 0
+        while i < len(chunk):
+            j = i
+            while j < len(chunk) and chunk[j][0] == chunk[i][0] and j - i < 7:
+                j += 1
+            msgs += feed.events(chunk[i][0], [ev for _, ev in chunk[i:j]], envelope=n_run % 3 != 2)
+            n_run += 1
+            i = j
+        out.append(msgs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet() -> dict[str, Any]:
+    preds, labels = generate(3000, seed=7, rate=10.0, start_ts=T0, label_delay=12.0)
+    by_part: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for kind, ev in _arrival(preds, labels):
+        by_part[partition_for(ev["prediction_id"], NPART)].append((kind, ev))
+    harnesses = []
+    for p in range(NPART):
+        h = Harness(p, MODELS, window_seconds=W, allowed_lateness=5.0)  # some labels come late
+        for batch in _batches(Feed(p), by_part[p], 90):
+            h.process(batch)
+        h.close_idle()
+        assert not h.dlq
+        harnesses.append(h)
+    merger = WindowMerger(MODELS, window_seconds=W, merge_wait=1.0, flush_interval=2.0)
+    out = MergeOutput()
+    # Partials arrive interleaved from the three partitions.
+    streams = [list(h.partials) for h in harnesses]
+    while any(streams):
+        for s in streams:
+            if s:
+                merger.on_partial(orjson.loads(orjson.dumps(s.pop(0))), 100.0, out)
+    merger.tick(100.5, out)
+    assert out.metrics == []  # merge_wait not over
+    merger.tick(101.0, out)
+    final: dict[Key, dict[str, Any]] = {}
+    for m in out.metrics:
+        final[(m["model_id"], m["model_version"], m["segment"], m["window_start"])] = m
+    counters: dict[str, int] = defaultdict(int)
+    for h in harnesses:
+        for k, v in h.counters.items():
+            counters[k] += v
+    return {
+        "preds": preds,
+        "labels": {lab["prediction_id"]: lab for lab in labels},
+        "windows": final,
+        "metrics": out.metrics,
+        "counters": counters,
+        "late_partials": sum(p["type"] == "late" for h in harnesses for p in h.partials),
+    }
+
+
+def _expected_groups(preds: list[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
+    groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for p in preds:
+        ws = window_start(p["timestamp"], W)
+        keys = MODELS.models[p["model_id"]].segment_keys
+        groups[(p["model_id"], p["model_version"], "", ws)].append(p)
+        groups[
+            (p["model_id"], p["model_version"], segment_string(p["segments"], list(keys)), ws)
+        ].append(p)
+    return groups
+
+
+def test_pipeline_exercised(fleet: dict[str, Any]) -> None:
+    c = fleet["counters"]
+    assert c["joins"] == len(fleet["labels"])
+    assert fleet["late_partials"] > 0 and "late_predictions" not in c
+    assert sum(m["revision"] for m in fleet["metrics"]) == 0  # one emission per window here
+    assert len({k[0] for k in fleet["windows"]}) == 3 and len({k[3] for k in fleet["windows"]}) == 5
+
+
+def test_metrics_equal_sklearn(fleet: dict[str, Any]) -> None:
+    labels = fleet["labels"]
+    groups = _expected_groups(fleet["preds"])
+    assert set(groups) == set(fleet["windows"])
+    checked = 0
+    for key, evs in groups.items():
+        msg = fleet["windows"][key]
+        m, counts = msg["metrics"], msg["counts"]
+        task = MODELS.models[key[0]].task
+        assert msg["task"] == task and msg["window_end"] == key[3] + W
+        joined = [(p, labels[p["prediction_id"]]) for p in evs if p["prediction_id"] in labels]
+        n, n_lab = len(evs), len(joined)
+        assert m["prediction_count"] == n and counts["prediction_count"] == n
+        assert m["labeled_count"] == n_lab == msg["labeled_count"]
+        assert m["label_coverage"] == pytest.approx(n_lab / n, **EXACT)
+        assert m["throughput"] == pytest.approx(n / W, **EXACT)
+        lat = np.array([p["latency_ms"] for p in evs])
+        for q, name in ((0.5, "latency_p50"), (0.95, "latency_p95"), (0.99, "latency_p99")):
+            ref = float(np.quantile(lat, q, method="lower"))
+            assert m[name] == pytest.approx(ref, rel=0.01), (key, name)
+        delays = np.array([max(lab["timestamp"] - p["timestamp"], 0.0) for p, lab in joined])
+        assert m["label_delay_p50"] == pytest.approx(
+            float(np.quantile(delays, 0.5, method="lower")), rel=0.01
+        )
+        if task == "regression":
+            values = np.array([p["prediction"]["value"] for p in evs])
+            prefix = "prediction_value"
+        elif task == "binary":
+            values = np.array([p["prediction"]["score"] for p in evs])
+            prefix = "score"
+        else:
+            values = np.array([max(p["prediction"]["scores"].values()) for p in evs])
+            prefix = "score"
+        assert m[f"{prefix}_mean"] == pytest.approx(values.mean(), **EXACT)
+        assert m[f"{prefix}_std"] == pytest.approx(values.std(), rel=1e-9, abs=1e-9)
+        assert (m[f"{prefix}_min"], m[f"{prefix}_max"]) == (values.min(), values.max())
+        assert m[f"{prefix}_p50"] == pytest.approx(
+            float(np.quantile(values, 0.5, method="lower")), rel=0.01
+        )
+        if task == "binary":
+            _check_binary(m, counts, joined, key)
+        elif task == "multiclass":
+            _check_multiclass(m, counts, joined)
+        else:
+            _check_regression(m, counts, joined)
+        checked += 1
+    assert checked >= 60
+
+
+def _check_binary(m: dict[str, float], counts: dict[str, int], joined: list[Any], key: Key) -> None:
+    y = np.array([lab["label"] for _, lab in joined])
+    yp = np.array([p["prediction"]["label"] for p, _ in joined])
+    s = np.array([p["prediction"]["score"] for p, _ in joined])
+    assert counts["accuracy"] == len(y)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, yp), **EXACT)
+    assert m["precision"] == pytest.approx(skm.precision_score(y, yp, zero_division=0), **EXACT)
+    assert m["recall"] == pytest.approx(skm.recall_score(y, yp, zero_division=0), **EXACT)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, yp, zero_division=0), **EXACT)
+    assert m["positive_rate"] == pytest.approx(yp.mean(), **EXACT)
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, s), **EXACT)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, s, labels=[0, 1]), **EXACT)
+    tn, fp, fn, tp = skm.confusion_matrix(y, yp, labels=[0, 1]).ravel()
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (tp, fp, tn, fn)
+    if len(set(y.tolist())) == 2:
+        assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=0.005), key
+    else:
+        assert "roc_auc" not in m
+
+
+def _check_multiclass(m: dict[str, float], counts: dict[str, int], joined: list[Any]) -> None:
+    y = [str(lab["label"]) for _, lab in joined]
+    yp = [str(p["prediction"]["label"]) for p, _ in joined]
+    assert counts["accuracy"] == len(y)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, yp), **EXACT)
+    for name, fn in (
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+        ("f1", skm.f1_score),
+    ):
+        for avg in ("macro", "micro", "weighted"):
+            assert m[f"{name}_{avg}"] == pytest.approx(
+                fn(y, yp, average=avg, zero_division=0), **EXACT
+            ), (name, avg)
+
+
+def _check_regression(m: dict[str, float], counts: dict[str, int], joined: list[Any]) -> None:
+    y = np.array([lab["value"] for _, lab in joined])
+    yp = np.array([p["prediction"]["value"] for p, _ in joined])
+    assert counts["mae"] == len(y)
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(y, yp), **EXACT)
+    assert m["mse"] == pytest.approx(skm.mean_squared_error(y, yp), **EXACT)
+    assert m["rmse"] == pytest.approx(skm.root_mean_squared_error(y, yp), **EXACT)
+    assert m["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y, yp), **EXACT)
+    if len(y) >= 2:
+        assert m["r2"] == pytest.approx(skm.r2_score(y, yp), **EXACT)
+
+
+# ---- late labels and revisions -----------------------------------------------------------
+
+BIN = ModelsConfig(models={"m": ModelConfig(task="binary")})
+
+
+def test_late_labels_make_revisions_at_most_once_per_flush_interval() -> None:
+    rng = np.random.default_rng(1)
+    h, f = Harness(0, BIN, window_seconds=W, allowed_lateness=30.0), Feed()
+    truth = {f"a{i}": int(rng.random() < 0.5) for i in range(40)}
+    scores = {pid: round(float(rng.random()), 3) for pid in truth}
+    preds = [
+        pred(pid, T0 + i, label=int(scores[pid] >= 0.5), score=scores[pid])
+        for i, pid in enumerate(truth)
+    ]
+    ids = list(truth)
+    h.process(
+        f.events("prediction", preds)
+        + f.events("label", [label(p, T0 + 45, label=truth[p]) for p in ids[:10]])
+    )
+    # The watermark closes the first window.
+    h.process(f.events("prediction", [pred("b0", T0 + W + 30)]))
+    assert [p["type"] for p in h.partials] == ["closed"]
+
+    merger = WindowMerger(BIN, window_seconds=W, merge_wait=1.0, flush_interval=2.0)
+    key = ("m", "v1", "", T0)
+
+    def feed(now: float) -> None:
+        for part in h.partials[feed.sent :]:  # type: ignore[attr-defined]
+            merger.on_partial(orjson.loads(orjson.dumps(part)), now, out)
+        feed.sent = len(h.partials)  # type: ignore[attr-defined]
+
+    def emitted() -> list[dict[str, Any]]:
+        return [
+            m
+            for m in out.metrics
+            if (m["model_id"], m["model_version"], m["segment"], m["window_start"]) == key
+        ]
+
+    feed.sent = 0  # type: ignore[attr-defined]
+    out = MergeOutput()
+    feed(10.0)
+    merger.tick(11.0, out)
+    assert [m["revision"] for m in emitted()] == [0]
+    _assert_binary(emitted()[-1], ids[:10], truth, scores)
+
+    h.process(f.events("label", [label(p, T0 + 100, label=truth[p]) for p in ids[10:25]]))
+    assert h.partials[-1]["type"] == "late" and h.counters["joins"] == 25
+    feed(11.5)
+    merger.tick(12.0, out)  # 1 s after revision 0: not yet
+    assert [m["revision"] for m in emitted()] == [0]
+    h.process(f.events("label", [label(p, T0 + 101, label=truth[p]) for p in ids[25:30]]))
+    feed(12.5)
+    merger.tick(13.0, out)
+    assert [m["revision"] for m in emitted()] == [0, 1]
+    _assert_binary(emitted()[-1], ids[:30], truth, scores)
+
+    h.process(f.events("label", [label(p, T0 + 102, label=truth[p]) for p in ids[30:]]))
+    feed(13.1)
+    # A re-sent partial is deduplicated.
+    merger.on_partial(orjson.loads(orjson.dumps(h.partials[-1])), 13.2, out)
+    merger.tick(14.0, out)
+    merger.tick(14.9, out)
+    assert [m["revision"] for m in emitted()] == [0, 1]
+    merger.tick(15.0, out)
+    merger.tick(30.0, out)  # nothing new: no more revisions
+    assert [m["revision"] for m in emitted()] == [0, 1, 2]
+    _assert_binary(emitted()[-1], ids, truth, scores)
+    assert emitted()[-1]["metrics"]["label_coverage"] == 1.0
+
+
+def _assert_binary(
+    msg: dict[str, Any], ids: list[str], truth: dict[str, int], scores: dict[str, float]
+) -> None:
+    m = msg["metrics"]
+    y = np.array([truth[p] for p in ids])
+    s = np.array([scores[p] for p in ids])
+    yp = (s >= 0.5).astype(int)
+    assert m["prediction_count"] == 40 and m["labeled_count"] == len(ids) == msg["labeled_count"]
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, yp), **EXACT)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, yp, zero_division=0), **EXACT)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, s, labels=[0, 1]), **EXACT)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=0.005)
+
+
+def test_merger_deduplicates_partials_and_survives_state_round_trip() -> None:
+    h, f = Harness(0, BIN, window_seconds=W), Feed()
+    h.process(f.events("prediction", [pred("a", T0 + 1), pred("b", T0 + 2)]))
+    h.close_idle()
+    merger = WindowMerger(BIN, window_seconds=W)
+    out = MergeOutput()
+    for part in h.partials * 2:
+        merger.on_partial(part, 0.0, out)
+    key = next(iter(merger.windows))
+    restored = MergedWindow.from_state(orjson.loads(orjson.dumps(merger.windows[key].to_state())))
+    merger2 = WindowMerger(BIN, window_seconds=W)
+    merger2.windows[key] = restored
+    merger2.on_partial(h.partials[0], 0.5, out)  # already merged before the restart
+    merger.tick(2.0, out)
+    merger2.tick(2.0, out)
+    a, b = out.metrics
+    assert a["metrics"] == b["metrics"] and a["metrics"]["prediction_count"] == 2
+    # A window that stays clean past its retention is dropped.
+    merger3 = WindowMerger(BIN, window_seconds=W, keep_seconds=100.0)
+    merger3.on_partial(h.partials[0], 0.0, out)
+    merger3.tick(2.0, out)
+    merger3.tick(50.0, out)
+    assert merger3.windows
+    merger3.tick(200.0, out)
+    assert not merger3.windows and key in out.dropped_windows
+
+
+def test_alarm_partials_become_drift_events_and_alerts_once() -> None:
+    merger = WindowMerger(BIN, window_seconds=W)
+    ev = {
+        "event_id": "e1",
+        "model_id": "m",
+        "model_version": "v1",
+        "partition": 0,
+        "detector": "adwin",
+        "kind": "drift",
+        "direction": "up",
+        "position": 118,
+        "params": {},
+        "estimate_before": 0.1,
+        "estimate_after": 0.3,
+        "window_start": T0,
+        "window_end": T0 + W,
+        "detected_at": T0 + 5,
+        "emitted_at": 0.0,
+    }
+    msg = {
+        "type": "alarm",
+        "pid": "0:1",
+        "model_id": "m",
+        "drift_event": ev,
+        "severity": "critical",
+        "reason": "r",
+    }
+    out = MergeOutput()
+    merger.on_partial(msg, 1.0, out)
+    merger.on_partial(msg, 2.0, out)
+    assert [e["event_id"] for e in out.drift_events] == ["e1"]
+    assert [(a["status"], a["kind"], a["rule"]) for a in out.alerts] == [
+        ("firing", "concept_drift", "adwin")
+    ]

@@ -1,0 +1,229 @@
+"""The worker end to end on the real embedded stack: Tansu broker, faust agents, chdb sink."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from river.drift import ADWIN
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from worker_harness import Worker
+
+from schemas.partitioning import partition_for
+from streams.sdk import DriftlineProducer
+from streams.simulate import FleetSimulator, run_simulation
+
+pytestmark = pytest.mark.integration
+
+MODELS_YAML = """\
+allow_unlisted_models: true
+defaults:
+  label_horizon_s: 3600
+  early_label_wait_s: 3600
+models:
+  fraud: {task: binary, segment_keys: [country]}
+  intent: {task: multiclass}
+  eta: {task: regression}
+"""
+
+
+@pytest.fixture
+def models_file(tmp_path: Path) -> str:
+    p = tmp_path / "models.yaml"
+    p.write_text(MODELS_YAML)
+    return str(p)
+
+
+def test_drift_alerts_and_metrics_match_sklearn(bootstrap: str, topic_prefix: str, tmp_path: Path,
+                                                models_file: str) -> None:
+    worker = Worker(bootstrap, topic_prefix, tmp_path, config=models_file).start()
+    try:
+        seed, rate, duration, drift_at = 11, 200.0, 120.0, 60.0
+        start_ts = float(int(time.time()) - 200)  # in the past: windows close by event time
+        stats = run_simulation(bootstrap, topic_prefix, rate, duration, seed=seed, drift_at=drift_at,
+                               realtime=False, progress=False, start_ts=start_ts)
+        assert stats["dropped"] == 0 and stats["undelivered"] == 0
+        worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) >= stats["labels"], 90, "all joins")
+        worker.wait_idle()
+
+        alerts = worker.query("SELECT model_id, rule, kind, status, severity FROM driftline.alerts")
+        drift = {(a["model_id"], a["rule"]) for a in alerts if a["kind"] == "concept_drift" and a["status"] == "firing"}
+        assert ("fraud", "adwin") in drift, alerts
+        assert ("fraud", "ddm") in drift or ("fraud", "eddm") in drift, alerts
+        assert not {m for m, _ in drift} - {"fraud"}, f"concept-drift alerts on models that did not drift: {drift}"
+
+        _assert_metrics_match_sklearn(worker, seed, rate, duration, drift_at, start_ts)
+    finally:
+        worker.stop()
+
+
+def _assert_metrics_match_sklearn(worker: Worker, seed: int, rate: float, duration: float, drift_at: float,
+                                  start_ts: float) -> None:
+    sim = FleetSimulator(seed, rate, duration, drift_at, start_ts=start_ts)
+    preds: dict[str, dict] = {}
+    labels: dict[str, dict] = {}
+    for kind, ev in sim.events():
+        (preds if kind == "prediction" else labels)[ev["prediction_id"]] = ev
+    by_window: dict[float, list[tuple[int, int, float]]] = defaultdict(list)
+    counts: dict[float, int] = defaultdict(int)
+    for pid, p in preds.items():
+        if p["model_id"] != "fraud" or p["model_version"] != "v1":
+            continue
+        ws = float(p["timestamp"] // 10 * 10)
+        counts[ws] += 1
+        if pid in labels:
+            by_window[ws].append((int(labels[pid]["label"]), int(p["prediction"]["label"]), p["prediction"]["score"]))
+    rows = worker.query(
+        "SELECT toFloat64(window_start) AS ws, metric, value, count FROM driftline.metrics_latest "
+        "WHERE model_id = 'fraud' AND model_version = 'v1' AND segment = ''")
+    got: dict[float, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        got[round(r["ws"], 3)][r["metric"]] = r["value"]
+    assert set(got) == set(counts), (sorted(got), sorted(counts))
+    for ws, outcomes in by_window.items():
+        y, yp, sc = (np.array(c) for c in zip(*outcomes, strict=True))
+        m = got[ws]
+        assert m["prediction_count"] == counts[ws]
+        assert m["labeled_count"] == len(y)
+        assert m["accuracy"] == pytest.approx(accuracy_score(y, yp), abs=1e-9)
+        assert m["f1"] == pytest.approx(f1_score(y, yp, zero_division=0), abs=1e-9)
+        if 0 < y.sum() < len(y):
+            assert abs(m["roc_auc"] - roc_auc_score(y, sc)) <= 0.005
+
+
+def test_restart_recovers_pending_predictions_and_detector_state(bootstrap: str, topic_prefix: str,
+                                                                 tmp_path: Path) -> None:
+    """kill -9 mid-stream: pending predictions and detector state come back from the changelog."""
+    worker = Worker(bootstrap, topic_prefix, tmp_path).start()
+    rng = np.random.default_rng(5)
+    now = time.time() - 3600
+    n_before, n_after = 4000, 1500
+    errors = np.concatenate([rng.random(n_before) < 0.1, rng.random(n_after) < 0.5])
+    ids = [f"r-{i}" for i in range(n_before + n_after)]
+    try:
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i, pid in enumerate(ids):
+                sdk.log_prediction(pid, "m", {"label": 1, "score": 0.8}, model_version="v", timestamp=now + i * 0.01)
+            sdk.flush()
+            for i in range(n_before):
+                sdk.log_label(ids[i], 0 if errors[i] else 1, timestamp=now + i * 0.01 + 1)
+        worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) == n_before, 60, "first joins")
+        worker.wait_for(lambda: worker.health()["pending_predictions"] == n_after, 30, "pending")
+        time.sleep(2.0)  # let a commit happen; recovery must not depend on it either way
+        worker.kill(signal.SIGKILL)
+
+        worker.start()
+        assert worker.health()["pending_predictions"] == n_after
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(n_before, n_before + n_after):
+                sdk.log_label(ids[i], 0 if errors[i] else 1, timestamp=now + i * 0.01 + 1)
+        worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) >= n_after, 60, "joins after restart")
+        worker.wait_idle()
+        assert worker.health()["pending_predictions"] == 0
+
+        labelled = worker.query("SELECT sum(value) AS n FROM driftline.metrics_latest "
+                                "WHERE model_id = 'm' AND metric = 'labeled_count' AND segment = ''")
+        assert labelled[0]["n"] == n_before + n_after  # nothing lost, nothing counted twice
+
+        # Each partition's ADWIN saw its own outcomes in log order, across the restart.
+        expected = set()
+        per_partition: dict[int, list[float]] = defaultdict(list)
+        for i, pid in enumerate(ids):
+            per_partition[partition_for(pid, 4)].append(float(errors[i]))
+        for p, stream in per_partition.items():
+            det = ADWIN()
+            for j, e in enumerate(stream):
+                det.update(e)
+                if det.drift_detected:
+                    expected.add((p, j))
+        events = worker.query("SELECT partition, position FROM driftline.drift_events "
+                              "WHERE model_id = 'm' AND detector = 'adwin' AND kind = 'drift'")
+        assert {(e["partition"], e["position"]) for e in events} == expected
+        assert any(j >= n_before / 4 for _, j in expected), "the drift after the restart was detected"
+    finally:
+        worker.stop()
+
+
+def test_label_from_independent_java_partitioned_client_joins(bootstrap: str, topic_prefix: str,
+                                                              tmp_path: Path) -> None:
+    from kafka import KafkaProducer  # kafka-python: Java-compatible default partitioner
+
+    worker = Worker(bootstrap, topic_prefix, tmp_path, sink=False).start()
+    try:
+        n = 300
+        now = time.time() - 600
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(n):
+                sdk.log_prediction(f"j-{i}", "m", {"label": 1, "score": 0.9}, timestamp=now + i)
+        kp = KafkaProducer(bootstrap_servers=bootstrap)
+        for i in range(n):
+            kp.send(f"{topic_prefix}labels", key=f"j-{i}".encode(),
+                    value=orjson.dumps({"prediction_id": f"j-{i}", "timestamp": now + i + 5, "label": 1}))
+        kp.flush()
+        kp.close()
+        h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins", 0) == n and h, 60, "joins")
+        assert h["counters"].get("early_labels", 0) == 0
+        assert h["pending_predictions"] == 0
+    finally:
+        worker.stop()
+
+
+def test_bad_input_goes_to_dlq_with_reason(bootstrap: str, topic_prefix: str, tmp_path: Path, consume) -> None:
+    from confluent_kafka import Producer
+
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text("allow_unlisted_models: false\nmodels:\n  m: {task: binary}\n  r: {task: regression}\n")
+    worker = Worker(bootstrap, topic_prefix, tmp_path, config=str(cfg), sink=False).start()
+    try:
+        now = time.time()
+        good = {"prediction_id": "ok-1", "model_id": "m", "timestamp": now, "prediction": {"label": 1, "score": 0.7}}
+        reg = {"prediction_id": "reg-1", "model_id": "r", "timestamp": now, "prediction": {"value": 3.0}}
+        p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4_000_000})
+        pred, lab = f"{topic_prefix}predictions", f"{topic_prefix}labels"
+        sends = [
+            (pred, b"{not json"),
+            (pred, b"\xff\xfe\x00"),
+            (pred, orjson.dumps({**good, "prediction_id": None})),
+            (pred, orjson.dumps({**good, "prediction": {"score": 1.5}})),
+            (pred, orjson.dumps({**good, "model_id": "nobody"})),
+            (pred, orjson.dumps({"events": [good, {**good, "prediction_id": "x" * 10_000}, reg]})),
+            (pred, b'{"events": [' + b'"pad",' * 300_000 + b"1]}"),
+            (lab, orjson.dumps({"prediction_id": "reg-1", "timestamp": now + 1, "label": 1})),
+            (lab, orjson.dumps({"prediction_id": "ok-1", "timestamp": now + 1, "label": 1})),
+        ]
+        for topic, value in sends:
+            p.produce(topic, value=value, partition=0)
+        p.flush()
+        dlq = consume(f"{topic_prefix}dlq", 8, timeout=60)
+        reasons = sorted(orjson.loads(m.value())["reason"] for m in dlq)
+        assert reasons == sorted(["malformed_json", "not_utf8", "missing_field", "out_of_range", "unknown_model",
+                                  "too_long", "oversize_message", "label_kind_mismatch"]), reasons
+        h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins") == 1 and h, 30, "the good join")
+        assert h["status"] == "ok"
+        assert h["counters"]["dlq_unknown_model"] == 1
+    finally:
+        worker.stop()
+
+
+def test_query_cli_reads_through_the_worker_and_refuses_writes(bootstrap: str, topic_prefix: str,
+                                                               tmp_path: Path) -> None:
+    worker = Worker(bootstrap, topic_prefix, tmp_path).start()
+    try:
+        env = {**worker.env, "DRIFTLINE_WORKER_URL": worker.url}
+        ok = subprocess.run([sys.executable, "-m", "streams.cli", "query", "SELECT count() AS n FROM driftline.metrics",
+                             "--format", "csv"], env=env, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.splitlines()[0] == "n"
+        bad = subprocess.run([sys.executable, "-m", "streams.cli", "query", "DROP TABLE driftline.metrics"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "read-only" in bad.stderr
+        assert worker.query("SELECT count() AS n FROM system.tables WHERE database = 'driftline' AND name = 'metrics'")[0]["n"] == 1
+    finally:
+        worker.stop()
