@@ -94,19 +94,19 @@ class AlertEngine:
                 bad = v < limit if bound == "min" else v > limit
                 out += self._condition(cfg, win, f"{r.metric}_{bound}", "threshold", r.metric, bad, r.severity, v,
                                        limit, n, emitted_at, f"{r.metric} {v:.4g} {word} {limit} ({n} events)")
-        for r in cfg.relative_drops:
-            v, n = metrics.get(r.metric), counts.get(r.metric, 0)
-            if v is None or n < r.min_count:
+        for d in cfg.relative_drops:
+            v, n = metrics.get(d.metric), counts.get(d.metric, 0)
+            if v is None or n < d.min_count:
                 continue
-            base = self._baseline(win, r.metric, r.baseline_windows)
-            self._remember(win, r.metric, v, r.baseline_windows)
+            base = self._baseline(win, d.metric, d.baseline_windows)
+            self._remember(win, d.metric, v, d.baseline_windows)
             if base is None or base <= 0:
                 continue
-            bad = v < base * (1.0 - r.drop)
-            out += self._condition(cfg, win, f"{r.metric}_drop", "threshold", r.metric, bad, r.severity, v,
-                                   base * (1.0 - r.drop), n, emitted_at,
-                                   f"{r.metric} {v:.4g} is {1 - v / base:.1%} below its recent mean {base:.4g}",
-                                   {"baseline": base, "drop": r.drop})
+            bad = v < base * (1.0 - d.drop)
+            out += self._condition(cfg, win, f"{d.metric}_drop", "threshold", d.metric, bad, d.severity, v,
+                                   base * (1.0 - d.drop), n, emitted_at,
+                                   f"{d.metric} {v:.4g} is {1 - v / base:.1%} below its recent mean {base:.4g}",
+                                   {"baseline": base, "drop": d.drop})
         if cfg.latency_p99_slo_ms is not None and "latency_p99" in metrics:
             v = metrics["latency_p99"]
             out += self._condition(cfg, win, "latency_p99_max", "latency", "latency_p99", v > cfg.latency_p99_slo_ms,

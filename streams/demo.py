@@ -98,7 +98,9 @@ class AlertPrinter(threading.Thread):
             m = c.poll(0.2)
             if m is None or m.error():
                 continue
-            a = orjson.loads(m.value())
+            a = orjson.loads(m.value() or b"{}")
+            if not a:
+                continue
             self.alerts.append(a)
             self._print(a)
         c.close()

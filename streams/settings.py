@@ -49,13 +49,16 @@ class Settings:
     flush_interval: float = field(default=2.0, metadata={"env": "DRIFTLINE_FLUSH_INTERVAL", "help": "at most one revision of a window per this many seconds"})
     max_message_bytes: int = field(default=1_048_576, metadata={"env": "DRIFTLINE_MAX_MESSAGE_BYTES", "help": "larger input messages go to the dead-letter topic"})
     max_pending: int = field(default=5_000_000, metadata={"env": "DRIFTLINE_MAX_PENDING", "help": "cap of predictions waiting for labels per worker (evictions are counted)"})
+    max_series: int = field(default=10_000, metadata={"env": "DRIFTLINE_MAX_SERIES", "help": "cap of open window series (model, version, segment, window) per partition; events of further series are joined but not windowed (counted: series_overflow)"})
+    max_models: int = field(default=1_000, metadata={"env": "DRIFTLINE_MAX_MODELS", "help": "cap of models (remembered tasks) and (model, version) detector banks per partition; further ones are joined and windowed without detectors (counted: models_overflow)"})
     retention_days: int = field(default=90, metadata={"env": "DRIFTLINE_RETENTION_DAYS", "help": "ClickHouse TTL of metrics, alerts, drift events and outcomes"})
     outcome_sample_rate: float = field(default=1.0, metadata={"env": "DRIFTLINE_OUTCOME_SAMPLE_RATE", "help": "share of joined outcomes written to ClickHouse"})
     log_level: str = field(default="info", metadata={"env": "DRIFTLINE_LOG_LEVEL", "help": "debug, info, warning, error"})
     kafka: Mapping[str, str] = field(default_factory=dict, metadata={"help": "extra librdkafka/aiokafka security properties"})
 
     def __post_init__(self) -> None:
-        positive = ("partitions", "window_seconds", "idle_close_seconds", "flush_interval", "max_message_bytes", "max_pending", "retention_days")
+        positive = ("partitions", "window_seconds", "idle_close_seconds", "flush_interval", "max_message_bytes", "max_pending",
+                    "max_series", "max_models", "retention_days")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
@@ -65,6 +68,9 @@ class Settings:
             raise ValueError(f"setting outcome_sample_rate must be in [0, 1], got {self.outcome_sample_rate!r}")
         if self.store.split(":", 1)[0] not in ("memory", "rocksdb"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+
+    def __repr__(self) -> str:  # the dataclass repr would print the Kafka secrets
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -159,28 +165,56 @@ def redact_dsn(dsn: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 def aiokafka_security(props: Mapping[str, str]) -> dict[str, Any]:
-    """Translate librdkafka security properties into faust/aiokafka settings."""
+    """Translate librdkafka security properties into faust/aiokafka settings.
+
+    ``security.protocol`` PLAINTEXT (or unset) -> nothing; SSL -> ``SSLCredentials``;
+    SASL_PLAINTEXT / SASL_SSL -> ``SASLCredentials`` with ``sasl.mechanism`` (librdkafka's
+    alias ``sasl.mechanisms`` too) PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, case-insensitive
+    (faust's ``SASLMechanism`` enum only knows the upper-case names). TLS: ``ssl.ca.location``,
+    ``ssl.certificate.location`` + ``ssl.key.location`` (+ ``ssl.key.password``),
+    ``enable.ssl.certificate.verification=false`` and
+    ``ssl.endpoint.identification.algorithm=none`` as in librdkafka.
+
+    >>> aiokafka_security({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "scram-sha-512",
+    ...                    "sasl.username": "u", "sasl.password": "p"})["broker_credentials"].mechanism.value
+    'SCRAM-SHA-512'
+    """
     out: dict[str, Any] = {}
-    proto = props.get("security.protocol")
-    if not proto or proto.upper() == "PLAINTEXT":
+    proto = (props.get("security.protocol") or "PLAINTEXT").strip().upper()
+    if proto not in SECURITY_PROTOCOLS:
+        raise ValueError(f"security.protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, got {proto!r}")
+    if proto == "PLAINTEXT":
         return out
     import ssl
 
     from faust.auth import SASLCredentials, SSLCredentials
 
     context = None
-    if "SSL" in proto.upper():
-        context = ssl.create_default_context(cafile=props.get("ssl.ca.location"))
+    if proto in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=props.get("ssl.ca.location") or None)
         if props.get("ssl.certificate.location"):
-            context.load_cert_chain(props["ssl.certificate.location"], props.get("ssl.key.location"), props.get("ssl.key.password"))
-    if "SASL" in proto.upper():
+            context.load_cert_chain(props["ssl.certificate.location"], props.get("ssl.key.location") or None,
+                                    props.get("ssl.key.password") or None)
+        if props.get("ssl.endpoint.identification.algorithm", "https").strip().lower() in ("", "none"):
+            context.check_hostname = False
+        if props.get("enable.ssl.certificate.verification", "true").strip().lower() in ("false", "0", "no", "off"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if proto.startswith("SASL"):
+        mechanism = (props.get("sasl.mechanism") or props.get("sasl.mechanisms") or "PLAIN").strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"sasl.mechanism must be one of {', '.join(SASL_MECHANISMS)}, got {mechanism!r}")
         out["broker_credentials"] = SASLCredentials(
             username=props.get("sasl.username"),
             password=props.get("sasl.password"),
-            mechanism=props.get("sasl.mechanism", "PLAIN"),
+            mechanism=mechanism,
             ssl_context=context,
         )
-    elif context is not None:
+    else:
         out["broker_credentials"] = SSLCredentials(context)
     return out

@@ -60,6 +60,7 @@ def test_drift_alerts_and_metrics_match_sklearn(bootstrap: str, topic_prefix: st
         assert not {m for m, _ in drift} - {"fraud"}, f"concept-drift alerts on models that did not drift: {drift}"
 
         _assert_metrics_match_sklearn(worker, seed, rate, duration, drift_at, start_ts)
+        _assert_readme_queries_run(worker)
     finally:
         worker.stop()
 
@@ -96,6 +97,19 @@ def _assert_metrics_match_sklearn(worker: Worker, seed: int, rate: float, durati
         assert m["f1"] == pytest.approx(f1_score(y, yp, zero_division=0), abs=1e-9)
         if 0 < y.sum() < len(y):
             assert abs(m["roc_auc"] - roc_auc_score(y, sc)) <= 0.005
+
+
+def _assert_readme_queries_run(worker: Worker) -> None:
+    """README's "Questions you can ask", against simulator data that went through the pipeline."""
+    from test_queries import doc_queries
+
+    empty = []
+    for question, sql in doc_queries():
+        if not worker.query(sql):
+            empty.append(question)
+    # Champion/challenger, drops against the previous day and a few others need more history or
+    # versions than a two-minute simulation has; most questions must have answers.
+    assert len(empty) <= len(doc_queries()) // 3, empty
 
 
 def test_restart_recovers_pending_predictions_and_detector_state(bootstrap: str, topic_prefix: str,
