@@ -342,21 +342,23 @@ class ClickHouseSink(Sink):
         rows: list[tuple[Any, ...]] = []
         offsets: list[int] = []
         for it in items:
-            v = it.value
-            try:
-                if rate < 1.0 and not sampled(str(v["prediction_id"]), rate):
-                    self._stats["sampled_out"] += 1
+            # The join stage sends a batch's outcomes as one envelope {"events": [...]}.
+            vals = it.value.get("events") if table == "outcomes" else None
+            for v in vals if isinstance(vals, list) else (it.value,):
+                try:
+                    if rate < 1.0 and not sampled(str(v["prediction_id"]), rate):
+                        self._stats["sampled_out"] += 1
+                        continue
+                    new = build(v)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # our own topics: a malformed message is a bug upstream; keep going, loudly
+                    self._stats["invalid"] += 1
+                    log.error(
+                        "invalid %s message at %s[%d]@%d: %r", table, topic, partition, it.offset, exc
+                    )
                     continue
-                new = build(v)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                # our own topics: a malformed message is a bug upstream; keep going, loudly
-                self._stats["invalid"] += 1
-                log.error(
-                    "invalid %s message at %s[%d]@%d: %r", table, topic, partition, it.offset, exc
-                )
-                continue
-            rows.extend(new)
-            offsets.extend([it.offset] * len(new))
+                rows.extend(new)
+                offsets.extend([it.offset] * len(new))
         n = len(COLUMNS[table])
         cols: list[list[Any]] = (
             [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]

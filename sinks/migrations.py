@@ -7,8 +7,12 @@ int). After a file's statements succeed, a row ``(NNN, name)`` goes into ``schem
 
 Guarantees
 ----------
-* Idempotent: every statement uses ``IF NOT EXISTS``, so a crash between a file's statements
-  and its version row only means the file is re-run, harmlessly, next time.
+* Idempotent: every statement uses ``IF NOT EXISTS``, or is guarded by a ``-- only if: SELECT ...``
+  comment line right above it (the statement runs only when that query returns a non-zero first
+  value), so a crash between a file's statements and its version row only means the file is
+  re-run, harmlessly, next time. Guards make one-way steps such as ``EXCHANGE TABLES`` safe to
+  repeat (migration 003 swaps ``outcomes`` for a ReplacingMergeTree only while the old engine is
+  still in place).
 * Ordered: a database at version ``k`` gets exactly the files numbered ``> k``, ascending.
 * Not concurrent: two processes migrating the same database at once may both record a version
   row; the recorded version is ``max(version)`` so that is harmless too.
@@ -26,6 +30,8 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # a statement ends with ';' at the end of a line (comments never end with ';' in our files)
 _SPLIT_RE = re.compile(r";[ \t]*(?:\r?\n|$)")
+# "-- only if: SELECT ..." right above a statement: run it only when that query's first value is non-zero
+_GUARD_RE = re.compile(r"^[ \t]*--[ \t]*only if:[ \t]*(.+)$", re.MULTILINE)
 
 MAX_RETENTION_DAYS = 36500
 
@@ -53,17 +59,24 @@ class Migration:
         ValueError
             If either parameter is invalid.
         """
+        return [stmt for _, stmt in self.guarded_statements(database, retention_days)]
+
+    def guarded_statements(
+        self, database: str, retention_days: int
+    ) -> list[tuple[str | None, str]]:
+        """Return ``(guard, statement)`` pairs; ``guard`` is the ``-- only if:`` query or None."""
         database = validate_database(database)
         days = validate_retention_days(retention_days)
         text = self.path.read_text(encoding="utf-8")
         text = text.replace("{database}", database).replace("{retention_days:UInt32}", str(days))
-        out = []
+        out: list[tuple[str | None, str]] = []
         for chunk in _SPLIT_RE.split(text):
             body = "\n".join(
                 line for line in chunk.splitlines() if not line.strip().startswith("--")
             ).strip()
             if body:
-                out.append(chunk.strip())
+                guards = [m.group(1).strip() for m in _GUARD_RE.finditer(chunk)]
+                out.append((guards[-1] if guards else None, chunk.strip()))
         return out
 
 
@@ -159,7 +172,11 @@ def migrate(
     for mig in available_migrations(sql_dir):
         if mig.version <= have or (target is not None and mig.version > target):
             continue
-        for stmt in mig.statements(database, retention_days):
+        for guard, stmt in mig.guarded_statements(database, retention_days):
+            if guard is not None:
+                rows = client.query(guard).result_rows
+                if not (rows and rows[0] and rows[0][0]):
+                    continue
             client.command(stmt)
         client.insert(
             f"{database}.schema_version",

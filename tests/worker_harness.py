@@ -33,8 +33,12 @@ class Worker:
     """One worker process; ``restart()`` keeps its app id, store and web port."""
 
     def __init__(self, bootstrap: str, prefix: str, tmp: Path, *, config: str = "", sink: bool = True,
-                 partitions: int = 4, extra_env: dict[str, str] | None = None, app_id: str | None = None) -> None:
+                 partitions: int = 4, extra_env: dict[str, str] | None = None, app_id: str | None = None,
+                 name: str = "worker", prelude: str = "") -> None:
         self.tmp = tmp
+        self.name = name
+        # Python run in the worker process before the CLI (fault injection in tests).
+        self.prelude = prelude
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -55,9 +59,12 @@ class Worker:
 
     def start(self, timeout: float = 90.0) -> Worker:
         self.starts += 1
-        log = open(self.tmp / f"worker-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        if self.prelude:
+            argv = [sys.executable, "-c",
+                    f"{self.prelude}\nimport sys\nfrom streams.cli import main\nsys.exit(main(['worker']))"]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -72,7 +79,8 @@ class Worker:
         raise RuntimeError(f"worker not ready:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
-        return "\n".join((self.tmp / f"worker-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
+        return "\n".join((self.tmp / f"{self.name}-{i}.log").read_text(errors="replace")
+                         for i in range(1, self.starts + 1))
 
     def health(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
