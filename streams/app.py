@@ -32,6 +32,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from streams.changelog import ChangelogWriter
 from streams.merge import MergeOutput, WindowMerger
 from streams.models import ModelsConfig
 from streams.observe import PipelineMetrics
@@ -43,6 +44,7 @@ from streams.windows import SeriesKey
 log = logging.getLogger("driftline.worker")
 
 TICK_SECONDS = 0.5
+OUTCOMES_PER_ENVELOPE = 1000
 
 
 class _PartitionEvent:
@@ -91,6 +93,7 @@ class DriftlineApp:
         self.sink = sink
         self.query = query
         self.processors: dict[int, PartitionProcessor] = {}
+        self._changelog: ChangelogWriter | None = None
         self.mergers: dict[int, WindowMerger] = {}
         self.app = self._build_app()
 
@@ -118,6 +121,9 @@ class DriftlineApp:
             web_host=s.web_host,
             web_port=s.web_port,
             web_in_thread=False,
+            # Tansu reports a partition's high watermark as the last *batch*'s base offset + 1,
+            # so a RocksDB table's persisted offset can exceed it; the check would refuse to start.
+            recovery_consistency_check=False,
             logging_config=None,
             **aiokafka_security(s.kafka),
         )
@@ -131,7 +137,7 @@ class DriftlineApp:
         app.agent(self.partials_topic, name="merge")(self._merge_agent)
         app.timer(TICK_SECONDS)(self._tick)
         self._add_views(app)
-        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         return app
 
     # ---- join stage --------------------------------------------------------------------------
@@ -145,6 +151,7 @@ class DriftlineApp:
             proc = PartitionProcessor(
                 partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
+                max_series=s.max_series, max_models=s.max_models,
                 store_get=lambda k: table.data.get(k.encode()),
             )
             proc.load_state(table.data.get(proc.state_key().encode()))
@@ -154,11 +161,26 @@ class DriftlineApp:
             # Deletes listed by the last partition record that the changelog may have lost.
             for key in proc.last_deleted:
                 if table.data.get(key.encode()) is not None:
-                    table_del(table, partition, key.encode())
+                    self._join_del(partition, key.encode())
         self.processors[partition] = proc
         log.info("partition processor ready", extra={"partition": partition, "pending": proc.pending_count,
                                                      "open_windows": len(proc.windows), "outbox": len(proc.outbox)})
         return proc
+
+    def changelog(self) -> ChangelogWriter:
+        if self._changelog is None:
+            topic = self.join_table.changelog_topic.get_topic_name()
+            self._changelog = ChangelogWriter(self.settings.bootstrap, topic, self.settings.kafka)
+        return self._changelog
+
+    def _join_set(self, partition: int, key: bytes, value: bytes) -> None:
+        self.join_table.data[key] = value
+        self.changelog().put(partition, key, value)
+
+    def _join_del(self, partition: int, key: bytes) -> None:
+        with contextlib.suppress(KeyError):
+            del self.join_table.data[key]
+        self.changelog().put(partition, key, None)
 
     async def _join_agent(self, stream: Any) -> None:
         kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
@@ -177,23 +199,27 @@ class DriftlineApp:
 
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
         p = proc.partition
-        table = self.join_table
         producer = self.app.producer
         if res.dlq or res.outcomes:
             # Delivered before the partition record that marks their input as applied:
             # a crash in between replays the input and re-sends them (at-least-once,
             # deduplicated downstream by prediction_id), never loses them.
-            for key, rec in res.dlq:
-                await self.out["dlq"].send(key=key, value=orjson.dumps(rec))
-            for o in res.outcomes:
-                await self.out["outcomes"].send(key=o["prediction_id"].encode(), value=orjson.dumps(o))
+            for dlq_key, rec in res.dlq:
+                await self.out["dlq"].send(key=dlq_key, value=orjson.dumps(rec))
+            # Outcomes leave as envelopes, like the input: one Kafka message per event would
+            # cost more than the rest of the event's processing (faust's per-message cost).
+            for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
+                chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
+                await self.out["outcomes"].send(value=orjson.dumps({"events": chunk}), partition=p)
             await producer.flush()
         with partition_context(p):
-            for key, value in res.sets.items():
-                table_set(table, p, key.encode(), value)
-            table_set(table, p, proc.state_key().encode(), res.state)
-            for key in res.deletes:
-                table_del(table, p, key.encode())
+            for set_key, value in res.sets.items():
+                self._join_set(p, set_key.encode(), value)
+            self._join_set(p, proc.state_key().encode(), res.state)
+            for del_key in res.deletes:
+                self._join_del(p, del_key.encode())
+        # Before the batch's offsets can be committed (and before its partials leave).
+        await self.changelog().flush()
         self.metrics.count(res.counters)
         if res.partials:
             # The partition record holding this outbox must be durable before the
@@ -223,6 +249,7 @@ class DriftlineApp:
                 d = orjson.loads(v)
                 if d.get("partition") != partition:
                     continue
+                k = bytes(k)
                 if k.startswith(b"w:"):
                     merger.windows[SeriesKey.decode(k[2:].decode())] = MergedWindow.from_state(d["w"])
                 elif k.startswith(b"a:"):
@@ -280,7 +307,11 @@ class DriftlineApp:
         now = time.time()
         self._ensure_assigned()
         for proc in list(self.processors.values()):
-            idle = now - proc.last_activity >= self.settings.idle_close_seconds
+            # A partition that has read nothing since it was (re)assigned is not idle yet: the
+            # consumer may still be catching up, and closing recovered windows early would
+            # turn the predictions that follow into late ones.
+            idle_after = self.settings.idle_close_seconds if proc.input_seen else max(6 * self.settings.idle_close_seconds, 60.0)
+            idle = now - proc.last_activity >= idle_after
             if idle and (proc.windows or proc.late):
                 with partition_context(proc.partition):
                     res = proc.close_idle()
@@ -321,7 +352,7 @@ class DriftlineApp:
             consumer = self.app.consumer
             for tp in consumer.assignment():
                 hw = consumer.highwater(tp)
-                pos = consumer._read_offset.get(tp)  # noqa: SLF001 - faust exposes no public position
+                pos = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # faust exposes no public position
                 if hw is not None and pos is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
         if self.sink is not None:

@@ -119,6 +119,7 @@ class PartitionProcessor:
         self.recent_joined: OrderedDict[str, None] = OrderedDict()
         self._series_cache: dict[tuple[Any, ...], list[SeriesKey]] = {}
         self.last_activity = clock()
+        self.input_seen = False  # any message read since this processor was created
 
     # ---- state -------------------------------------------------------------------------
     def state_key(self) -> str:
@@ -177,6 +178,7 @@ class PartitionProcessor:
         self._pbuf: dict[WindowPartial, tuple[list[float], list[float]]] = {}
         self._obuf: dict[WindowPartial, tuple[list[Any], list[Any], list[float], list[float]]] = {}
         self.last_activity = self.clock()
+        self.input_seen = True
         for msg in messages:
             if msg.offset <= self.applied[msg.kind]:
                 self._count("replayed_skipped")

@@ -56,7 +56,7 @@ SELECT model_id, model_version, any(task) AS task, count() AS n,
        toUnixTimestamp64Milli(max(prediction_ts)) / 1000 AS t_max,
        ifNotFinite(quantile(0.005)(value_pred), 0) AS v_lo,
        ifNotFinite(quantile(0.995)(value_pred), 0) AS v_hi
-FROM driftline.outcomes
+FROM driftline.outcomes FINAL
 WHERE 1 {where}
 GROUP BY model_id, model_version
 ORDER BY model_id, model_version""",
@@ -64,7 +64,7 @@ ORDER BY model_id, model_version""",
 SELECT if(prediction_ts < fromUnixTimestamp64Milli(toInt64({split_ms}), 'UTC'), 'before', 'after') AS side,
        toInt32(least(greatest(floor(({col} - {lo}) / {width}), 0), {last})) AS bin,
        count() AS n
-FROM driftline.outcomes
+FROM driftline.outcomes FINAL
 WHERE model_version = {version} AND {col} IS NOT NULL {where}
 GROUP BY side, bin""",
 }

@@ -50,12 +50,30 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
     return runner, query
 
 
+def _reset_local_tables(settings: Settings) -> None:
+    """Start RocksDB tables empty: they are rebuilt from their changelogs.
+
+    After a crash RocksDB can hold writes whose changelog messages were never delivered;
+    carrying on from them would let the changelog (what another worker recovers after a
+    rebalance) diverge from this worker's state. The changelog is the source of truth and
+    RocksDB only keeps a large pending set off the heap, so a restart replays it.
+    """
+    import shutil
+    from pathlib import Path
+
+    for tables in Path(settings.data_dir).glob(f"{settings.app_id}-data/*/tables"):
+        shutil.rmtree(tables, ignore_errors=True)
+        log.info("local RocksDB tables reset; recovering from the changelogs", extra={"path": str(tables)})
+
+
 def run_worker(settings: Settings) -> int:
     import faust
 
     from streams.app import DriftlineApp
 
     models = load_models_config(settings.config_path)
+    if settings.store.startswith("rocksdb"):
+        _reset_local_tables(settings)
     names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
                           client_config=dict(settings.kafka))
     log.info("worker starting", extra={"settings": settings.redacted(), "topics": names})

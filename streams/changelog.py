@@ -1,0 +1,64 @@
+"""The join table's changelog writes, through confluent-kafka instead of faust's producer.
+
+faust sends every table write as its own message through asyncio and aiokafka, ~40-80 µs
+each (ARCHITECTURE.md); the join stage writes one or two records per event, so that cost
+alone capped the worker at a few thousand events/s. librdkafka batches the same records
+for ~1 µs each. faust still owns the table: it creates the changelog topic, keeps the
+in-memory (or RocksDB) copy that our code writes directly, and recovers the table from
+this very topic after a restart or rebalance.
+
+Guarantees: records of one partition are produced in call order by one idempotent
+producer, so a crash leaves a prefix of them in the changelog (the join stage's
+exactly-once argument, ``streams/partition.py``). ``flush()`` returns once every record
+produced so far is acknowledged, and the join stage awaits it before the batch's input
+offsets can be committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+
+class ChangelogWriter:
+    """Append key/value records (value None = delete) to one changelog topic."""
+
+    def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None) -> None:
+        self.topic = topic
+        self._errors: list[str] = []
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # in order, no duplicates, across retries
+            "linger.ms": 2,
+            "batch.num.messages": 10000,
+            "message.max.bytes": 16 * 1024 * 1024,
+            **dict(client_config or {}),
+        })
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key, partition=partition,
+                                       on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let librdkafka drain it, never drop
+                self._producer.poll(0.05)
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def flush_blocking(self, timeout: float = 60.0) -> None:
+        left = self._producer.flush(timeout)
+        if left or self._errors:
+            errors, self._errors = self._errors[:5], []
+            raise KafkaException(f"changelog {self.topic}: {left} records undelivered; errors: {errors}")
+
+    async def flush(self, timeout: float = 60.0) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking, timeout)
+
+    def close(self) -> None:
+        self._producer.flush(10)
