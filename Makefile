@@ -24,6 +24,9 @@ lint: setup
 	$(VENV)/bin/ruff check schemas detectors streams sinks tests
 	$(VENV)/bin/mypy
 
+# make bench: full benchmark on a private embedded broker + chdb (~10-15 min on 2 cores), prints the
+# table and targets; e.g. make bench BENCH_ARGS='--smoke' or BENCH_ARGS='--size 100000 --json out.json'.
+# See bench/README.md; results of a full run: bench/RESULTS.md.
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 

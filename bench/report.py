@@ -1,0 +1,149 @@
+"""Targets, PASS/MISS evaluation and the printed table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (id, description, target text, getter(results) -> measured value or None, comparator)
+TARGETS: list[tuple[str, str, str, Any, str]] = [
+    ("s1_rate", "envelope path (s1) input events/s", ">= 250,000", lambda r: _g(r, "s1", "events_per_s"), ">=250000"),
+    ("s1_vs_quix", "s1 / Quix Streams (a)", ">= 2.0x", lambda r: _ratio(r, "s1", "quix"), ">=2"),
+    ("s1_vs_naive", "s1 / naive faust (b)", ">= 20x", lambda r: _ratio(r, "s1", "naive"), ">=20"),
+    ("s2_rate", "single-event (s2) events/s", ">= 15,000", lambda r: _g(r, "s2", "events_per_s"), ">=15000"),
+    ("s3_vs_s1", "two workers (s3) / one (s1)", ">= 1.6x", lambda r: _ratio(r, "s3", "s1"), ">=1.6"),
+    ("s4_rss", "1M pending: worker RSS (MB)", "<= 400", lambda r: _g(r, "s4", "rss_mb_all_pending"), "<=400"),
+    ("close_p99", "window close -> metrics p99 (s)", "<= 2", lambda r: _g(r, "latency", "window_close_p99_s"), "<=2"),
+    ("alert_p99", "drift -> alert p99 (s)", "<= 1", lambda r: _g(r, "latency", "drift_alert_p99_s"), "<=1"),
+    ("s5_rate", "outcome rows into chdb /s (s5)", ">= 200,000", lambda r: _g(r, "s5", "rows_per_s"), ">=200000"),
+    ("sdk_median", "SDK log_prediction median (us)", "<= 2", lambda r: _g2(r, "sdk", "broker_up", "median_us"), "<=2"),
+    ("sdk_p99", "SDK log_prediction p99 (us)", "<= 20", lambda r: _g2(r, "sdk", "broker_up", "p99_us"), "<=20"),
+    ("sdk_down_p99", "SDK p99 with broker down (us)", "<= 20", lambda r: _g2(r, "sdk", "broker_down", "p99_us"), "<=20"),
+]
+
+
+def _g(r: dict[str, Any], key: str, field: str) -> float | None:
+    v = (r.get(key) or {}).get(field)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def _g2(r: dict[str, Any], key: str, sub: str, field: str) -> float | None:
+    v = ((r.get(key) or {}).get(sub) or {}).get(field)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def _ratio(r: dict[str, Any], a: str, b: str) -> float | None:
+    x, y = _g(r, a, "events_per_s"), _g(r, b, "events_per_s")
+    return x / y if x and y else None
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for tid, desc, text, get, cmp in TARGETS:
+        v = get(results)
+        if v is None:
+            status = "n/a"
+        else:
+            op, lim = cmp[:2], float(cmp[2:])
+            ok = v >= lim if op == ">=" else v <= lim
+            status = "PASS" if ok else "MISS"
+        out.append({"id": tid, "what": desc, "target": text, "measured": v, "status": status})
+    return out
+
+
+def _num(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float | int):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _lat(v: Any) -> str:
+    return "-" if v is None else f"{v * 1000:,.0f} ms"
+
+
+def render(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    r = res["results"]
+    L: list[str] = []
+    L.append("")
+    L.append(f"Driftline bench ({m.get('mode')}) {m['date']}")
+    L.append(f"  CPU: {m['cpu']} x {m['cores']} cores, RAM {m['ram_gb']} GB, Python {m['python']}")
+    L.append("  load average at start " + " ".join(f"{x:.2f}" for x in m["loadavg_start"])
+             + ", at end " + " ".join(f"{x:.2f}" for x in m.get("loadavg_end", [])))
+    L.append("  " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    L.append(f"  size: {m['size']:,} predictions per scenario, every one labelled ({2 * m['size']:,} input events)")
+    L.append("")
+    hdr = f"{'scenario':<44} {'events/s':>11} {'CPU-us/ev':>10} {'peak RSS MB':>12} {'elapsed s':>10}  notes"
+    L.append(hdr)
+    L.append("-" * len(hdr))
+
+    def row(name: str, d: dict[str, Any] | None, rate: str = "events_per_s", cpu: str = "cpu_us_per_event",
+            note: str = "") -> None:
+        if not d:
+            return
+        if "skipped" in d or "error" in d:
+            L.append(f"{name:<44} {'-':>11} {'-':>10} {'-':>12} {'-':>10}  {d.get('skipped') or d.get('error')}")
+            return
+        L.append(f"{name:<44} {_num(d.get(rate)):>11} {_num(d.get(cpu), 1):>10} {_num(d.get('peak_rss_mb')):>12} "
+                 f"{_num(d.get('elapsed_s', d.get('join_elapsed_s')), 2):>10}  {note}")
+
+    if "s1" in r:
+        row("1 envelopes (~500 ev/msg), 8 parts, 1 worker", r["s1"],
+            note=f"{r['s1'].get('kafka_messages', 0):,} Kafka msgs")
+    if "s2" in r:
+        row("2 single-event messages, 1 worker", r["s2"])
+    if "s3" in r:
+        each = r["s3"].get("messages_each")
+        row("3 envelopes, 2 workers (sum)", r["s3"], note=f"messages per worker {each}")
+    if "s4" in r:
+        d = r["s4"]
+        row(f"4 joins after {d.get('pending', 0):,} pending", d, rate="joins_per_s", cpu="cpu_us_per_label",
+            note=f"RSS all pending {_num(d.get('rss_mb_all_pending'))} MB (labels/s, CPU-us per label)")
+    if "s5" in r:
+        row("5 sink only: outcome rows -> chdb", r["s5"], rate="rows_per_s", cpu="cpu_us_per_row", note="rows/s")
+    if "quix" in r:
+        row("(a) Quix Streams consume+json+map, 1 proc", r["quix"], note="single-event messages")
+    if "naive" in r:
+        d = r["naive"]
+        row("(b) naive faust, per-event table writes", d,
+            note=("time-boxed: " if d.get("time_boxed") else "") + f"{d.get('events', 0):,}/{d.get('of_events', 0):,} events")
+    if "latency" in r:
+        d = r["latency"]
+        L.append("")
+        L.append(f"latency (realtime {d['rate']:.0f} pred/s for {d['duration_s']:.0f}s, window {d['window_s']:.0f}s, "
+                 f"lateness {d['allowed_lateness_s']:.0f}s, drift at {d['drift_at_s']:.0f}s):")
+        L.append(f"  window close -> metrics message: p50 {_lat(d['window_close_p50_s'])}, p99 "
+                 f"{_lat(d['window_close_p99_s'])}, max {_lat(d['window_close_max_s'])} "
+                 f"({d['rev0_windows_measured']} revision-0 messages)")
+        L.append(f"  drift event -> alert:            p50 {_lat(d['drift_alert_p50_s'])}, p99 "
+                 f"{_lat(d['drift_alert_p99_s'])}, max {_lat(d['drift_alert_max_s'])} "
+                 f"({d['drift_alerts_measured']} firing alerts, {d['drift_events']} drift events)")
+    if "sdk" in r:
+        d = r["sdk"]
+        L.append("")
+        L.append(f"SDK log_prediction in the caller's thread ({d['calls']:,} calls):")
+        for mode in ("broker_up", "broker_down"):
+            if mode in d:
+                x = d[mode]
+                L.append(f"  {mode:<11}: median {x['median_us']:.2f} us, p99 {x['p99_us']:.2f} us, "
+                         f"p99.9 {x['p999_us']:.1f} us, max {x['max_us']:,.0f} us, dropped {x['dropped']:,}, "
+                         f"close() {x['close_s']}s")
+    L.append("")
+    L.append(f"{'target':<40} {'measured':>14} {'target':>12}  status")
+    for t in res.get("targets", []):
+        v = t["measured"]
+        shown = "-" if v is None else (f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}")
+        L.append(f"{t['what']:<40} {shown:>14} {t['target']:>12}  {t['status']}")
+    if res.get("profile"):
+        p = res["profile"]
+        L.append("")
+        L.append(f"py-spy, scenario-1 worker ({p['samples']:,} samples), top self frames:")
+        for f, share in p["top_self"][:12]:
+            L.append(f"  {share:5.1f}%  {f}")
+    if res.get("errors"):
+        L.append("")
+        for k, e in res["errors"].items():
+            L.append(f"ERROR {k}: {e}")
+    L.append(f"\ntotal {res.get('total_s', 0):.0f}s")
+    return "\n".join(L)

@@ -1,0 +1,564 @@
+"""The scenarios, latency runs and baselines. Each returns a result dict (see bench/report.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (
+    ROOT,
+    Progress,
+    WorkerProc,
+    counters,
+    cpu_seconds,
+    create_all_topics,
+    free_port,
+    labelled_events,
+    messages_in,
+    new_prefix,
+    pct,
+    peak_rss_mb,
+    produce_events,
+    rss_mb,
+    wait_until,
+)
+
+QUIX_VENV = ROOT / "bench" / ".venv-quix"
+QUIX_PY = QUIX_VENV / "bin" / "python"
+
+
+class Bench:
+    def __init__(self, bootstrap: str, tmp: Path, size: int, progress: Progress, *, smoke: bool,
+                 partitions: int = 8, profile: bool = False, timeout: float = 900.0) -> None:
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.size = size
+        self.p = progress
+        self.smoke = smoke
+        self.partitions = partitions
+        self.profile = profile
+        self.timeout = timeout
+        self._data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self.single_prefix: str | None = None  # scenario 2's topics, reused by the baselines
+        self.profile_result: dict[str, Any] | None = None
+
+    # ---- data ----------------------------------------------------------------------------------
+    def data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if self._data is None:
+            from streams.simulate import generate
+
+            t0 = time.monotonic()
+            self.p.update(f"  generating {self.size:,} predictions (3 models) ...", force=True)
+            # every prediction labelled: input events = 2 x size, joins = size
+            self._data = generate(self.size, seed=11, missing_label_rate=0.0)
+            self.p.update(f"  generated {len(self._data[0]):,} predictions + {len(self._data[1]):,} labels "
+                          f"in {time.monotonic() - t0:.1f}s", force=True)
+        return self._data
+
+    def _fill(self, tag: str, single_event: bool, with_labels: bool = True,
+              preds: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+        prefix = new_prefix(tag)
+        create_all_topics(self.bootstrap, prefix, self.partitions)
+        if preds is None:
+            preds, labels = self.data()
+        else:
+            labels = []
+        total = len(preds) + (len(labels) if with_labels else 0)
+        info = produce_events(self.bootstrap, prefix, labelled_events(preds, labels, with_labels), total,
+                              single_event=single_event, progress=self.p, what=tag)
+        # Kafka messages = what the producer had delivered (Tansu's high watermarks under-count
+        # single-event topics, so they are not used)
+        info["messages"] = info["kafka_messages"]
+        info["predictions"] = len(preds)
+        info["labels"] = len(labels) if with_labels else 0
+        return prefix, info
+
+    # ---- worker measurement ----------------------------------------------------------------------
+    def _run_workers(self, prefix: str, fill: dict[str, Any], n_workers: int, tag: str) -> dict[str, Any]:
+        app_id = f"bench-{tag}-{uuid.uuid4().hex[:6]}"
+        workers = [WorkerProc(self.bootstrap, prefix, self.tmp, app_id=app_id, partitions=self.partitions,
+                              name=f"{tag}-w{i}") for i in range(n_workers)]
+        expected_msgs, expected_joins = fill["messages"], fill["labels"]
+        events = fill["predictions"] + fill["labels"]
+        spy: subprocess.Popen[bytes] | None = None
+        try:
+            for w in workers:
+                w.start()
+            healths: list[dict[str, Any] | None] = [None] * n_workers
+
+            def poll() -> list[dict[str, Any] | None]:
+                for i, w in enumerate(workers):
+                    w.check()
+                    healths[i] = w.health(timeout=5) or healths[i]
+                return healths
+
+            t_start = time.monotonic()
+            wait_until(lambda: sum(messages_in(h) for h in poll()) > 0, 180, f"{tag}: first message",
+                       interval=0.02,
+                       on_tick=lambda: self.p.update(f"  {tag}: waiting for the group join "
+                                                     f"({time.monotonic() - t_start:.0f}s)"))
+            t0 = time.monotonic()
+            cpu0 = [cpu_seconds(w.pid) for w in workers]
+            startup = t0 - t_start
+            if self.profile and tag == "s1":
+                spy = self._start_profile(workers[0].pid)
+
+            def done() -> bool:
+                hs = poll()
+                m = sum(messages_in(h) for h in hs)
+                j = sum(int(counters(h).get("joins", 0)) for h in hs)
+                el = time.monotonic() - t0
+                self.p.update(f"  {tag}: {m:,}/{expected_msgs:,} messages, {j:,}/{expected_joins:,} joins, "
+                              f"{el:.1f}s")
+                return m >= expected_msgs and j >= expected_joins
+
+            wait_until(done, self.timeout, f"{tag}: all input processed", interval=0.05)
+            t1 = time.monotonic()
+            cpu1 = [cpu_seconds(w.pid) for w in workers]
+            if spy is not None:
+                self._stop_profile(spy)
+                spy = None
+            elapsed = t1 - t0
+            cpu = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
+            res = {
+                "events": events, "kafka_messages": expected_msgs, "joins": expected_joins,
+                "elapsed_s": round(elapsed, 3), "events_per_s": events / elapsed if elapsed > 0 else None,
+                "cpu_us_per_event": cpu * 1e6 / events if events else None,
+                "cpu_s": round(cpu, 2), "cpu_cores_used": round(cpu / elapsed, 2) if elapsed > 0 else None,
+                "peak_rss_mb": max(peak_rss_mb(w.pid) for w in workers),
+                "peak_rss_mb_each": [round(peak_rss_mb(w.pid), 1) for w in workers],
+                "startup_to_first_message_s": round(startup, 2),
+                "messages_each": [messages_in(h) for h in healths],
+                "produce": {k: fill[k] for k in ("seconds", "events") if k in fill},
+                "counters": [counters(h) for h in healths],
+            }
+            self.p.done(f"  {tag}: {events:,} events in {elapsed:.2f}s = {res['events_per_s']:,.0f} events/s, "
+                        f"{res['cpu_us_per_event']:.1f} CPU-us/event, peak RSS {res['peak_rss_mb']:.0f} MB")
+            return res
+        finally:
+            if spy is not None:
+                self._stop_profile(spy)
+            for w in workers:
+                w.stop()
+
+    # ---- profile (py-spy) --------------------------------------------------------------------------
+    def _start_profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+        exe = Path(sys.executable).parent / "py-spy"
+        if not exe.exists():
+            self.p.log("  (py-spy not installed in this venv: no profile; pip install py-spy)")
+            return None
+        self._profile_raw = ROOT / "bench" / "profile-s1.txt"
+        return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--nonblocking",
+                                 "--rate", "200", "-o", str(self._profile_raw)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _stop_profile(self, spy: subprocess.Popen[bytes]) -> None:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        with contextlib.suppress(OSError):
+            self.profile_result = summarize_profile(self._profile_raw)
+
+    # ---- scenarios ------------------------------------------------------------------------------------
+    def scenario1(self) -> dict[str, Any]:
+        prefix, fill = self._fill("s1", single_event=False)
+        return self._run_workers(prefix, fill, 1, "s1")
+
+    def scenario2(self) -> dict[str, Any]:
+        prefix, fill = self._single_topics()
+        return self._run_workers(prefix, fill, 1, "s2")
+
+    def _single_topics(self) -> tuple[str, dict[str, Any]]:
+        if self.single_prefix is None:
+            self.single_prefix, self.single_fill = self._fill("s2", single_event=True)
+        return self.single_prefix, self.single_fill
+
+    def scenario3(self) -> dict[str, Any]:
+        prefix, fill = self._fill("s3", single_event=False)
+        return self._run_workers(prefix, fill, 2, "s3")
+
+    def scenario4(self, pending: int) -> dict[str, Any]:
+        from streams.simulate import generate
+
+        self.p.update(f"  generating {pending:,} predictions for the pending test ...", force=True)
+        preds, labels = generate(pending, seed=44, missing_label_rate=0.0)
+        prefix, fill = self._fill("s4", single_event=False, preds=preds)
+        w = WorkerProc(self.bootstrap, prefix, self.tmp, app_id=f"bench-s4-{uuid.uuid4().hex[:6]}",
+                       partitions=self.partitions, name="s4-w0")
+        try:
+            w.start()
+            t_start = time.monotonic()
+
+            def all_pending() -> bool:
+                w.check()
+                h = w.health(timeout=5)
+                n = int((h or {}).get("pending_predictions", 0))
+                self.p.update(f"  s4: {n:,}/{pending:,} predictions pending ({time.monotonic() - t_start:.0f}s)")
+                return n >= pending
+
+            wait_until(all_pending, self.timeout, "s4: all predictions pending", interval=0.2)
+            time.sleep(1.0)
+            rss_pending, hwm_pending = rss_mb(w.pid), peak_rss_mb(w.pid)
+            self.p.done(f"  s4: {pending:,} pending: RSS {rss_pending:.0f} MB (VmHWM {hwm_pending:.0f} MB)")
+            cpu0 = cpu_seconds(w.pid)
+            t_prod = time.monotonic()
+            first: dict[str, float] = {}
+            import threading
+
+            def producer() -> None:
+                produce_events(self.bootstrap, prefix, (("label", lab) for lab in labels), len(labels),
+                               single_event=False, progress=Progress(False), what="s4 labels")
+                first["produced"] = time.monotonic()
+
+            th = threading.Thread(target=producer, daemon=True)
+            th.start()
+
+            def joined() -> bool:
+                w.check()
+                h = w.health(timeout=5)
+                j = int(counters(h).get("joins", 0))
+                if j and "t0" not in first:
+                    first["t0"] = time.monotonic()
+                self.p.update(f"  s4: {j:,}/{len(labels):,} joins ({time.monotonic() - t_prod:.1f}s)")
+                return j >= len(labels)
+
+            wait_until(joined, self.timeout, "s4: all joins", interval=0.05)
+            t1 = time.monotonic()
+            th.join(60)
+            cpu = cpu_seconds(w.pid) - cpu0
+            t0 = first.get("t0", t_prod)
+            res = {
+                "pending": pending, "rss_mb_all_pending": rss_pending, "peak_rss_mb_all_pending": hwm_pending,
+                "peak_rss_mb": peak_rss_mb(w.pid), "labels": len(labels),
+                "join_elapsed_s": round(t1 - t0, 3), "joins_per_s": len(labels) / (t1 - t0),
+                "from_produce_start_s": round(t1 - t_prod, 3),
+                "labels_produce_s": round(first.get("produced", t1) - t_prod, 3),
+                "cpu_us_per_label": cpu * 1e6 / len(labels),
+            }
+            self.p.done(f"  s4: {len(labels):,} joins in {t1 - t0:.2f}s = {res['joins_per_s']:,.0f}/s "
+                        f"(labels produced meanwhile in {res['labels_produce_s']:.1f}s)")
+            return res
+        finally:
+            w.stop()
+
+    def scenario5(self) -> dict[str, Any]:
+        from confluent_kafka import Producer
+
+        from schemas import validate_label, validate_prediction
+        from schemas.messages import make_outcome
+
+        preds, labels = self.data()
+        prefix = new_prefix("s5")
+        create_all_topics(self.bootstrap, prefix, self.partitions)
+        topic = prefix + "outcomes"
+        by_id = {lab["prediction_id"]: lab for lab in labels}
+        now = time.time()
+        prod = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "partitioner": "murmur2_random",
+                         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
+        t0 = time.monotonic()
+        n = 0
+        for pe in preds:
+            le = by_id.get(pe["prediction_id"])
+            if le is None:
+                continue
+            o = make_outcome(validate_prediction(pe, now=now), validate_label(le, now=now))  # type: ignore[arg-type]
+            while True:
+                try:
+                    prod.produce(topic, orjson.dumps(o), key=pe["prediction_id"])
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            n += 1
+            if not n & 0x3FFF:
+                prod.poll(0)
+                self.p.update(f"  producing s5 outcomes: {n:,}/{len(labels):,}")
+        prod.flush(120)
+        self.p.update(f"  produced {n:,} outcomes in {time.monotonic() - t0:.1f}s", force=True)
+        dsn = f"chdb://{(self.tmp / 'ch-s5').resolve()}"
+        proc = subprocess.Popen([sys.executable, "-m", "bench.sink_proc", self.bootstrap, topic, dsn, str(n)],
+                                cwd=str(ROOT), stdout=subprocess.PIPE, stderr=open(self.tmp / "s5-sink.log", "wb"),  # noqa: SIM115
+                                text=True)
+        result: dict[str, Any] | None = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if "result" in d:
+                    result = d["result"]
+                else:
+                    self.p.update(f"  s5: {d.get('rows', 0):,}/{n:,} rows written")
+        proc.wait(timeout=120)
+        if result is None:
+            raise RuntimeError("sink process gave no result:\n" + (self.tmp / "s5-sink.log").read_text()[-3000:])
+        el = result["elapsed_s"]
+        res = {"rows": result["rows"], "elapsed_s": round(el, 3), "rows_per_s": n / el if el > 0 else None,
+               "cpu_us_per_row": result["cpu_s"] * 1e6 / n, "peak_rss_mb": result["peak_rss_mb"],
+               "inserts": result.get("stats", {}).get("inserts")}
+        self.p.done(f"  s5: {n:,} outcome rows into chdb in {el:.2f}s = {res['rows_per_s']:,.0f} rows/s")
+        return res
+
+    # ---- latencies ----------------------------------------------------------------------------------------
+    def latency(self, rate: float, duration: float, drift_at: float) -> dict[str, Any]:
+        from confluent_kafka import Consumer
+
+        from streams.simulate import run_simulation
+
+        lateness, window = 1.0, 5.0
+        prefix = new_prefix("lat")
+        create_all_topics(self.bootstrap, prefix, self.partitions)
+        w = WorkerProc(self.bootstrap, prefix, self.tmp, app_id=f"bench-lat-{uuid.uuid4().hex[:6]}",
+                       partitions=self.partitions, name="lat-w0",
+                       extra_env={"DRIFTLINE_WINDOW_SECONDS": str(window),
+                                  "DRIFTLINE_ALLOWED_LATENESS": str(lateness)})
+        try:
+            w.start()
+            t_start = time.monotonic()
+
+            def ready() -> bool:
+                w.check()
+                h = w.health()
+                self.p.update(f"  latency: waiting for the worker ({time.monotonic() - t_start:.0f}s)")
+                return bool(h and h.get("partitions") and not h.get("rebalancing"))
+
+            wait_until(ready, 180, "latency worker ready", interval=0.2)
+            self.p.update(f"  latency: realtime simulation {rate:.0f}/s for {duration:.0f}s, "
+                          f"drift at {drift_at:.0f}s ...", force=True)
+            sim = run_simulation(self.bootstrap, prefix, rate, duration, seed=5, drift_at=drift_at, realtime=True,
+                                 progress=False, label_delay=0.5)
+            sim_end = sim["start_ts"] + duration
+            time.sleep(window + lateness + 3.0)  # let the last traffic-closed windows and alerts out
+        finally:
+            w.stop()
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-lat-read-" + uuid.uuid4().hex[:6],
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "session.timeout.ms": 6000})
+        topics = {prefix + k: k for k in ("metrics", "alerts", "drift_events")}
+        c.subscribe(list(topics))
+        msgs: dict[str, list[dict[str, Any]]] = {k: [] for k in topics.values()}
+        deadline = time.monotonic() + 60
+        quiet_since = time.monotonic()
+        got = 0
+        # read until 3 s without a message (after the group join)
+        while time.monotonic() < deadline and (not got or time.monotonic() - quiet_since < 3.0):
+            for m in c.consume(1000, timeout=0.5):
+                if m.error() is None:
+                    msgs[topics[m.topic()]].append(orjson.loads(m.value()))
+                    got += 1
+                    quiet_since = time.monotonic()
+        c.close()
+        # (i) window close -> metrics: revision-0 messages of windows closed by traffic (the
+        # watermark), not by the end-of-run idle close
+        closes = [m["emitted_at"] - (m["window_end"] + lateness) for m in msgs["metrics"]
+                  if m.get("revision") == 0 and m["window_end"] + lateness <= sim_end - 0.5]
+        # (ii) drift-triggering event -> alert
+        drift_at_ts = {d["event_id"]: d["detected_at"] for d in msgs["drift_events"]}
+        alerts = []
+        for a in msgs["alerts"]:
+            if a.get("status") != "firing":
+                continue
+            ev = a.get("evidence") or {}
+            det = drift_at_ts.get(ev.get("drift_event_id"), a.get("detected_at") if ev.get("drift_event_id") else None)
+            if det is not None:
+                alerts.append(a["emitted_at"] - det)
+        res = {
+            "rate": rate, "duration_s": duration, "drift_at_s": drift_at, "window_s": window,
+            "allowed_lateness_s": lateness, "sim": {k: sim[k] for k in ("predictions", "labels", "elapsed_s")},
+            "metrics_messages": len(msgs["metrics"]), "rev0_windows_measured": len(closes),
+            "window_close_p50_s": pct(closes, 50), "window_close_p99_s": pct(closes, 99),
+            "window_close_max_s": max(closes) if closes else None,
+            "drift_events": len(msgs["drift_events"]), "drift_alerts_measured": len(alerts),
+            "drift_alert_p50_s": pct(alerts, 50), "drift_alert_p99_s": pct(alerts, 99),
+            "drift_alert_max_s": max(alerts) if alerts else None,
+            "alert_rules": dict(Counter(a.get("rule") for a in msgs["alerts"])),
+        }
+        self.p.done(f"  latency: window close->metrics p99 {_fmt_s(res['window_close_p99_s'])} over {len(closes)} "
+                    f"windows; drift->alert p99 {_fmt_s(res['drift_alert_p99_s'])} over {len(alerts)} alerts")
+        return res
+
+    def sdk(self, calls: int) -> dict[str, Any]:
+        from streams.sdk import DriftlineProducer
+
+        out: dict[str, Any] = {"calls": calls}
+        prefix = new_prefix("sdk")
+        create_all_topics(self.bootstrap, prefix, self.partitions)
+        closed_port = free_port()
+        for mode, bootstrap in (("broker_up", self.bootstrap), ("broker_down", f"127.0.0.1:{closed_port}")):
+            prod = DriftlineProducer(bootstrap, topic_prefix=prefix, num_partitions=self.partitions,
+                                     max_buffered_events=max(100_000, calls // 2) if mode == "broker_down"
+                                     else calls + 1000,
+                                     client_config={"message.timeout.ms": 5000} if mode == "broker_down" else None)
+            lat = _time_log_prediction(prod, calls, self.p, mode)
+            st = prod.stats()
+            t = time.monotonic()
+            prod.close(timeout=1.0 if mode == "broker_down" else 30.0)
+            close_s = time.monotonic() - t
+            lat.sort()
+            out[mode] = {
+                "median_us": lat[len(lat) // 2] / 1000, "p99_us": lat[int(len(lat) * 0.99)] / 1000,
+                "p999_us": lat[int(len(lat) * 0.999)] / 1000, "max_us": lat[-1] / 1000,
+                "mean_us": statistics.fmean(lat) / 1000, "dropped": st["dropped_events"],
+                "close_s": round(close_s, 2),
+            }
+            self.p.done(f"  sdk {mode}: median {out[mode]['median_us']:.2f} us, p99 {out[mode]['p99_us']:.2f} us, "
+                        f"max {out[mode]['max_us']:.0f} us, dropped {st['dropped_events']:,}")
+        return out
+
+    # ---- baselines ---------------------------------------------------------------------------------------------
+    def quix(self, allow_install: bool) -> dict[str, Any]:
+        if not QUIX_PY.exists():
+            if not allow_install:
+                return {"skipped": "bench/.venv-quix not present (created by a full run)"}
+            self.p.log("  creating bench/.venv-quix (python -m venv + pip install quixstreams) ...")
+            subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
+            r = subprocess.run([str(QUIX_PY), "-m", "pip", "install", "-q", "quixstreams"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return {"skipped": "pip install quixstreams failed: " + r.stderr[-500:]}
+        prefix, fill = self._single_topics()
+        expected = fill["messages"]
+        events = fill["predictions"] + fill["labels"]
+        cmd = [str(QUIX_PY), str(ROOT / "bench" / "quix_baseline.py"), self.bootstrap,
+               f"bench-quix-{uuid.uuid4().hex[:6]}", str(expected), prefix + "predictions", prefix + "labels"]
+        log = open(self.tmp / "quix.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(self.tmp))
+        result = None
+        assert proc.stdout is not None
+        t = time.monotonic()
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if "result" in d:
+                    result = d["result"]
+                else:
+                    self.p.update(f"  quix: {d['count']:,}/{expected:,} messages ({time.monotonic() - t:.0f}s)")
+        proc.wait(timeout=60)
+        log.close()
+        if result is None or result["count"] < expected:
+            return {"error": f"quix baseline failed: {result}", "log": (self.tmp / "quix.log").read_text()[-2000:]}
+        el = result["elapsed_s"]
+        res = {"events": events, "elapsed_s": round(el, 3), "events_per_s": events / el,
+               "cpu_us_per_event": result["cpu_s"] * 1e6 / events, "peak_rss_mb": result["peak_rss_mb"]}
+        self.p.done(f"  quix: {events:,} events in {el:.2f}s = {res['events_per_s']:,.0f} events/s")
+        return res
+
+    def naive_faust(self, time_box: float) -> dict[str, Any]:
+        prefix, fill = self._single_topics()
+        expected = fill["messages"]
+        port = free_port()
+        env = {**os.environ, "NAIVE_BOOTSTRAP": self.bootstrap, "NAIVE_PREDICTIONS": prefix + "predictions",
+               "NAIVE_LABELS": prefix + "labels", "NAIVE_APP_ID": f"bench-naive-{uuid.uuid4().hex[:6]}",
+               "NAIVE_PORT": str(port), "NAIVE_DATADIR": str(self.tmp / "naive-state"),
+               "NAIVE_PARTITIONS": str(self.partitions),
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        log = open(self.tmp / "naive.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "naive_faust.py")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=str(self.tmp))
+        fake = WorkerProc.__new__(WorkerProc)
+        fake.url, fake.proc, fake.name, fake.log_path = f"http://127.0.0.1:{port}", proc, "naive", self.tmp / "naive.log"
+        try:
+            t_start = time.monotonic()
+            last: dict[str, Any] = {}
+
+            def first() -> bool:
+                fake.check()
+                h = fake.health(timeout=5)
+                last["h"] = h
+                self.p.update(f"  naive faust: waiting for the group join ({time.monotonic() - t_start:.0f}s)")
+                return messages_in(h) > 0
+
+            wait_until(first, 180, "naive faust: first message", interval=0.02)
+            t0, cpu0 = time.monotonic(), cpu_seconds(proc.pid)
+            m0 = messages_in(last["h"])
+            boxed = False
+            while True:
+                fake.check()
+                h = fake.health(timeout=10) or last["h"]
+                last["h"] = h
+                m = messages_in(h)
+                el = time.monotonic() - t0
+                self.p.update(f"  naive faust: {m:,}/{expected:,} messages, {el:.0f}s (time box {time_box:.0f}s)")
+                if m >= expected and counters(h).get("joins", 0) >= fill["labels"]:
+                    break
+                if el >= time_box:
+                    boxed = True
+                    break
+                time.sleep(0.1)
+            t1, cpu1 = time.monotonic(), cpu_seconds(proc.pid)
+            done = m - m0  # single-event messages: one message = one event
+            el = t1 - t0
+            res = {"events": done, "of_events": expected, "time_boxed": boxed, "elapsed_s": round(el, 3),
+                   "events_per_s": done / el if el > 0 else None,
+                   "cpu_us_per_event": (cpu1 - cpu0) * 1e6 / done if done else None,
+                   "peak_rss_mb": peak_rss_mb(proc.pid), "joins": counters(last["h"]).get("joins", 0)}
+            self.p.done(f"  naive faust: {done:,} events in {el:.1f}s = {res['events_per_s']:,.0f} events/s"
+                        + (" (time-boxed)" if boxed else ""))
+            return res
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def _time_log_prediction(prod: Any, calls: int, progress: Progress, mode: str) -> list[int]:
+    from time import perf_counter_ns
+
+    ids = [uuid.UUID(int=i).hex for i in range(calls)]
+    feats = {"amount": 12.5, "merchant_category": "grocery", "country": "DE", "hour": 13, "is_new_device": False}
+    segs = {"country": "DE", "channel": "web"}
+    pred = {"label": 1, "score": 0.93}
+    lat = [0] * calls
+    log = prod.log_prediction
+    for i in range(calls):
+        t = perf_counter_ns()
+        log(ids[i], "fraud", pred, model_version="v1", features=feats, latency_ms=21.5, segments=segs)
+        lat[i] = perf_counter_ns() - t
+        if not i & 0xFFFF:
+            progress.update(f"  sdk {mode}: {i:,}/{calls:,} calls")
+    return lat
+
+
+def _fmt_s(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}s"
+
+
+def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Top frames of a py-spy ``--format raw`` (collapsed stacks) file: self and inclusive share."""
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        k = int(n)
+        total += k
+        frames = stack.split(";")
+        # py-spy raw: the first item may be the process/thread name
+        frames = [f for f in frames if "(" in f]
+        if not frames:
+            continue
+        self_c[frames[-1]] += k
+        for f in set(frames):
+            incl[f] += k
+    return {
+        "samples": total,
+        "top_self": [(f, round(100.0 * c / total, 1)) for f, c in self_c.most_common(top)] if total else [],
+        "top_inclusive": [(f, round(100.0 * c / total, 1)) for f, c in incl.most_common(top + 10)] if total else [],
+        "raw_file": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
+    }
