@@ -1,6 +1,6 @@
 """``driftline`` command line: the only place that reads the environment.
 
-Subcommands: broker, topics create, simulate, worker, demo, query, report.
+Subcommands: broker, topics create, simulate, worker, demo, query, report, baseline create.
 Configuration: flags, then ``DRIFTLINE_*`` environment variables, then defaults
 (``streams.settings.Settings``). Secrets never come from flags.
 """
@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clickhouse", help="clickhouse-connect DSN (env DRIFTLINE_CLICKHOUSE)")
     p.add_argument("--worker", help="URL of a running worker's query endpoint (default http://127.0.0.1:6066)")
 
+    p = sub.add_parser("baseline", help="reference profiles for data-drift and data-quality checks")
+    bsub = p.add_subparsers(dest="baseline_command", required=True)
+    pc = bsub.add_parser("create", help="profile a reference file (CSV, JSONL, JSON, Parquet) as a new version")
+    pc.add_argument("--model", required=True, help="model_id")
+    pc.add_argument("--from", dest="source", required=True, help="reference file: .csv, .jsonl, .json or .parquet")
+    pc.add_argument("--dir", default=None, help="profiles folder (default <DRIFTLINE_DATA_DIR>/profiles)")
+    pc.add_argument("--features", default=None, help="comma-separated feature columns (default: all but prediction and label)")
+
     p = sub.add_parser("report", help="a self-contained HTML report: metrics, drift, alerts, score distributions")
     p.add_argument("--model", help="only this model_id (default: every model)")
     p.add_argument("--since", help="start: ISO 8601 (UTC if no offset) or epoch seconds (default: oldest data)")
@@ -160,6 +168,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.baseline_cmd import create_baseline, load_latest
+
+    out_dir = args.dir or str(Path(Settings.from_env().data_dir) / "profiles")
+    feats = args.features.split(",") if args.features else None
+    path = create_baseline(args.model, args.source, out_dir, feature_names=feats)
+    prof = load_latest(args.model, out_dir)
+    _print(f"{path} (version {prof.version}: {prof.n_events} records, {len(prof.features)} features)")
     return 0
 
 

@@ -1,0 +1,631 @@
+"""Mergeable data profiles of a model's inputs and outputs: the reference and each window.
+
+A ``FeatureProfile`` summarises one feature. A *numeric* feature keeps a fixed-bin
+histogram whose edges are quantiles of the reference sample (``bins`` equal-mass bins
+between the reference min and max, plus an underflow and an overflow bin), the count,
+min/max and a ``QuantileSketch`` for the Kolmogorov-Smirnov statistic. A *categorical*
+feature (strings, booleans as ``"true"``/``"false"``) keeps category counts capped at
+``max_categories``; later categories go to ``"__other__"``.
+
+Every profile counts ``missing`` values (key absent, ``None``, NaN or +-inf) and
+``mismatch`` values (a string or bool in a numeric feature; a float, list or dict in a
+categorical one), so ``count + missing + mismatch`` is the number of events seen.
+
+``Profile`` is the set of feature profiles of one model plus the prediction distribution
+(``"__prediction__"``: the score, the regression value or the predicted label) and, for
+a labelled reference, its metrics. ``Profile.new_window_like(reference)`` gives an empty
+profile with the reference's bins and categories, so that window and reference compare
+bin to bin. A profile may also be *unbinned* (numeric ``edges`` is ``None``: sketch only),
+which is what a reference built from the first hours of production accumulates before
+``freeze_bins()`` derives edges from the sketches (``streams/baseline_cmd.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
+from .sketch import QuantileSketch
+
+__all__ = ["FeatureProfile", "Profile", "load_records", "sketch_buckets", "PREDICTION", "OTHER"]
+
+PROFILE_FORMAT = 1
+PREDICTION = "__prediction__"
+OTHER = "__other__"
+# A window may hold this many categories the reference never saw, then "__other__".
+NEW_CATEGORY_ROOM = 20
+_NUM = (int, float, np.number)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool | np.bool_)
+
+
+def infer_kind(values: Iterable[Any]) -> str:
+    """``"numeric"`` when numbers (not bools) are most of the present values, else categorical.
+
+    >>> infer_kind([1, 2.5, None, "x"]), infer_kind([True, False]), infer_kind(["a", 1])
+    ('numeric', 'categorical', 'categorical')
+    """
+    n_num = n_other = 0
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if _is_num(v):
+            n_num += 1
+        else:
+            n_other += 1
+    return "numeric" if n_num > n_other else "categorical"
+
+
+def sketch_buckets(sketch: QuantileSketch) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted bucket upper bounds and counts of a ``QuantileSketch`` (its exact CDF steps).
+
+    A value ``x`` is counted in the first bucket whose upper bound is ``>= x``: positive
+    bucket ``i`` covers ``(g**(i-1), g**i]``, negative bucket ``i`` covers
+    ``[-g**i, -g**(i-1))`` and zero has its own bucket (upper bound 0).
+    """
+    g = sketch._gamma
+    pos, neg = sketch._pos, sketch._neg
+    up_neg = -(g ** (neg.offset + np.arange(neg.counts.size, dtype=np.float64) - 1.0))
+    up_pos = g ** (pos.offset + np.arange(pos.counts.size, dtype=np.float64))
+    upper = np.concatenate([up_neg[::-1], [0.0], up_pos])
+    counts = np.concatenate([neg.counts[::-1], [sketch._zero], pos.counts]).astype(np.int64)
+    keep = counts > 0
+    return upper[keep], counts[keep]
+
+
+class FeatureProfile:
+    """Mergeable summary of one feature (see the module docstring).
+
+    Parameters
+    ----------
+    name
+        Feature name.
+    kind
+        ``"numeric"`` or ``"categorical"``.
+    edges
+        Numeric only: sorted unique bin edges (reference quantiles), or ``None`` (unbinned).
+    categories
+        Categorical only: categories to keep from the start (counted 0 until seen).
+    max_categories
+        Most distinct categories kept (``"__other__"`` excluded).
+    sketch_accuracy
+        Relative accuracy of the numeric ``QuantileSketch``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> ref = FeatureProfile.from_values("amount", rng.normal(100, 10, 1000).tolist(), bins=4)
+    >>> ref.hist.tolist(), ref.count
+    ([0, 250, 250, 250, 250, 0], 1000)
+    >>> win = ref.empty_like()
+    >>> win.update([50.0, 100.0, "oops", None, 1e6])
+    >>> win.hist.tolist(), win.count, win.missing, win.mismatch
+    ([1, 0, 0, 1, 0, 1], 3, 1, 1)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        edges: Sequence[float] | np.ndarray | None = None,
+        categories: Iterable[str] = (),
+        max_categories: int = 50,
+        sketch_accuracy: float = 0.01,
+    ) -> None:
+        if kind not in ("numeric", "categorical"):
+            raise ValueError(f"kind must be 'numeric' or 'categorical', got {kind!r}")
+        if max_categories < 1:
+            raise ValueError(f"max_categories must be >= 1, got {max_categories!r}")
+        self.name = name
+        self.kind = kind
+        self.max_categories = int(max_categories)
+        self.sketch_accuracy = float(sketch_accuracy)
+        self.edges = None if edges is None else np.unique(np.asarray(edges, dtype=np.float64))
+        self._reset(categories)
+
+    def _reset(self, categories: Iterable[str] = ()) -> None:
+        self.count = self.missing = self.mismatch = 0
+        self.min, self.max = math.inf, -math.inf
+        self.sketch = QuantileSketch(self.sketch_accuracy)
+        n_bins = 0 if self.edges is None else max(self.edges.size - 1, 1) + 2
+        self.hist = np.zeros(n_bins, dtype=np.int64)
+        self.counts: dict[str, int] = dict.fromkeys(categories, 0)
+
+    @classmethod
+    def from_values(
+        cls, name: str, values: Sequence[Any], kind: str | None = None, bins: int = 10, **kw: Any
+    ) -> FeatureProfile:
+        """Reference profile of raw values: kind inferred, edges = ``bins`` quantile bins."""
+        kind = kind or infer_kind(values)
+        edges = None
+        if kind == "numeric":
+            nums = np.array([v for v in values if _is_num(v)], dtype=np.float64)
+            nums = nums[np.isfinite(nums)]
+            if nums.size:
+                edges = np.quantile(nums, np.linspace(0.0, 1.0, bins + 1))
+        fp = cls(name, kind, edges, **kw)
+        fp.update(values)
+        return fp
+
+    def empty_like(self, window: bool = True) -> FeatureProfile:
+        """Empty profile with the same bins (and, for windows, room for new categories)."""
+        room = NEW_CATEGORY_ROOM if window else 0
+        cats = [c for c in self.counts if c != OTHER]
+        return FeatureProfile(
+            self.name,
+            self.kind,
+            self.edges,
+            cats,
+            max(self.max_categories, len(cats) + room),
+            self.sketch_accuracy,
+        )
+
+    @property
+    def n(self) -> int:
+        """Events seen: present + missing + mismatched values."""
+        return self.count + self.missing + self.mismatch
+
+    def update(self, values: Sequence[Any]) -> None:
+        """Add one value per event (``None`` for an absent key)."""
+        if self.kind == "numeric":
+            self._update_numeric(values)
+        else:
+            self._update_categorical(values)
+
+    def _update_numeric(self, values: Sequence[Any]) -> None:
+        nums: list[float] = []
+        missing = mismatch = 0
+        for v in values:
+            t = type(v)
+            if t is float or t is int:
+                nums.append(v)
+            elif v is None:
+                missing += 1
+            elif _is_num(v):
+                nums.append(float(v))
+            else:
+                mismatch += 1
+        x = np.array(nums, dtype=np.float64)
+        finite = np.isfinite(x)
+        if not finite.all():
+            missing += int(x.size - finite.sum())
+            x = x[finite]
+        self.missing += missing
+        self.mismatch += mismatch
+        if x.size == 0:
+            return
+        self.count += int(x.size)
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        self.sketch.add_many(x)
+        if self.edges is not None:
+            self.hist += np.bincount(self._bin_index(x), minlength=self.hist.size)
+
+    def _bin_index(self, x: np.ndarray) -> np.ndarray:
+        e = self.edges
+        assert e is not None
+        idx = np.searchsorted(e[1:-1], x, side="right") + 1
+        idx[x < e[0]] = 0
+        idx[x > e[-1]] = self.hist.size - 1
+        return idx
+
+    def _update_categorical(self, values: Sequence[Any]) -> None:
+        keys: list[str] = []
+        for v in values:
+            t = type(v)
+            if t is str:
+                keys.append(v)
+            elif v is None or (t is float and math.isnan(v)):
+                self.missing += 1
+            elif t is bool or isinstance(v, np.bool_):
+                keys.append("true" if v else "false")
+            elif isinstance(v, int | np.integer):
+                keys.append(str(int(v)))
+            else:
+                self.mismatch += 1
+        self.count += len(keys)
+        self._add_counts(Counter(keys))
+
+    def _add_counts(self, counts: dict[str, int]) -> None:
+        c = self.counts
+        for key, k in counts.items():
+            if key in c:
+                c[key] += k
+            elif len(c) - (OTHER in c) < self.max_categories and key != OTHER:
+                c[key] = k
+            else:
+                c[OTHER] = c.get(OTHER, 0) + k
+
+    def bin_labels(self) -> list[str]:
+        """Human-readable label of each histogram bin (numeric) or category."""
+        if self.kind == "categorical":
+            return list(self.counts)
+        if self.edges is None:
+            return []
+        e = [f"{v:.4g}" for v in self.edges]
+        if len(e) == 1:
+            return [f"< {e[0]}", f"= {e[0]}", f"> {e[0]}"]
+        mid = [f"[{a}, {b})" for a, b in zip(e[:-2], e[1:-1], strict=True)] + [
+            f"[{e[-2]}, {e[-1]}]"
+        ]
+        return [f"< {e[0]}", *mid, f"> {e[-1]}"]
+
+    def freeze_bins(self, bins: int = 10) -> None:
+        """Give an unbinned numeric profile quantile edges from its sketch; fill the histogram.
+
+        Interior edges are the upper bounds of the sketch buckets holding the quantiles, so
+        no bucket straddles an edge and the histogram is exact for the values sketched
+        (a bin's share may differ from ``1 / bins`` by one bucket's share).
+        """
+        if self.kind != "numeric" or self.edges is not None or self.count == 0:
+            return
+        upper, counts = sketch_buckets(self.sketch)
+        cum = np.cumsum(counts)
+        ranks = np.floor(np.linspace(0.0, 1.0, bins + 1)[1:-1] * (cum[-1] - 1))
+        inner = upper[np.searchsorted(cum, ranks, side="right")]
+        self.edges = np.unique(np.clip(np.array([self.min, *inner, self.max]), self.min, self.max))
+        self.hist = np.zeros(max(self.edges.size - 1, 1) + 2, dtype=np.int64)
+        g = self.sketch._gamma
+        # A point strictly inside each bucket: (lower + upper) / 2.
+        mid = np.where(upper > 0, upper * (1 + 1 / g) / 2, upper * (1 + g) / 2)
+        mid = np.clip(mid, self.min, self.max)
+        self.hist += np.bincount(
+            self._bin_index(mid), weights=counts, minlength=self.hist.size
+        ).astype(np.int64)
+
+    def merge(self, other: FeatureProfile) -> None:
+        """Add ``other`` (same name, kind and edges) into this profile, in place.
+
+        A kind conflict (a feature inferred numeric in one unbinned partial and categorical
+        in another) keeps this profile's kind and counts ``other``'s values as mismatches.
+        """
+        self.missing += other.missing
+        if other.kind != self.kind:
+            self.mismatch += other.mismatch + other.count
+            return
+        self.mismatch += other.mismatch
+        self.count += other.count
+        if self.kind == "categorical":
+            self._add_counts(other.counts)
+            return
+        same = (self.edges is None and other.edges is None) or (
+            self.edges is not None
+            and other.edges is not None
+            and np.array_equal(self.edges, other.edges)
+        )
+        if not same:
+            raise ValueError(
+                f"feature {self.name!r}: cannot merge profiles with different bin edges"
+            )
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.sketch.merge(other.sketch)
+        self.hist += other.hist
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-safe state (min/max of an empty profile are ``None``)."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "max_categories": self.max_categories,
+            "count": self.count,
+            "missing": self.missing,
+            "mismatch": self.mismatch,
+        }
+        if self.kind == "categorical":
+            d["counts"] = dict(self.counts)
+        else:
+            d["sketch_accuracy"] = self.sketch_accuracy
+            d["edges"] = None if self.edges is None else self.edges.tolist()
+            d["hist"] = self.hist.tolist()
+            d["min"] = self.min if self.count else None
+            d["max"] = self.max if self.count else None
+            d["sketch"] = self.sketch.to_state()
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> FeatureProfile:
+        fp = cls(
+            d["name"],
+            d["kind"],
+            d.get("edges"),
+            (),
+            int(d["max_categories"]),
+            float(d.get("sketch_accuracy", 0.01)),
+        )
+        fp.count, fp.missing, fp.mismatch = int(d["count"]), int(d["missing"]), int(d["mismatch"])
+        if fp.kind == "categorical":
+            fp.counts = {str(k): int(v) for k, v in d["counts"].items()}
+        else:
+            fp.hist = np.asarray(d["hist"], dtype=np.int64)
+            fp.min = math.inf if d["min"] is None else float(d["min"])
+            fp.max = -math.inf if d["max"] is None else float(d["max"])
+            fp.sketch = QuantileSketch.from_state(d["sketch"])
+        return fp
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureProfile) and self.to_state() == other.to_state()
+
+    def __repr__(self) -> str:
+        return f"FeatureProfile({self.name!r}, {self.kind!r}, count={self.count})"
+
+
+def _split_row(
+    row: dict[str, Any], prediction_column: str, label_column: str
+) -> tuple[dict[str, Any], Any, Any]:
+    """(features, prediction, label) of a flat row or of an inference-event-shaped row."""
+    feats = row.get("features")
+    if isinstance(feats, dict):
+        pred = row.get("prediction")
+        if isinstance(pred, dict):
+            pred = next(
+                (pred[k] for k in ("score", "value", "label") if pred.get(k) is not None), None
+            )
+        label = row.get(label_column)
+        return feats, pred, label.get("label") if isinstance(label, dict) else label
+    feats = {k: v for k, v in row.items() if k not in (prediction_column, label_column)}
+    return feats, row.get(prediction_column), row.get(label_column)
+
+
+def _reference_metrics(preds: list[Any], labels: list[Any]) -> dict[str, float]:
+    pairs = [(p, y) for p, y in zip(preds, labels, strict=True) if p is not None and y is not None]
+    if not pairs:
+        return {}
+    p, y = zip(*pairs, strict=True)
+    if all(_is_num(v) for v in p) and all(_is_num(v) or isinstance(v, bool) for v in y):
+        s, t = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if set(np.unique(t)) <= {0.0, 1.0} and s.min() >= 0.0 and s.max() <= 1.0:
+            b = BinaryAccumulator()
+            b.update_many(t.astype(int), (s >= 0.5).astype(int), s)
+            return b.metrics()
+        r = RegressionAccumulator()
+        r.update_many(t, s)
+        return r.metrics()
+    m = MulticlassAccumulator()
+    m.update_many([str(v) for v in y], [str(v) for v in p])
+    return m.metrics()
+
+
+class Profile:
+    """Feature profiles, prediction profile and reference metrics of one model.
+
+    Attributes ``model_id``, ``version`` (the baseline version, 0 until saved),
+    ``created_at`` (epoch seconds), ``n_events``, ``features`` (name -> ``FeatureProfile``),
+    ``prediction`` (``FeatureProfile`` named ``"__prediction__"`` or ``None``), ``metrics``
+    (reference metrics, labelled data only) and ``unknown_features`` (name -> events that
+    carried a feature this profile does not know, at most 100 names: schema drift).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(3)
+    >>> rows = [{"amount": float(a), "country": c, "prediction": float(s), "label": int(s > 0.5)}
+    ...         for a, c, s in zip(rng.lognormal(3, 1, 500), rng.choice(["DE", "FR"], 500),
+    ...                            rng.uniform(0, 1, 500))]
+    >>> ref = Profile.from_records(rows, model_id="fraud")
+    >>> sorted(ref.features), ref.features["amount"].kind, ref.metrics["accuracy"]
+    (['amount', 'country'], 'numeric', 1.0)
+    >>> win = Profile.new_window_like(ref)
+    >>> win.update_many([{"amount": 12.0, "country": "DE", "new": 1}, {"country": 7}], [0.2, 0.9])
+    >>> win.n_events, win.features["amount"].missing, win.unknown_features, win.prediction.count
+    (2, 1, {'new': 1}, 2)
+    >>> Profile.from_state(win.to_state()) == win
+    True
+    """
+
+    MAX_UNKNOWN = 100
+
+    def __init__(
+        self,
+        model_id: str = "",
+        features: dict[str, FeatureProfile] | None = None,
+        prediction: FeatureProfile | None = None,
+        *,
+        infer: bool = False,
+    ) -> None:
+        self.model_id = model_id
+        self.version = 0
+        self.created_at = time.time()
+        self.features: dict[str, FeatureProfile] = dict(features or {})
+        self.prediction = prediction
+        self.metrics: dict[str, float] = {}
+        self.n_events = 0
+        self.unknown_features: dict[str, int] = {}
+        # Unbinned warm-up profiles add the features they meet (kind inferred per batch).
+        self.infer = infer
+
+    @classmethod
+    def from_records(
+        cls,
+        rows: Sequence[dict[str, Any]],
+        feature_names: Sequence[str] | None = None,
+        *,
+        model_id: str = "",
+        bins: int = 10,
+        max_categories: int = 50,
+        prediction_column: str = "prediction",
+        label_column: str = "label",
+    ) -> Profile:
+        """Reference profile of rows (flat dicts, or inference events with ``features``)."""
+        split = [_split_row(r, prediction_column, label_column) for r in rows]
+        feats = [f for f, _, _ in split]
+        if feature_names is None:
+            feature_names = list(dict.fromkeys(k for f in feats for k in f))
+        p = cls(model_id)
+        for name in feature_names:
+            p.features[name] = FeatureProfile.from_values(
+                name, [f.get(name) for f in feats], bins=bins, max_categories=max_categories
+            )
+        preds = [pr for _, pr, _ in split]
+        if any(v is not None for v in preds):
+            p.prediction = FeatureProfile.from_values(
+                PREDICTION, preds, bins=bins, max_categories=max_categories
+            )
+            p.metrics = _reference_metrics(preds, [y for _, _, y in split])
+        p.n_events = len(rows)
+        return p
+
+    @classmethod
+    def new_window_like(cls, reference: Profile) -> Profile:
+        """Empty profile with the reference's features, bins and categories."""
+        p = cls(
+            reference.model_id,
+            {k: f.empty_like() for k, f in reference.features.items()},
+            None if reference.prediction is None else reference.prediction.empty_like(),
+        )
+        p.version = reference.version
+        return p
+
+    def update_many(
+        self,
+        features: Sequence[dict[str, Any] | None],
+        predictions: Sequence[Any] | np.ndarray | None = None,
+    ) -> None:
+        """Add a batch of events: one feature dict (or ``None``) per event, optional predictions."""
+        rows = [f or {} for f in features]
+        self.n_events += len(rows)
+        if self.infer:
+            for name in dict.fromkeys(k for r in rows for k in r if k not in self.features):
+                col = [r.get(name) for r in rows]
+                if any(v is not None for v in col):
+                    self.features[name] = FeatureProfile(name, infer_kind(col))
+                    self.features[name].missing = self.n_events - len(rows)
+        for name, fp in self.features.items():
+            fp.update([r.get(name) for r in rows])
+        known = self.features
+        unknown = self.unknown_features
+        for r in rows:
+            if len(r) > len(known) or not known.keys() >= r.keys():
+                for k in r.keys() - known.keys():
+                    if k in unknown or len(unknown) < self.MAX_UNKNOWN:
+                        unknown[k] = unknown.get(k, 0) + 1
+        if predictions is not None:
+            self.update_predictions(predictions)
+
+    def update_predictions(self, values: Sequence[Any] | np.ndarray) -> None:
+        """Add predictions (scores, regression values or labels) to ``"__prediction__"``."""
+        vals = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        if self.prediction is None:
+            if not self.infer:
+                return
+            self.prediction = FeatureProfile(PREDICTION, infer_kind(vals))
+        self.prediction.update(vals)
+
+    def freeze_bins(self, bins: int = 10) -> None:
+        """Bin every unbinned numeric profile from its sketch and stop adding features."""
+        for fp in [*self.features.values(), *([self.prediction] if self.prediction else [])]:
+            fp.freeze_bins(bins)
+        self.infer = False
+        self.unknown_features = {
+            k: v for k, v in self.unknown_features.items() if k not in self.features
+        }
+
+    def merge(self, other: Profile) -> None:
+        """Add ``other`` into this profile (in place); features only one side has are kept."""
+        for name, fp in other.features.items():
+            if name in self.features:
+                self.features[name].merge(fp)
+            else:
+                new = fp.empty_like(window=False)
+                new.missing = self.n_events
+                new.merge(fp)
+                self.features[name] = new
+        for name in self.features.keys() - other.features.keys():
+            self.features[name].missing += other.n_events
+        if other.prediction is not None:
+            if self.prediction is None:
+                self.prediction = other.prediction.empty_like(window=False)
+            self.prediction.merge(other.prediction)
+        for k, v in other.unknown_features.items():
+            if k in self.unknown_features or len(self.unknown_features) < self.MAX_UNKNOWN:
+                self.unknown_features[k] = self.unknown_features.get(k, 0) + v
+        self.n_events += other.n_events
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-safe state."""
+        return {
+            "format": PROFILE_FORMAT,
+            "model_id": self.model_id,
+            "version": self.version,
+            "created_at": self.created_at,
+            "n_events": self.n_events,
+            "infer": self.infer,
+            "features": [f.to_state() for f in self.features.values()],
+            "prediction": None if self.prediction is None else self.prediction.to_state(),
+            "metrics": dict(self.metrics),
+            "unknown_features": dict(self.unknown_features),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Profile:
+        if d.get("format", PROFILE_FORMAT) > PROFILE_FORMAT:
+            raise ValueError(
+                f"profile format {d['format']} is newer than this Driftline ({PROFILE_FORMAT})"
+            )
+        feats = [FeatureProfile.from_state(f) for f in d["features"]]
+        pred = None if d["prediction"] is None else FeatureProfile.from_state(d["prediction"])
+        p = cls(d["model_id"], {f.name: f for f in feats}, pred, infer=bool(d.get("infer", False)))
+        p.version, p.created_at, p.n_events = (
+            int(d["version"]),
+            float(d["created_at"]),
+            int(d["n_events"]),
+        )
+        p.metrics = {k: float(v) for k, v in d["metrics"].items()}
+        p.unknown_features = {k: int(v) for k, v in d["unknown_features"].items()}
+        return p
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Profile) and self.to_state() == other.to_state()
+
+    def __repr__(self) -> str:
+        return f"Profile({self.model_id!r}, v{self.version}, features={len(self.features)}, n_events={self.n_events})"
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|NaN|inf|Infinity)")
+
+
+def _parse_cell(s: str) -> Any:
+    if s == "":
+        return None
+    if _NUMBER.fullmatch(s):
+        return int(s) if s.lstrip("+-").isdigit() else float(s)
+    return s
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``.csv`` (numbers parsed, empty cell = missing), ``.jsonl``/``.ndjson``,
+    ``.json`` (a list of objects) or ``.parquet`` file (needs ``pip install pyarrow``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return rows
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from e
+        return list(pq.read_table(path).to_pylist())
+    raise ValueError(
+        f"{path}: unsupported file type {suffix!r} (use .csv, .jsonl, .json or .parquet)"
+    )

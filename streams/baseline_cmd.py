@@ -1,0 +1,229 @@
+"""Reference profiles on disk (``driftline baseline create``) and from the first hours of traffic.
+
+Layout under ``out_dir`` (the worker's ``<DRIFTLINE_DATA_DIR>/profiles`` by default)::
+
+    <out_dir>/<model_id>/profile-v1.json    # Profile.to_state(), version 1
+    <out_dir>/<model_id>/profile-v2.json
+    <out_dir>/<model_id>/latest.json        # {"model_id", "version", "file", "created_at"}
+
+Guarantees: a version file is claimed with an exclusive create, so two concurrent
+``create_baseline`` calls get different versions; files are written to a temporary name
+and renamed, so a crash never leaves a half-written ``profile-v<N>.json`` or
+``latest.json``; an existing version is never overwritten. ``latest.json`` is updated last:
+after a crash between the two renames the new version exists but is not yet current.
+
+``ReferenceBuilder`` is the pure alternative when no training sample is at hand: the
+worker feeds it the merged profile of each closed window (``Profile(infer=True)``,
+unbinned) and, once ``hours`` of event time are covered, it freezes the bins and the
+worker saves the result with ``save_profile`` and compares later windows against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from detectors.profile import Profile, load_records
+
+__all__ = ["ReferenceBuilder", "create_baseline", "load_latest", "save_profile"]
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
+_VERSION_FILE = re.compile(r"profile-v(\d+)\.json")
+
+
+def _model_dir(model_id: str, out_dir: str | Path) -> Path:
+    if not _MODEL_ID.fullmatch(model_id) or ".." in model_id:
+        raise ValueError(
+            f"model_id {model_id!r} is not usable as a folder name ([A-Za-z0-9._-], no '..')"
+        )
+    return Path(out_dir) / model_id
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_profile(profile: Profile, out_dir: str | Path) -> Path:
+    """Write ``profile`` as the next version of its model and point ``latest.json`` at it."""
+    d = _model_dir(profile.model_id, out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    versions = [int(m.group(1)) for p in d.iterdir() if (m := _VERSION_FILE.fullmatch(p.name))]
+    n = max(versions, default=0) + 1
+    while True:  # claim the version number; a concurrent writer makes us take the next one
+        path = d / f"profile-v{n}.json"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            break
+        except FileExistsError:
+            n += 1
+    profile.version = n
+    _write_atomic(path, profile.to_state())
+    latest = {
+        "model_id": profile.model_id,
+        "version": n,
+        "file": path.name,
+        "created_at": profile.created_at,
+    }
+    _write_atomic(d / "latest.json", latest)
+    return path
+
+
+def create_baseline(
+    model_id: str,
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    feature_names: list[str] | None = None,
+    bins: int = 10,
+    max_categories: int = 50,
+    prediction_column: str = "prediction",
+    label_column: str = "label",
+) -> Path:
+    """Profile the records of ``path`` (CSV, JSONL, JSON, Parquet) and save a new version.
+
+    Returns the path of ``profile-v<N>.json``. Rows are flat (feature columns plus optional
+    ``prediction`` and ``label`` columns) or inference events (``features``, ``prediction``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "ref.csv").write_text("amount,country,prediction\\n12.5,DE,0.1\\n80,FR,0.7\\n")
+    >>> create_baseline("fraud", tmp / "ref.csv", tmp / "profiles").name
+    'profile-v1.json'
+    >>> create_baseline("fraud", tmp / "ref.csv", tmp / "profiles").name
+    'profile-v2.json'
+    >>> p = load_latest("fraud", tmp / "profiles")
+    >>> p.version, sorted(p.features), p.n_events
+    (2, ['amount', 'country'], 2)
+    """
+    rows = load_records(path)
+    if not rows:
+        raise ValueError(f"{path}: no records")
+    profile = Profile.from_records(
+        rows,
+        feature_names,
+        model_id=model_id,
+        bins=bins,
+        max_categories=max_categories,
+        prediction_column=prediction_column,
+        label_column=label_column,
+    )
+    return save_profile(profile, out_dir)
+
+
+def load_latest(model_id: str, out_dir: str | Path) -> Profile:
+    """The profile ``latest.json`` points to; ``FileNotFoundError`` names the missing file."""
+    d = _model_dir(model_id, out_dir)
+    latest = d / "latest.json"
+    if not latest.exists():
+        raise FileNotFoundError(f"no baseline for model {model_id!r}: {latest} does not exist")
+    meta = json.loads(latest.read_text(encoding="utf-8"))
+    return Profile.from_state(json.loads((d / meta["file"]).read_text(encoding="utf-8")))
+
+
+class ReferenceBuilder:
+    """Accumulates window profiles until ``hours`` of event time are covered, then freezes.
+
+    Parameters
+    ----------
+    hours
+        Event-time span of the reference, from the start of the first window added to the
+        end of the last.
+    bins
+        Quantile bins of numeric features, computed from the merged sketches at freeze.
+
+    Notes
+    -----
+    Feed it the merged (all partitions) profile of each closed window, in any order;
+    windows are built with ``Profile(model_id, infer=True)`` because no bins exist yet.
+    ``add`` returns ``True`` once, when the reference freezes; later windows are ignored
+    (``add`` returns ``False``). ``to_state``/``from_state`` let the worker keep the builder
+    in a table across restarts. Windows that arrive after the freeze (late revisions) are
+    not added: the reference is a fixed snapshot.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(2)
+    >>> rb = ReferenceBuilder(hours=1.0)
+    >>> for start in range(0, 3600, 600):
+    ...     w = Profile("fraud", infer=True)
+    ...     w.update_many([{"x": float(v)} for v in rng.normal(size=200)], rng.uniform(size=200))
+    ...     frozen = rb.add(float(start), start + 600.0, w)
+    >>> frozen, rb.frozen, rb.reference.n_events, int(rb.reference.features["x"].hist.sum())
+    (True, True, 1200, 1200)
+    """
+
+    def __init__(self, hours: float, bins: int = 10) -> None:
+        if hours <= 0:
+            raise ValueError(f"hours must be > 0, got {hours!r}")
+        self.hours = float(hours)
+        self.bins = int(bins)
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+        self.frozen = False
+        self._profile: Profile | None = None
+
+    def add(self, window_start: float, window_end: float, profile: Profile) -> bool:
+        """Merge one window's profile; ``True`` when this window completed the reference."""
+        if self.frozen:
+            return False
+        if self._profile is None:
+            self._profile = Profile(profile.model_id, infer=True)
+            self._profile.created_at = time.time()
+        self._profile.merge(profile)
+        self.first_start = (
+            window_start if self.first_start is None else min(self.first_start, window_start)
+        )
+        self.last_end = window_end if self.last_end is None else max(self.last_end, window_end)
+        if self.last_end - self.first_start >= self.hours * 3600.0:
+            self._profile.freeze_bins(self.bins)
+            self.frozen = True
+            return True
+        return False
+
+    @property
+    def reference(self) -> Profile:
+        """The frozen reference; ``RuntimeError`` before the freeze."""
+        if not self.frozen or self._profile is None:
+            raise RuntimeError(
+                f"reference not ready: {self.covered_hours():.2f} of {self.hours} hours covered"
+            )
+        return self._profile
+
+    def covered_hours(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return (self.last_end - self.first_start) / 3600.0
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "hours": self.hours,
+            "bins": self.bins,
+            "first_start": self.first_start,
+            "last_end": self.last_end,
+            "frozen": self.frozen,
+            "profile": None if self._profile is None else self._profile.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> ReferenceBuilder:
+        rb = cls(float(d["hours"]), int(d["bins"]))
+        rb.first_start, rb.last_end, rb.frozen = d["first_start"], d["last_end"], bool(d["frozen"])
+        rb._profile = None if d["profile"] is None else Profile.from_state(d["profile"])
+        return rb
