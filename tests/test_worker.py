@@ -241,3 +241,26 @@ def test_query_cli_reads_through_the_worker_and_refuses_writes(bootstrap: str, t
         assert worker.query("SELECT count() AS n FROM system.tables WHERE database = 'driftline' AND name = 'metrics'")[0]["n"] == 1
     finally:
         worker.stop()
+
+
+def test_rocksdb_store_recovers_pending_after_kill(bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """The RocksDB store (large pending sets): local tables are rebuilt from the changelog."""
+    worker = Worker(bootstrap, topic_prefix, tmp_path, sink=False, extra_env={"DRIFTLINE_STORE": "rocksdb://"}).start()
+    try:
+        now = time.time() - 100
+        n = 2000
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(n):
+                sdk.log_prediction(f"k{i}", "m", {"label": 1, "score": 0.9}, timestamp=now + i * 0.01)
+        worker.wait_for(lambda: worker.health()["pending_predictions"] == n, 60, "pending")
+        assert any((tmp_path / "state").rglob("*.db")), "tables are on disk"
+        worker.kill(signal.SIGKILL)
+        worker.start()
+        assert worker.health()["pending_predictions"] == n
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(n):
+                sdk.log_label(f"k{i}", 1, timestamp=now + i * 0.01 + 1)
+        worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) == n, 60, "joins")
+        assert worker.health()["pending_predictions"] == 0
+    finally:
+        worker.stop()
