@@ -7,6 +7,13 @@ for ~1 µs each. faust still owns the table: it creates the changelog topic, kee
 in-memory (or RocksDB) copy that our code writes directly, and recovers the table from
 this very topic after a restart or rebalance.
 
+Tansu reports a partition's high watermark as the base offset of its last record *batch*
+plus one (measured: 10 records in one batch -> high watermark 1), and faust's recovery
+reads a changelog only up to the high watermark, so the tail of a multi-record batch would
+be lost on recovery. After each flush we therefore append one marker record per partition
+written, alone in its own batch: the high watermark then lies past every real record, on
+Tansu and on Apache Kafka alike (where the marker is merely one ignored table key).
+
 Guarantees: records of one partition are produced in call order by one idempotent
 producer, so a crash leaves a prefix of them in the changelog (the join stage's
 exactly-once argument, ``streams/partition.py``). ``flush()`` returns once every record
@@ -22,6 +29,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+MARKER_KEY = b"\x00hw"
+
 
 class ChangelogWriter:
     """Append key/value records (value None = delete) to one changelog topic."""
@@ -29,6 +38,7 @@ class ChangelogWriter:
     def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
         self._errors: list[str] = []
+        self._dirty: set[int] = set()
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,  # in order, no duplicates, across retries
@@ -43,6 +53,7 @@ class ChangelogWriter:
             try:
                 self._producer.produce(self.topic, value=value, key=key, partition=partition,
                                        on_delivery=self._on_delivery)
+                self._dirty.add(partition)
                 return
             except BufferError:  # local queue full: let librdkafka drain it, never drop
                 self._producer.poll(0.05)
@@ -53,6 +64,12 @@ class ChangelogWriter:
 
     def flush_blocking(self, timeout: float = 60.0) -> None:
         left = self._producer.flush(timeout)
+        if self._dirty and not left:
+            for partition in self._dirty:
+                self._producer.produce(self.topic, value=b"", key=MARKER_KEY, partition=partition,
+                                       on_delivery=self._on_delivery)
+            self._dirty.clear()
+            left = self._producer.flush(timeout)
         if left or self._errors:
             errors, self._errors = self._errors[:5], []
             raise KafkaException(f"changelog {self.topic}: {left} records undelivered; errors: {errors}")

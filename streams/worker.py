@@ -61,7 +61,8 @@ def _reset_local_tables(settings: Settings) -> None:
     import shutil
     from pathlib import Path
 
-    for tables in Path(settings.data_dir).glob(f"{settings.app_id}-data/*/tables"):
+    root = Path(settings.data_dir)  # faust's appdir is <datadir>/v<version>, tables below it
+    for tables in [*root.glob("v*/tables"), *root.glob("*-data/v*/tables")]:
         shutil.rmtree(tables, ignore_errors=True)
         log.info("local RocksDB tables reset; recovering from the changelogs", extra={"path": str(tables)})
 

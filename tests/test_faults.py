@@ -179,9 +179,9 @@ def snapshot(worker: Worker) -> dict[str, Any]:
     }
     alerts = q(
         "SELECT alert_id, status, rule, model_id, model_version, segment, toString(detected_at) AS at "
-        "FROM driftline.alerts"
+        "FROM driftline.alerts FINAL"
     )
-    drift = q("SELECT event_id FROM driftline.drift_events")
+    drift = q("SELECT event_id FROM driftline.drift_events FINAL")
     return {
         "metrics": metrics,
         "alerts": alerts,

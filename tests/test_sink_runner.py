@@ -118,7 +118,8 @@ def test_runner_survives_an_outage_with_backpressure(
         wait_for(lambda: runner.stats()["backpressured"], timeout=30)
         assert runner.stats()["last_error"] and "injected" in runner.stats()["last_error"]
         try:
-            wait_for(lambda: runner.stats()["rows_written"].get("outcomes") == n)
+            wait_for(lambda: runner.stats()["rows_written"].get("outcomes") == n
+                     and runner.stats()["buffered_rows"] == 0)
         except AssertionError:
             raise AssertionError(str(runner.stats())) from None
         st = runner.stats()

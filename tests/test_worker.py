@@ -134,7 +134,7 @@ def test_restart_recovers_pending_predictions_and_detector_state(bootstrap: str,
         worker.kill(signal.SIGKILL)
 
         worker.start()
-        assert worker.health()["pending_predictions"] == n_after
+        worker.wait_for(lambda: worker.health()["pending_predictions"] == n_after, 30, "pending recovered")
         with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
             for i in range(n_before, n_before + n_after):
                 sdk.log_label(ids[i], 0 if errors[i] else 1, timestamp=now + i * 0.01 + 1)
@@ -256,7 +256,7 @@ def test_rocksdb_store_recovers_pending_after_kill(bootstrap: str, topic_prefix:
         assert any((tmp_path / "state").rglob("*.db")), "tables are on disk"
         worker.kill(signal.SIGKILL)
         worker.start()
-        assert worker.health()["pending_predictions"] == n
+        worker.wait_for(lambda: worker.health()["pending_predictions"] == n, 30, "pending recovered")
         with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
             for i in range(n):
                 sdk.log_label(f"k{i}", 1, timestamp=now + i * 0.01 + 1)
