@@ -13,7 +13,11 @@ Rules, per model (``streams.models.ModelConfig``):
 - relative drop: a metric ``drop`` below the mean of the previous windows (``threshold``);
 - latency p99 above the SLO (``latency``);
 - volume below ``volume_drop`` x or above ``volume_spike`` x the recent average (``volume``);
-- label coverage below a floor, judged ``coverage_after_s`` (wall clock) after the window (``label_coverage``).
+- label coverage below a floor, judged ``coverage_after_s`` (wall clock) after the window (``label_coverage``);
+- data drift against the reference profile (``data_drift``, rule ``psi``): warning when a
+  feature's (or the prediction's) PSI reaches ``psi_warning``, critical at ``psi_drift``;
+- data quality against the reference (``data_quality``), one rule per check: ``missing_rate``,
+  ``type_mismatch``, ``out_of_range``, ``unseen_categories``, ``feature_vanished``, ``feature_appeared``.
 """
 
 from __future__ import annotations
@@ -133,6 +137,51 @@ class AlertEngine:
                                win["counts"].get("label_coverage", 0), emitted_at,
                                f"label coverage {v:.1%} below {cfg.label_coverage_min:.0%}")
 
+    def on_data(self, cfg: ModelConfig, win: dict[str, Any], drift: list[dict[str, Any]],
+                quality: dict[str, list[dict[str, Any]]], emitted_at: float, reference_version: int = 0) -> list[Alert]:
+        """Data drift and data quality of a whole-model window against its reference.
+
+        ``drift``: ``DriftResult.to_dict()`` of each feature (and the prediction); only
+        results judged (enough samples) count, and with none judged nothing changes.
+        ``quality``: check -> offending features (``{"feature", "value", "level", ...}``),
+        every check present (an empty list = clean); ``{}`` when the window has too few
+        events to judge. Each yields one incident per (version, rule): fired once, resolved
+        when a later revision or window is clean.
+        """
+        out: list[Alert] = []
+        judged = [r for r in drift if r.get("psi") is not None and not r.get("note")]
+        if judged:
+            bad = sorted((r for r in judged if r.get("severity")), key=lambda r: -r["psi"])
+            worst = bad or sorted(judged, key=lambda r: -r["psi"])
+            critical = any(r["severity"] == "drift" for r in bad)
+            severity = "critical" if critical else "warning"
+            thresholds = cfg.drift_config().for_feature(worst[0]["feature"])
+            names = ", ".join(f"{r['feature']} PSI {r['psi']:.3g}" for r in bad[:5])
+            key = self._key(win, "psi", "feature_psi")
+            if bad and critical and key in self.active:
+                self.active[key]["severity"] = "critical"  # escalates silently, like detector alarms
+            out += self._condition(
+                cfg, win, "psi", "data_drift", "feature_psi", bool(bad), severity, worst[0]["psi"],
+                thresholds.psi_drift if critical else thresholds.psi_warning, int(worst[0]["n_window"]), emitted_at,
+                f"data drift on {win['model_id']} {win['model_version']}: {names}"
+                f"{f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''}",
+                {"features": [_drift_evidence(r) for r in bad], "reference_version": reference_version})
+        for check, offenders in quality.items():
+            rank = {"warning": 1, "critical": 2}
+            severity = max((o["level"] for o in offenders), key=lambda lv: rank[lv], default="warning")
+            value = max((float(o["value"]) for o in offenders), default=0.0)
+            threshold = min((o["threshold"] for o in offenders if o.get("threshold") is not None), default=None)
+            names = ", ".join(o["feature"] for o in offenders[:5])
+            n = int(win["counts"].get("prediction_count", 0))
+            key = self._key(win, check, f"data_{check}")
+            if offenders and severity == "critical" and key in self.active:
+                self.active[key]["severity"] = "critical"
+            out += self._condition(
+                cfg, win, check, "data_quality", f"data_{check}", bool(offenders), severity, value, threshold, n,
+                emitted_at, f"data quality on {win['model_id']} {win['model_version']}: {check} ({names})",
+                {"features": offenders, "reference_version": reference_version})
+        return out
+
     # ---- rules ---------------------------------------------------------------------------
     def _volume(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
         n = win["metrics"].get("prediction_count", 0.0)
@@ -234,6 +283,13 @@ class AlertEngine:
         eng = cls(d["model_id"])
         eng.active, eng.resolved_at, eng.history = d["active"], d["resolved_at"], d["history"]
         return eng
+
+
+def _drift_evidence(r: dict[str, Any]) -> dict[str, Any]:
+    ev = {k: r.get(k) for k in ("feature", "kind", "severity", "psi", "js", "ks", "ks_error_bound", "chi2",
+                                "chi2_pvalue", "n_reference", "n_window") if r.get(k) is not None}
+    ev["top_shifted"] = [{"bin": b, "reference": ref, "window": w} for b, ref, w in r.get("top_shifted", [])]
+    return ev
 
 
 def _fmt(x: float | None) -> str:

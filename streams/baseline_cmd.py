@@ -30,7 +30,7 @@ from typing import Any
 
 from detectors.profile import Profile, load_records
 
-__all__ = ["ReferenceBuilder", "create_baseline", "load_latest", "save_profile"]
+__all__ = ["ReferenceBuilder", "create_baseline", "load_latest", "load_references", "save_profile"]
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 _VERSION_FILE = re.compile(r"profile-v(\d+)\.json")
@@ -134,6 +134,40 @@ def load_latest(model_id: str, out_dir: str | Path) -> Profile:
         raise FileNotFoundError(f"no baseline for model {model_id!r}: {latest} does not exist")
     meta = json.loads(latest.read_text(encoding="utf-8"))
     return Profile.from_state(json.loads((d / meta["file"]).read_text(encoding="utf-8")))
+
+
+def load_version(model_id: str, out_dir: str | Path, version: int) -> Profile:
+    """Version ``version`` of a model's profile (``profile-v<N>.json``)."""
+    path = _model_dir(model_id, out_dir) / f"profile-v{int(version)}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no baseline v{version} for model {model_id!r}: {path} does not exist")
+    return Profile.from_state(json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
+    """The reference profile of every model whose config asks for data drift.
+
+    ``models`` is a ``streams.models.ModelsConfig``. Listed models with ``data_drift`` set,
+    and (when the defaults set it) every model folder under ``out_dir``, get the profile
+    their ``baseline`` names (``latest`` or a version number). A model without a baseline
+    on disk is skipped: it runs without data drift. Returns model_id -> profile.
+    """
+    root = Path(out_dir)
+    candidates = [m for m, cfg in models.models.items() if cfg.data_drift]
+    if models.defaults.data_drift and root.is_dir():
+        candidates += [d.name for d in sorted(root.iterdir()) if d.is_dir() and d.name not in models.models]
+    refs: dict[str, Profile] = {}
+    for model_id in dict.fromkeys(candidates):
+        cfg = models.for_model(model_id)
+        which = None if cfg is None else cfg.baseline()
+        if which is None:
+            continue
+        try:
+            refs[model_id] = (load_latest(model_id, root) if which == "latest"
+                              else load_version(model_id, root, int(which.lstrip("v"))))
+        except (FileNotFoundError, ValueError):
+            continue
+    return refs
 
 
 class ReferenceBuilder:

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-at", type=float, default=None, help="seconds into the run when fraud's concept drifts")
     p.add_argument("--covariate-drift-at", type=float, default=None, help="seconds into the run when a feature shifts")
     p.add_argument("--label-delay", type=float, default=5.0, help="mean label delay, seconds")
+    p.add_argument("--missing-burst", type=float, default=0.0,
+                   help="share of events missing their first feature from --data-issues-at on (default 0: off)")
+    p.add_argument("--missing-burst-seconds", type=float, default=None, help="length of the missing-values burst (default: to the end)")
+    p.add_argument("--new-category", type=float, default=0.0,
+                   help="share of events with a never-seen category from --data-issues-at on (default 0: off)")
+    p.add_argument("--data-issues-at", type=float, default=None,
+                   help="seconds into the run when the injections begin (default: --covariate-drift-at)")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
 
     p = sub.add_parser("worker", help="run the stream processors (and the ClickHouse sink)")
@@ -132,6 +139,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         s.bootstrap, s.topic_prefix, args.rate, args.duration, seed=args.seed, drift_at=args.drift_at,
         realtime=not args.fast, progress=True, label_delay=args.label_delay,
         covariate_drift_at=args.covariate_drift_at, client_config=dict(s.kafka),
+        missing_burst=args.missing_burst, missing_burst_s=args.missing_burst_seconds,
+        new_category=args.new_category, data_issues_at=args.data_issues_at,
     )
     print(" ".join(f"{k}={v}" for k, v in stats.items()))
     return 0

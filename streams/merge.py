@@ -8,16 +8,27 @@ is merged once. A window is first emitted ``merge_wait`` seconds after its first
 (late labels, expirations, slower partitions) make it dirty and it is emitted again as
 the next revision, at most once per ``flush_interval``. Consumers and ClickHouse keep
 the highest revision.
+
+Data drift and quality (models with ``data_drift`` and a reference profile): every
+revision of a whole-model window whose partials carry a profile is compared with the
+reference (``detectors.datadrift.compare_profiles``, ``detectors.quality.check_quality``);
+the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
+``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
+``prediction_psi``) and the alert engine judges them (kinds ``data_drift``, ``data_quality``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.datadrift import compare_profiles
+from detectors.profile import OTHER, PREDICTION, Profile
+from detectors.quality import QualityResult, QualityThresholds, check_quality
 from schemas.messages import make_metrics
 from streams.alerts import AlertEngine
-from streams.models import ModelsConfig
+from streams.models import ModelConfig, ModelsConfig
 from streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
@@ -58,9 +69,11 @@ class MergeOutput:
 class WindowMerger:
     """Merge state for the models one merge processor owns (see the module docstring)."""
 
-    def __init__(self, models: ModelsConfig, *, window_seconds: float = 60.0, merge_wait: float = 1.0,
-                 flush_interval: float = 2.0, keep_seconds: float | None = None) -> None:
+    def __init__(self, models: ModelsConfig, *, window_seconds: float = 60.0, merge_wait: float = 0.5,
+                 flush_interval: float = 2.0, keep_seconds: float | None = None,
+                 references: dict[str, Profile] | None = None) -> None:
         self.models = models
+        self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.window_seconds = window_seconds
         self.merge_wait = merge_wait
         self.flush_interval = flush_interval
@@ -132,17 +145,61 @@ class WindowMerger:
         mw.dirty = False
         mw.last_emit = now
         metrics, counts = mw.partial.metrics(self.window_seconds)
+        cfg = self.models.for_model(key.model_id) or self.models.defaults
+        data = self._data_checks(key, mw, cfg, metrics, counts)
         msg = make_metrics(model_id=key.model_id, model_version=key.model_version, segment=key.segment,
                            window_start=key.window_start, window_end=key.window_start + self.window_seconds,
                            task=mw.partial.task, metrics=metrics, counts=counts, revision=mw.revision,
                            final=True, labeled_count=mw.partial.labeled, emitted_at=now)
         out.metrics.append(dict(msg))
         out.changed_windows.add(key)
-        cfg = self.models.for_model(key.model_id) or self.models.defaults
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now)
+        if data is not None:
+            alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
+                                                        reference_version=data[2])
         if alerts:
             out.alerts += alerts
         out.changed_models.add(key.model_id)
+
+    def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
+                     counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
+        """Compare the window profile with the reference; add the statistics to ``metrics``.
+
+        Returns (drift results, quality offenders by check, reference version) for the alert
+        engine, or None when the window has no profile comparable with the reference.
+        """
+        prof = mw.partial.profile
+        ref = self.references.get(key.model_id)
+        if key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.version != ref.version:
+            return None
+        try:
+            drift = compare_profiles(ref, prof, cfg.drift_config())
+            thresholds = cfg.quality_thresholds()
+            quality = check_quality(ref, prof, thresholds)
+        except ValueError:  # bins of another reference (cannot happen with one reference per run)
+            return None
+
+        def put(name: str, value: float | None, n: int) -> None:
+            if value is not None and math.isfinite(value):
+                metrics[name] = float(value)
+                counts[name] = int(n)
+
+        for r in drift:
+            prefix = "prediction_" if r.feature == PREDICTION else "feature_"
+            suffix = "" if r.feature == PREDICTION else f".{r.feature}"
+            for stat in ("psi", "js", "ks", "chi2_pvalue"):
+                put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
+        for q in quality:
+            if q.schema == "appeared":
+                continue
+            kind = ref.features[q.feature].kind
+            put(f"feature_missing_rate.{q.feature}", q.missing_rate, q.n)
+            put(f"feature_type_mismatch_rate.{q.feature}", q.type_mismatch_rate, q.n)
+            if kind == "numeric":
+                put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
+            else:
+                put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
+        return [r.to_dict() for r in drift], _quality_offenders(ref, prof, quality, thresholds), ref.version
 
     def _check_coverage(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
         cfg = self.models.for_model(key.model_id) or self.models.defaults
@@ -163,3 +220,43 @@ class WindowMerger:
 
     def dirty_count(self) -> int:
         return sum(mw.dirty for mw in self.windows.values())
+
+
+def _level(value: float, levels: tuple[float, float]) -> str | None:
+    return "critical" if value > levels[1] else "warning" if value > levels[0] else None
+
+
+def _quality_offenders(ref: Profile, window: Profile, results: list[QualityResult],
+                       t: QualityThresholds) -> dict[str, list[dict[str, Any]]]:
+    """Check -> the features over its warning level (every check listed; ``{}`` if too few events)."""
+    if window.n_events < t.min_samples:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {c: [] for c in ("missing_rate", "type_mismatch", "out_of_range",
+                                                           "unseen_categories", "feature_vanished", "feature_appeared")}
+    for q in results:
+        if q.schema == "appeared":
+            out["feature_appeared"].append({"feature": q.feature, "value": 1.0, "level": "warning", "threshold": None,
+                                            "issues": q.issues})
+            continue
+        if q.schema == "vanished":
+            out["feature_vanished"].append({"feature": q.feature, "value": 1.0, "level": "critical", "threshold": None,
+                                            "issues": q.issues})
+            continue
+        rf = ref.features[q.feature]
+        checks: list[tuple[str, float, tuple[float, float], dict[str, Any]]] = [
+            ("missing_rate", q.missing_rate - q.reference_missing_rate, t.missing_increase,
+             {"missing_rate": q.missing_rate, "reference_missing_rate": q.reference_missing_rate}),
+            ("type_mismatch", q.type_mismatch_rate, t.type_mismatch, {}),
+        ]
+        if rf.kind == "numeric":
+            checks.append(("out_of_range", q.out_of_range_rate, t.out_of_range,
+                           {"reference_min": rf.min if rf.count else None, "reference_max": rf.max if rf.count else None}))
+        elif OTHER not in rf.counts:  # a capped reference cannot tell new categories from rare ones
+            checks.append(("unseen_categories", q.unseen_category_rate, t.unseen_categories,
+                           {"categories": q.unseen_categories[:10]}))
+        for check, value, levels, extra in checks:
+            level = _level(value, levels)
+            if level:
+                out[check].append({"feature": q.feature, "value": value, "level": level, "threshold": levels[0], **extra})
+    return out
+

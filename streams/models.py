@@ -87,6 +87,34 @@ class ModelConfig:
     coverage_after_s: float = 600.0
     cooldown_s: float = 300.0
     drift_resolve_s: float = 600.0
+    # Beyond accuracy (off unless set): data drift and quality against a reference profile
+    # (``<DRIFTLINE_DATA_DIR>/profiles/<model>/latest.json``), CBPE for binary models.
+    data_drift: Mapping[str, Any] | bool | None = None
+    data_quality: Mapping[str, Any] | None = None
+    cbpe: bool = False
+
+    def drift_config(self) -> Any:
+        """``detectors.datadrift.DriftConfig`` of ``data_drift`` (``baseline`` removed)."""
+        from detectors.datadrift import DriftConfig
+
+        raw = self.data_drift if isinstance(self.data_drift, Mapping) else {}
+        return DriftConfig.from_dict({k: v for k, v in raw.items() if k != "baseline"})
+
+    def quality_thresholds(self) -> Any:
+        """``detectors.quality.QualityThresholds`` of ``data_quality``."""
+        from detectors.quality import QualityThresholds
+
+        raw: dict[str, Any] = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (self.data_quality or {}).items()}
+        return QualityThresholds(**raw)
+
+    def baseline(self) -> str | None:
+        """Which reference profile ``data_drift`` asks for: ``"latest"``, ``"v<N>"``, or None (off)."""
+        if not self.data_drift:
+            return None
+        if isinstance(self.data_drift, Mapping):
+            b = self.data_drift.get("baseline", "latest")
+            return "latest" if b in (None, "latest", True) else (f"v{b}" if isinstance(b, int) else str(b))
+        return "latest"
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -203,6 +231,13 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
             value = tuple(_rule(ThresholdRule, r, f"{path}[{i}]") for i, r in enumerate(_as_list(value, path)))
         elif key == "relative_drops":
             value = tuple(_rule(RelativeDropRule, r, f"{path}[{i}]") for i, r in enumerate(_as_list(value, path)))
+        elif key == "cbpe":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: expected true or false")
+        elif key == "data_drift":
+            value = _data_drift(value, path)
+        elif key == "data_quality":
+            value = _data_quality(value, path)
         kwargs[key] = value
     try:
         cfg = ModelConfig(**kwargs)
@@ -218,6 +253,40 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
             except Exception as exc:
                 raise ConfigError(f"{where}.detectors.{det}: invalid parameters: {exc}") from None
     return cfg
+
+
+def _data_drift(value: Any, path: str) -> Mapping[str, Any] | bool | None:
+    """``data_drift``: true/false, or a mapping with ``baseline`` (``latest`` or a version
+    number) and ``detectors.datadrift.DriftConfig`` keys (``psi_warning``, ``psi_drift``,
+    ``min_samples``, ``epsilon``, ``top_bins``, ``features: {name: {...}}``)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected true, false or a mapping")
+    value = {str(k): v for k, v in value.items()}
+    b = value.get("baseline", "latest")
+    if not (b == "latest" or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)):
+        raise ConfigError(f"{path}.baseline: expected 'latest' or a version number >= 1, got {b!r}")
+    from detectors.datadrift import DriftConfig
+
+    try:
+        DriftConfig.from_dict({k: v for k, v in value.items() if k != "baseline"})
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: invalid settings: {exc}") from None
+    return value
+
+
+def _data_quality(value: Any, path: str) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of check -> [warning, critical]")
+    value = {str(k): v for k, v in value.items()}
+    try:
+        ModelConfig(data_quality=value).quality_thresholds()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: invalid settings: {exc}") from None
+    return value
 
 
 def _as_list(value: Any, path: str) -> list[Any]:

@@ -21,6 +21,14 @@ A detector instance runs per (model, version, partition) and sees that partition
 outcomes in join order: label-message offset order, then event order inside an
 envelope (or prediction order when the label arrived first). That order is the
 partition's log, so it is the same for a given input on every run and every worker.
+
+Beyond accuracy (off unless configured)
+---------------------------------------
+A model with ``data_drift`` set and a reference profile in ``references`` gets a window
+profile (``Profile.new_window_like(reference)``) in its whole-model partials, fed with the
+features and prediction of each on-time prediction; a binary model with ``cbpe: true``
+gets a ``CBPEAccumulator`` in every partial, fed with its scores and predicted labels.
+Both live in the partials, so they follow the same exactly-once path as the counts.
 """
 
 from __future__ import annotations
@@ -35,8 +43,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from detectors.cbpe import CBPEAccumulator
 from detectors.drift import DetectorBank
 from detectors.policy import AlarmPolicy
+from detectors.profile import Profile
 from schemas.events import Label, Prediction, Rejection, binary_label, decode_message
 from schemas.messages import make_dead_letter, make_drift_event, make_outcome, segment_string
 from streams.models import ModelConfig, ModelsConfig
@@ -92,6 +102,7 @@ class PartitionProcessor:
         max_models: int = 1_000,
         store_get: Callable[[str], bytes | None],
         clock: Callable[[], float] = time.time,
+        references: dict[str, Profile] | None = None,
     ) -> None:
         self.partition = partition
         self.models = models
@@ -103,6 +114,7 @@ class PartitionProcessor:
         self.max_models = max_models  # models with a remembered task; (model, version) detector banks
         self._get = store_get
         self.clock = clock
+        self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.applied: dict[str, int] = {"prediction": -1, "label": -1}
         self.watermark = 0.0
         self.windows: dict[SeriesKey, WindowPartial] = {}
@@ -177,6 +189,8 @@ class PartitionProcessor:
         self._joins: dict[tuple[str, str], list[tuple[Prediction, Label, int]]] = {}
         self._pbuf: dict[WindowPartial, tuple[list[float], list[float]]] = {}
         self._obuf: dict[WindowPartial, tuple[list[Any], list[Any], list[float], list[float]]] = {}
+        self._fbuf: dict[WindowPartial, tuple[list[dict[str, Any]], list[Any]]] = {}
+        self._cbuf: dict[WindowPartial, tuple[list[float], list[int]]] = {}
         self.last_activity = self.clock()
         self.input_seen = True
         for msg in messages:
@@ -217,15 +231,23 @@ class PartitionProcessor:
                                np.asarray(sc, dtype=float), d)
             else:
                 w.add_outcomes(np.asarray(yt, dtype=float), np.asarray(yp, dtype=float), None, d)
+        for w, (feats, preds) in self._fbuf.items():
+            if w.profile is not None:
+                w.profile.update_many(feats, preds)
+        for w, (sc, yp) in self._cbuf.items():
+            if w.cbpe is not None:
+                w.cbpe.update_many(np.asarray(sc, dtype=float), np.asarray(yp, dtype=np.int64))
         self._pbuf = {}
         self._obuf = {}
+        self._fbuf = {}
+        self._cbuf = {}
 
     def close_idle(self) -> BatchResult:
         """Close every open window (the partition has been idle); emit late deltas."""
         self._res = BatchResult()
         self._overlay = {}
         self._joins = {}
-        self._pbuf, self._obuf = {}, {}
+        self._pbuf, self._obuf, self._fbuf, self._cbuf = {}, {}, {}, {}
         self._close_windows(force=True)
         return self._finish()
 
@@ -234,7 +256,7 @@ class PartitionProcessor:
         self._res = BatchResult()
         self._overlay = {}
         self._joins = {}
-        self._pbuf, self._obuf = {}, {}
+        self._pbuf, self._obuf, self._fbuf, self._cbuf = {}, {}, {}, {}
         return self._finish()
 
     def outbox_delivered(self) -> None:
@@ -343,6 +365,8 @@ class PartitionProcessor:
         lat = np.nan if p.latency_ms is None else p.latency_ms
         score = p.value if p.task == "regression" else (p.score if p.scores is None else max(p.scores.values(), default=np.nan))
         sc = np.nan if score is None else score
+        ref = self.references.get(p.model_id) if cfg.data_drift and not closed else None
+        cbpe = cfg.cbpe and p.task == "binary" and not closed
         for sk in self._series(cfg, p, ws):
             w = self._partial(self.late if closed else self.windows, sk, p.task)
             if w is None:
@@ -355,6 +379,10 @@ class PartitionProcessor:
                     buf = self._pbuf[w] = ([], [])
                 buf[0].append(lat)
                 buf[1].append(sc)
+                if ref is not None and sk.segment == "":
+                    self._buffer_features(w, ref, p)
+                if cbpe:
+                    self._buffer_cbpe(w, p)
         if closed:
             self._count("late_predictions")
         early_raw = self._lookup("l:" + p.prediction_id)
@@ -397,6 +425,27 @@ class PartitionProcessor:
         self._overlay[key] = None
         self.pending_count -= 1
         self._join(cfg, rec.pred, lab, msg)
+
+    def _buffer_features(self, w: WindowPartial, ref: Profile, p: Prediction) -> None:
+        """Keep the event's features and prediction for the window profile (``_flush_buffers``)."""
+        if w.profile is None:
+            w.profile = Profile.new_window_like(ref)
+        fb = self._fbuf.get(w)
+        if fb is None:
+            fb = self._fbuf[w] = ([], [])
+        fb[0].append(p.features)
+        # As ``Profile.from_records`` reads an inference event: score, else value, else label.
+        fb[1].append(p.score if p.score is not None else p.value if p.value is not None else p.label)
+
+    def _buffer_cbpe(self, w: WindowPartial, p: Prediction) -> None:
+        """Keep the score and predicted label for the window's CBPE estimate."""
+        if w.cbpe is None:
+            w.cbpe = CBPEAccumulator()
+        cb = self._cbuf.get(w)
+        if cb is None:
+            cb = self._cbuf[w] = ([], [])
+        cb[0].append(np.nan if p.score is None else p.score)
+        cb[1].append(int(p.label) if p.label in (0, 1) else 0)  # type: ignore[arg-type]
 
     def _kind_mismatch(self, msg: Message, p: Prediction, lab: Label) -> bool:
         """A class label for a regression model or a value for a classifier: dead letter."""

@@ -197,6 +197,19 @@ class FleetSimulator:
         Share of predictions never labelled.
     latency_ms : float
         Median serving latency; lognormal with 1% spikes x10.
+    missing_burst : float
+        Data-quality injection: share of events from ``data_issues_at`` on (for
+        ``missing_burst_s`` seconds, or to the end) whose first feature is absent
+        (fraud: ``amount``, intent: ``msg_length``, eta: ``distance_km``). Default 0: off.
+    missing_burst_s : float or None
+        Length of the missing-values burst; None = until the end.
+    new_category : float
+        Share of events from ``data_issues_at`` on whose first string feature takes a
+        category never seen before (``"new-" + feature``: fraud's ``merchant_category``).
+    data_issues_at : float or None
+        Seconds after start when the injections begin; default ``covariate_drift_at``.
+        Injections draw from their own random stream: the rest of the traffic is the same
+        as without them.
 
     Examples
     --------
@@ -221,9 +234,15 @@ class FleetSimulator:
         label_delay: float = 5.0,
         missing_label_rate: float = 0.05,
         latency_ms: float = 20.0,
+        missing_burst: float = 0.0,
+        missing_burst_s: float | None = None,
+        new_category: float = 0.0,
+        data_issues_at: float | None = None,
     ) -> None:
         if rate <= 0 or duration <= 0:
             raise ValueError("rate and duration must be > 0")
+        if not (0.0 <= missing_burst <= 1.0 and 0.0 <= new_category <= 1.0):
+            raise ValueError("missing_burst and new_category are shares in [0, 1]")
         self.seed = seed
         self.rate = rate
         self.duration = duration
@@ -235,9 +254,32 @@ class FleetSimulator:
         self.missing_label_rate = missing_label_rate
         self.latency_ms = latency_ms
         self.n_predictions = int(rate * duration)
+        self.missing_burst = missing_burst
+        self.missing_burst_s = missing_burst_s
+        self.new_category = new_category
+        self.data_issues_at = covariate_drift_at if data_issues_at is None else data_issues_at
+
+    def _inject(self, rng: np.random.Generator, rel: np.ndarray, feats: list[Event]) -> None:
+        """Missing values and new categories (in place), from ``data_issues_at`` on."""
+        if self.data_issues_at is None or not (self.missing_burst or self.new_category) or not feats:
+            return
+        u_missing, u_new = rng.random(len(feats)), rng.random(len(feats))
+        start = self.data_issues_at
+        end = float("inf") if self.missing_burst_s is None else start + self.missing_burst_s
+        first = next(iter(feats[0]), None)
+        cat = next((k for k, v in feats[0].items() if isinstance(v, str)), None)
+        for j, f in enumerate(feats):
+            t = rel[j]
+            if t < start:
+                continue
+            if first is not None and t < end and u_missing[j] < self.missing_burst:
+                f.pop(first, None)
+            if cat is not None and u_new[j] < self.new_category:
+                f[cat] = f"new-{cat}"
 
     def _chunks(self) -> Iterator[list[tuple[float, Event, Event | None]]]:
         rng = np.random.default_rng(self.seed)
+        issues_rng = np.random.default_rng([self.seed, 1])
         shares = np.array([m.share for m in self.models], dtype=float)
         shares /= shares.sum()
         inf = float("inf")
@@ -267,6 +309,7 @@ class FleetSimulator:
                 preds, feats, segs, truth = spec.fn(
                     rng, ts[idx], drifted[idx] & spec.concept_drift, cov[idx], ver
                 )
+                self._inject(issues_rng, rel[idx], feats)
                 names = [v for v, _ in spec.versions]
                 for j, (k, vi) in enumerate(zip(idx.tolist(), ver.tolist(), strict=True)):
                     o = 32 * k
@@ -356,6 +399,10 @@ def run_simulation(
     client_config: dict[str, Any] | None = None,
     out: TextIO | None = None,
     start_ts: float | None = None,
+    missing_burst: float = 0.0,
+    missing_burst_s: float | None = None,
+    new_category: float = 0.0,
+    data_issues_at: float | None = None,
 ) -> dict[str, Any]:
     """Send a simulated fleet's traffic through :class:`DriftlineProducer`; return stats.
 
@@ -373,6 +420,10 @@ def run_simulation(
         label_delay=label_delay,
         covariate_drift_at=covariate_drift_at,
         start_ts=start_ts,
+        missing_burst=missing_burst,
+        missing_burst_s=missing_burst_s,
+        new_category=new_category,
+        data_issues_at=data_issues_at,
     )
     counts = {"prediction": 0, "label": 0}
     dropped = 0

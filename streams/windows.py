@@ -6,6 +6,12 @@ interval ``[start, start + length)``. A ``WindowPartial`` holds the label-free p
 (labelled count, label-delay sketch, the task's metric accumulator). Partials from
 different partitions and workers ``merge`` into the aggregate of the union, so the merge
 stage can combine them in any order.
+
+Two optional slots, ``None`` (and absent from the state) unless the model asks for them:
+``profile``, the window's feature profile (``Profile.new_window_like`` of the model's
+reference, whole-model series only), and ``cbpe``, a ``CBPEAccumulator`` of the scores of
+a binary model (``estimated_*`` metrics, and ``cbpe_error_*`` = estimate - realised once
+labels exist).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from detectors.cbpe import CBPEAccumulator
 from detectors.metrics import (
     BinaryAccumulator,
     MulticlassAccumulator,
     RegressionAccumulator,
     ScoreSummary,
 )
+from detectors.profile import Profile
 from detectors.sketch import QuantileSketch
 
 Accumulator = BinaryAccumulator | MulticlassAccumulator | RegressionAccumulator
@@ -57,6 +65,8 @@ def _new_accumulator(task: str) -> Accumulator:
     return RegressionAccumulator()
 
 
+CBPE_METRICS = ("accuracy", "precision", "recall", "f1")
+
 _ACC_TYPES: dict[str, Any] = {
     "binary": BinaryAccumulator,
     "multiclass": MulticlassAccumulator,
@@ -78,7 +88,8 @@ class WindowPartial:
     (2.0, 1.0, 1.0)
     """
 
-    __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions")
+    __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions",
+                 "profile", "cbpe")
 
     def __init__(self, task: str) -> None:
         self.task = task
@@ -91,6 +102,8 @@ class WindowPartial:
         self.unlabeled_expired = 0
         self.late_predictions = 0
         self.duplicate_predictions = 0
+        self.profile: Profile | None = None
+        self.cbpe: CBPEAccumulator | None = None
 
     def add_predictions(self, latencies: np.ndarray, scores: np.ndarray) -> None:
         """Count predictions; NaN latencies/scores (absent fields) are skipped by the sketches."""
@@ -119,6 +132,18 @@ class WindowPartial:
         self.unlabeled_expired += other.unlabeled_expired
         self.late_predictions += other.late_predictions
         self.duplicate_predictions += other.duplicate_predictions
+        if other.profile is not None:
+            if self.profile is None or self.profile.version < other.profile.version:
+                # A partial profiled against a newer reference (a new baseline after a restart)
+                # replaces the older one: their bins differ, they cannot be added.
+                self.profile = Profile.from_state(other.profile.to_state())
+            elif self.profile.version == other.profile.version:
+                self.profile.merge(other.profile)
+        if other.cbpe is not None:
+            if self.cbpe is None:
+                self.cbpe = CBPEAccumulator.from_state(other.cbpe.to_state())
+            else:
+                self.cbpe.merge(other.cbpe)
 
     def is_empty(self) -> bool:
         return not (self.prediction_count or self.labeled or self.unlabeled_expired or self.late_predictions or self.duplicate_predictions)
@@ -158,6 +183,16 @@ class WindowPartial:
             put("late_predictions", self.late_predictions, self.late_predictions)
         if self.duplicate_predictions:
             put("duplicate_predictions", self.duplicate_predictions, self.duplicate_predictions)
+        if self.cbpe is not None and self.cbpe.n:
+            est = self.cbpe.metrics()
+            for name in CBPE_METRICS:
+                put(f"estimated_{name}", est[f"estimated_{name}"], self.cbpe.n)
+            put("estimated_accuracy_std", est["estimated_accuracy_std"], self.cbpe.n)
+            if self.acc.n:
+                realised = self.acc.metrics()
+                for name in CBPE_METRICS:
+                    if name in realised:
+                        put(f"cbpe_error_{name}", est[f"estimated_{name}"] - realised[name], self.acc.n)
         return m, c
 
     def to_state(self) -> dict[str, Any]:
@@ -172,6 +207,8 @@ class WindowPartial:
             "unl": self.unlabeled_expired,
             "late": self.late_predictions,
             "dup": self.duplicate_predictions,
+            **({} if self.profile is None else {"prof": self.profile.to_state()}),
+            **({} if self.cbpe is None else {"cbpe": self.cbpe.to_state()}),
         }
 
     @classmethod
@@ -186,4 +223,8 @@ class WindowPartial:
         w.unlabeled_expired = d["unl"]
         w.late_predictions = d["late"]
         w.duplicate_predictions = d["dup"]
+        if d.get("prof") is not None:
+            w.profile = Profile.from_state(d["prof"])
+        if d.get("cbpe") is not None:
+            w.cbpe = CBPEAccumulator.from_state(d["cbpe"])
         return w

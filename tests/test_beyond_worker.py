@@ -1,0 +1,350 @@
+"""Data drift, data quality and CBPE in the running pipeline (feature off unless configured).
+
+Pure level: partition processors (``tests/test_partition.Harness``) + the merge stage, with
+reference profiles built from pre-drift simulator traffic (``Profile.from_records``).
+One integration test runs a real worker with a baseline in ``<data dir>/profiles``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from test_partition import T0, Feed, Harness
+
+from detectors.profile import Profile
+from schemas.partitioning import partition_for
+from streams.baseline_cmd import load_references, save_profile
+from streams.merge import MergeOutput, WindowMerger
+from streams.models import ConfigError, ModelConfig, ModelsConfig, parse_models_config
+from streams.simulate import FleetSimulator, ModelSpec, generate
+
+W = 60.0
+NPART = 2
+RATE = 40.0
+DRIFT = {"baseline": "latest", "min_samples": 300}
+MODELS = ModelsConfig(models={
+    "fraud": ModelConfig(task="binary", segment_keys=("country",), data_drift=DRIFT, cbpe=True),
+    "intent": ModelConfig(task="multiclass", data_drift=DRIFT),
+    "eta": ModelConfig(task="regression", data_drift=DRIFT),
+})
+PLAIN = ModelsConfig(models={
+    "fraud": ModelConfig(task="binary", segment_keys=("country",)),
+    "intent": ModelConfig(task="multiclass"),
+    "eta": ModelConfig(task="regression"),
+})
+DATA_KINDS = ("data_drift", "data_quality")
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[str, Profile]:
+    """Reference profiles of the three simulator models, from traffic before any drift."""
+    preds, _ = generate(30_000, seed=101, rate=RATE, start_ts=T0 - 10 * 86400)
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in preds:
+        by_model[p["model_id"]].append(p)
+    refs = {}
+    for m, rows in by_model.items():
+        refs[m] = Profile.from_records(rows, model_id=m)
+        refs[m].version = 1
+    return refs
+
+
+def run_pipeline(preds: list[dict[str, Any]], labels: list[dict[str, Any]], models: ModelsConfig,
+                 refs: dict[str, Profile] | None, *, restart_every: int = 0) -> tuple[MergeOutput, list[dict[str, Any]]]:
+    """Events -> NPART partition processors -> one merger; (merge output, partials)."""
+    items = sorted([(p["timestamp"], 0, "prediction", p) for p in preds]
+                   + [(lab["timestamp"], 1, "label", lab) for lab in labels], key=lambda t: (t[0], t[1]))
+    by_part: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for _, _, kind, ev in items:
+        by_part[partition_for(ev["prediction_id"], NPART)].append((kind, ev))
+    partials: list[dict[str, Any]] = []
+    for part in range(NPART):
+        h = Harness(part, models, window_seconds=W, allowed_lateness=5.0, references=refs)
+        feed = Feed(part)
+        evs = by_part[part]
+        for n_batch, lo in enumerate(range(0, len(evs), 400), 1):
+            chunk = evs[lo : lo + 400]
+            msgs: list[Any] = []
+            i = 0
+            while i < len(chunk):  # runs of one kind become envelopes
+                j = i
+                while j < len(chunk) and chunk[j][0] == chunk[i][0]:
+                    j += 1
+                msgs += feed.events(chunk[i][0], [e for _, e in chunk[i:j]])
+                i = j
+            h.process(msgs)
+            if restart_every and n_batch % restart_every == 0:
+                h.restart()  # recovers windows (profiles, CBPE) from the partition record
+        h.close_idle()
+        assert not h.dlq, h.dlq[:3]
+        partials += h.partials
+    merger = WindowMerger(models, window_seconds=W, merge_wait=1.0, flush_interval=2.0, references=refs)
+    out = MergeOutput()
+    for part_msg in partials:
+        merger.on_partial(orjson.loads(orjson.dumps(part_msg)), 100.0, out)
+    merger.tick(101.0, out)
+    return out, partials
+
+
+def whole(out: MergeOutput, model: str, version: str) -> dict[float, dict[str, Any]]:
+    return {m["window_start"]: m for m in out.metrics
+            if m["model_id"] == model and m["model_version"] == version and m["segment"] == ""}
+
+
+def data_alerts(out: MergeOutput) -> list[dict[str, Any]]:
+    return [a for a in out.alerts if a["kind"] in DATA_KINDS]
+
+
+def test_clean_run_raises_no_data_alert_and_emits_feature_metrics(references: dict[str, Profile]) -> None:
+    preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0)
+    out, _ = run_pipeline(preds, labels, MODELS, references)
+    assert data_alerts(out) == []
+    fraud = whole(out, "fraud", "v1")
+    assert len(fraud) == 5
+    for m in fraud.values():
+        mt = m["metrics"]
+        assert mt["feature_psi.amount"] < 0.1 and mt["feature_ks.amount"] < 0.1
+        for name in ("feature_js.amount", "feature_missing_rate.amount", "feature_out_of_range_rate.amount",
+                     "feature_chi2_pvalue.country", "feature_unseen_category_rate.country", "prediction_psi",
+                     "estimated_accuracy", "estimated_precision", "estimated_recall", "estimated_f1",
+                     "cbpe_error_accuracy"):
+            assert name in mt, name
+        assert mt["feature_missing_rate.amount"] == 0.0
+        assert m["counts"]["feature_psi.amount"] == mt["prediction_count"]
+    # Segments carry CBPE but no profile; intent and eta carry profiles, no CBPE.
+    seg = [m for m in out.metrics if m["model_id"] == "fraud" and m["segment"]]
+    assert seg and all("feature_psi.amount" not in m["metrics"] and "estimated_accuracy" in m["metrics"] for m in seg)
+    intent = next(iter(whole(out, "intent", "2024-06").values()))["metrics"]
+    assert "feature_psi.msg_length" in intent and "prediction_psi" in intent and "estimated_accuracy" not in intent
+
+
+def test_feature_off_without_config_or_reference(references: dict[str, Profile]) -> None:
+    preds, labels = generate(3000, seed=3, rate=RATE, start_ts=T0)
+    for models, refs in ((PLAIN, references), (MODELS, {})):
+        out, partials = run_pipeline(preds, labels, models, refs)
+        assert not any("prof" in p.get("state", {}) for p in partials)
+        assert not any(k.startswith(("feature_", "prediction_psi")) for m in out.metrics for k in m["metrics"])
+    out, partials = run_pipeline(preds, labels, PLAIN, references)
+    assert not any("cbpe" in p.get("state", {}) for p in partials)
+    assert not any("estimated_accuracy" in m["metrics"] for m in out.metrics)
+
+
+def test_covariate_drift_raises_data_drift_naming_the_feature(references: dict[str, Profile]) -> None:
+    drift_at = 120.0
+    preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0, covariate_drift_at=drift_at)
+    out, _ = run_pipeline(preds, labels, MODELS, references)
+    firing = [a for a in out.alerts if a["kind"] == "data_drift" and a["status"] == "firing"]
+    fraud = [a for a in firing if a["model_id"] == "fraud" and a["model_version"] == "v1"]
+    assert len(fraud) == 1, firing  # one incident, not one per window
+    a = fraud[0]
+    assert a["rule"] == "psi" and a["segment"] == "" and a["severity"] == "critical"
+    assert a["window_start"] == T0 + 120.0  # the first window after the shift
+    assert "amount" in a["message"]
+    feats = {f["feature"]: f for f in a["evidence"]["features"]}
+    assert feats["amount"]["psi"] >= 0.25 and feats["amount"]["severity"] == "drift"
+    assert feats["amount"]["ks"] > 0.2 and feats["amount"]["top_shifted"]
+    assert {"bin", "reference", "window"} <= set(feats["amount"]["top_shifted"][0])
+    assert "country" in feats  # fraud's markets moved too
+    assert {x["model_id"] for x in firing} == {"fraud", "intent", "eta"}  # every model's features shift
+    assert not [x for x in firing if x["window_start"] < T0 + 120.0]
+    # The drift persists to the end of the run: never resolved.
+    assert not [x for x in out.alerts if x["kind"] == "data_drift" and x["status"] == "resolved"]
+
+
+def test_missing_values_raise_data_quality_then_resolve(references: dict[str, Profile]) -> None:
+    preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0, missing_burst=0.4, missing_burst_s=120.0,
+                             data_issues_at=60.0)
+    out, _ = run_pipeline(preds, labels, MODELS, references)
+    alerts = data_alerts(out)
+    assert not [a for a in alerts if a["kind"] == "data_drift"]  # present values keep their distribution
+    fraud = [a for a in alerts if a["model_id"] == "fraud" and a["model_version"] == "v1"]
+    assert [(a["status"], a["rule"]) for a in fraud] == [("firing", "missing_rate"), ("resolved", "missing_rate")]
+    fire, resolve = fraud
+    assert fire["severity"] == "critical" and fire["window_start"] == T0 + 60.0 and fire["metric"] == "data_missing_rate"
+    assert [f["feature"] for f in fire["evidence"]["features"]] == ["amount"]
+    assert fire["evidence"]["features"][0]["missing_rate"] == pytest.approx(0.4, abs=0.06)
+    assert resolve["window_start"] == T0 + 180.0 and resolve["incident_id"] == fire["incident_id"]
+    burst = whole(out, "fraud", "v1")[T0 + 120.0]["metrics"]
+    assert burst["feature_missing_rate.amount"] == pytest.approx(0.4, abs=0.06)
+    assert {a["model_id"] for a in alerts if a["rule"] == "missing_rate"} == {"fraud", "intent", "eta"}
+
+
+def test_new_category_raises_unseen_categories(references: dict[str, Profile]) -> None:
+    preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0, new_category=0.1, data_issues_at=120.0)
+    out, _ = run_pipeline(preds, labels, MODELS, references)
+    unseen = [a for a in data_alerts(out) if a["rule"] == "unseen_categories" and a["model_id"] == "fraud"
+              and a["model_version"] == "v1"]
+    assert len(unseen) == 1 and unseen[0]["status"] == "firing" and unseen[0]["window_start"] == T0 + 120.0
+    ev = unseen[0]["evidence"]["features"]
+    assert ev[0]["feature"] == "merchant_category" and ev[0]["categories"] == ["new-merchant_category"]
+
+
+def test_profiles_and_cbpe_survive_restarts(references: dict[str, Profile]) -> None:
+    preds, labels = generate(6000, seed=5, rate=RATE, start_ts=T0, covariate_drift_at=90.0)
+    ref_out, _ = run_pipeline(preds, labels, MODELS, references)
+    out, _ = run_pipeline(preds, labels, MODELS, references, restart_every=3)
+    a, b = whole(ref_out, "fraud", "v1"), whole(out, "fraud", "v1")
+    assert a.keys() == b.keys()
+    for ws in a:
+        for k, v in a[ws]["metrics"].items():
+            if k.startswith(("feature_", "prediction_", "estimated_")):
+                assert b[ws]["metrics"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def _cbpe_direct(evs: list[dict[str, Any]]) -> dict[str, float]:
+    s = np.array([e["prediction"]["score"] for e in evs])
+    pos = np.array([e["prediction"]["label"] for e in evs]) == 1
+    tp, fp = s[pos].sum(), (1 - s[pos]).sum()
+    fn, tn = s[~pos].sum(), (1 - s[~pos]).sum()
+    return {"estimated_accuracy": (tp + tn) / len(s), "estimated_precision": tp / (tp + fp),
+            "estimated_recall": tp / (tp + fn), "estimated_f1": 2 * tp / (2 * tp + fp + fn)}
+
+
+def test_cbpe_equals_the_direct_expectation_on_the_simulator(references: dict[str, Profile]) -> None:
+    # The simulator's fraud scores are not calibrated (the label is the model's decision
+    # flipped with 10% noise, whatever the score), so CBPE is checked against its definition.
+    preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0)
+    out, _ = run_pipeline(preds, labels, MODELS, references)
+    groups: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for p in preds:
+        if p["model_id"] == "fraud" and p["model_version"] == "v1":
+            groups[p["timestamp"] // W * W].append(p)
+    windows = whole(out, "fraud", "v1")
+    assert windows.keys() == groups.keys()
+    for ws, evs in groups.items():
+        m = windows[ws]["metrics"]
+        for k, v in _cbpe_direct(evs).items():
+            assert m[k] == pytest.approx(v, rel=1e-9), k
+        assert windows[ws]["counts"]["estimated_accuracy"] == len(evs)
+        assert m["cbpe_error_accuracy"] == pytest.approx(m["estimated_accuracy"] - m["accuracy"], abs=1e-12)
+        assert m["cbpe_error_f1"] == pytest.approx(m["estimated_f1"] - m["f1"], abs=1e-12)
+
+
+def _calibrated(rng, ts, drifted, cov, ver):  # type: ignore[no-untyped-def]
+    n = len(ts)
+    x = rng.normal(0, 1, n)
+    score = 1 / (1 + np.exp(-1.5 * x))
+    y = (rng.random(n) < score).astype(int)  # calibrated: P(y = 1 | score) = score
+    preds = [{"label": int(s >= 0.5), "score": float(s)} for s in score.tolist()]
+    return preds, [{"x": float(v)} for v in x.tolist()], [{} for _ in range(n)], [{"label": v} for v in y.tolist()]
+
+
+def test_cbpe_estimates_realised_accuracy_of_a_calibrated_model() -> None:
+    spec = ModelSpec("calib", "binary", 1.0, (("v1", 1.0),), _calibrated)
+    sim = FleetSimulator(11, 50.0, 600.0, None, [spec], start_ts=T0)
+    preds = [e for k, e in sim.events() if k == "prediction"]
+    labels = sorted((e for k, e in sim.events() if k == "label"), key=lambda e: e["timestamp"])
+    models = ModelsConfig(models={"calib": ModelConfig(task="binary", cbpe=True, thresholds=())})
+    out, _ = run_pipeline(preds, labels, models, None)
+    windows = whole(out, "calib", "v1")
+    assert len(windows) == 10
+    errors = []
+    for m in (w["metrics"] for w in windows.values()):
+        err = m["cbpe_error_accuracy"]
+        assert abs(err) < 4 * m["estimated_accuracy_std"] + 0.01, m
+        errors.append(err)
+    assert abs(float(np.mean(errors))) < 0.01
+
+
+def test_threshold_rule_on_estimated_accuracy(references: dict[str, Profile]) -> None:
+    cfg = parse_models_config({"models": {"fraud": {"task": "binary", "cbpe": True, "thresholds": [
+        {"metric": "estimated_accuracy", "min": 0.99, "min_count": 100, "severity": "warning"}]}}})
+    preds, labels = generate(3000, seed=3, rate=RATE, start_ts=T0)
+    out, _ = run_pipeline(preds, labels, cfg, None)
+    fired = [a for a in out.alerts if a["rule"] == "estimated_accuracy_min" and a["model_version"] == "v1"]
+    assert fired and fired[0]["severity"] == "warning" and fired[0]["segment"] == ""
+
+
+def test_models_file_settings() -> None:
+    cfg = parse_models_config({"models": {"m": {
+        "data_drift": {"baseline": 2, "psi_drift": 0.3, "features": {"amount": {"psi_warning": 0.05}}},
+        "data_quality": {"missing_increase": [0.1, 0.3], "min_samples": 50}, "cbpe": True}}}).for_model("m")
+    assert cfg is not None and cfg.cbpe and cfg.baseline() == "v2"
+    assert cfg.drift_config().for_feature("amount").psi_warning == 0.05
+    assert cfg.quality_thresholds().missing_increase == (0.1, 0.3)
+    assert ModelConfig().baseline() is None and ModelConfig(data_drift=True).baseline() == "latest"
+    for bad, where in (({"data_drift": {"psi_warn": 1}}, "models.m.data_drift"),
+                       ({"data_drift": {"baseline": "old"}}, "models.m.data_drift.baseline"),
+                       ({"data_quality": {"type_mismatch": [0.5, 0.1]}}, "models.m.data_quality"),
+                       ({"cbpe": "yes"}, "models.m.cbpe")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse_models_config({"models": {"m": bad}})
+
+
+def test_load_references(tmp_path: Path, references: dict[str, Profile]) -> None:
+    save_profile(references["fraud"], tmp_path)
+    save_profile(references["eta"], tmp_path)
+    models = parse_models_config({"models": {"fraud": {"data_drift": {"baseline": "latest"}}, "intent": {"data_drift": True},
+                                             "eta": {}}})
+    refs = load_references(tmp_path, models)
+    assert set(refs) == {"fraud"}  # intent has no baseline, eta does not ask
+    assert refs["fraud"].features.keys() == references["fraud"].features.keys()
+    everyone = parse_models_config({"defaults": {"data_drift": True}})
+    assert set(load_references(tmp_path, everyone)) == {"fraud", "eta"}
+
+
+# ---- the worker ---------------------------------------------------------------------------
+
+WORKER_MODELS = """\
+defaults:
+  label_horizon_s: 3600
+  early_label_wait_s: 3600
+models:
+  fraud:
+    task: binary
+    cbpe: true
+    data_drift: {baseline: latest, min_samples: 300}
+  intent: {task: multiclass}
+  eta: {task: regression}
+"""
+
+
+@pytest.mark.integration
+def test_worker_raises_data_drift_after_covariate_drift(bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    from worker_harness import Worker
+
+    ref_preds, _ = generate(20_000, seed=101, rate=200.0, start_ts=time.time() - 86400)
+    save_profile(Profile.from_records([p for p in ref_preds if p["model_id"] == "fraud"], model_id="fraud"),
+                 tmp_path / "state" / "profiles")
+    config = tmp_path / "models.yaml"
+    config.write_text(WORKER_MODELS)
+    worker = Worker(bootstrap, topic_prefix, tmp_path, config=str(config)).start()
+    try:
+        from streams.simulate import run_simulation
+
+        start_ts = float(int(time.time()) // 10 * 10 - 200)  # in the past: windows close by event time
+        drift_at = 30.0
+        stats = run_simulation(bootstrap, topic_prefix, 200.0, 60.0, seed=5, realtime=False, progress=False,
+                               start_ts=start_ts, covariate_drift_at=drift_at)
+        assert stats["dropped"] == 0
+
+        def drift_alerts() -> list[dict[str, Any]]:
+            return worker.query("SELECT model_id, model_version, segment, rule, status, severity, "
+                                "toUnixTimestamp(window_start) AS ws, message "
+                                "FROM driftline.alerts WHERE kind = 'data_drift'")
+
+        worker.wait_for(lambda: [a for a in drift_alerts() if a["model_id"] == "fraud"], 40, "a data_drift alert")
+        worker.wait_idle(30)
+        alerts = drift_alerts()
+        assert {(a["model_id"], a["model_version"], a["segment"], a["rule"], a["status"]) for a in alerts} == {
+            ("fraud", "v1", "", "psi", "firing")}, alerts
+        assert "amount" in alerts[0]["message"]
+        assert float(alerts[0]["ws"]) >= start_ts + drift_at  # none on the clean first half
+        latest = worker.query("SELECT toUnixTimestamp(window_start) AS ws, "
+                              "maxIf(value, metric = 'feature_psi.amount') AS psi, "
+                              "maxIf(value, metric = 'estimated_accuracy') AS est FROM driftline.metrics_latest "
+                              "WHERE model_id = 'fraud' AND model_version = 'v1' AND segment = '' "
+                              "GROUP BY ws ORDER BY ws")
+        clean = [r for r in latest if float(r["ws"]) < start_ts + drift_at]
+        drifted = [r for r in latest if float(r["ws"]) >= start_ts + drift_at]
+        assert clean and drifted
+        assert all(float(r["psi"]) < 0.1 for r in clean) and all(float(r["psi"]) >= 0.25 for r in drifted)
+        assert all(0.5 < float(r["est"]) <= 1.0 for r in latest)
+    finally:
+        worker.stop()
