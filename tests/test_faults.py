@@ -223,22 +223,23 @@ def assert_same_state(
     # alerts: no transition twice, none missing
     ids = [a["alert_id"] for a in got["alerts"]]
     assert len(ids) == len(set(ids)), f"an alert transition written twice: {got['alerts']}"
-    if exact_alerts:  # detector alerts: same ids (same incident start) as the reference
+    # Detector alerts: the first firing of each (model, version, rule) comes from the detector
+    # alarms, which are reproducible, so it has the same alert_id as in the reference. When an
+    # incident resolves, and whether a cooldown then suppresses the next one, depends on when
+    # windows are emitted (README, Guarantees), so later transitions are not compared.
+    def first_firing(alerts: list[dict[str, Any]]) -> dict[tuple[str, ...], tuple[str, str]]:
+        out: dict[tuple[str, ...], tuple[str, str]] = {}
+        for a in alerts:
+            if a["rule"] in ("adwin", "ddm", "eddm") and a["status"] == "firing":
+                key = (a["model_id"], a["model_version"], a["segment"], a["rule"])
+                if key not in out or a["at"] < out[key][0]:
+                    out[key] = (a["at"], a["alert_id"])
+        return out
 
-        def det(alerts: list[dict[str, Any]]) -> set[str]:
-            return {a["alert_id"] for a in alerts if a["rule"] in ("adwin", "ddm", "eddm")}
-
-        assert det(got["alerts"]) == det(ref["alerts"]), (got["alerts"], ref["alerts"])
-    else:  # detector alerts only (see the docstring of the test)
-
-        def kinds(alerts: list[dict[str, Any]]) -> set[tuple[str, ...]]:
-            return {
-                (a["model_id"], a["model_version"], a["segment"], a["rule"], a["status"])
-                for a in alerts
-                if a["rule"] in ("adwin", "ddm", "eddm")
-            }
-
-        assert kinds(got["alerts"]) == kinds(ref["alerts"])
+    if exact_alerts:
+        assert first_firing(got["alerts"]) == first_firing(ref["alerts"]), (got["alerts"], ref["alerts"])
+    else:  # several partitions: the same incidents, ids may differ with the detectors' split
+        assert set(first_firing(got["alerts"])) == set(first_firing(ref["alerts"]))
     # outcomes: each prediction once (FINAL collapses an outcome re-sent after a crash)
     assert not got["outcome_dups_final"], got["outcome_dups_final"][:5]
     assert got["outcome_ids"] == ref["outcome_ids"]

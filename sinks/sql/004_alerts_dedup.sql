@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS {database}.alerts_v4
     _topic LowCardinality(String),
     _partition UInt16,
     _offset UInt64 CODEC(Delta, ZSTD(1)),
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1)),
+    -- migration 2's index, carried over to the rebuilt table
+    INDEX idx_incident incident_id TYPE bloom_filter GRANULARITY 4
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(detected_at)
