@@ -223,19 +223,21 @@ def assert_same_state(
     # alerts: no transition twice, none missing
     ids = [a["alert_id"] for a in got["alerts"]]
     assert len(ids) == len(set(ids)), f"an alert transition written twice: {got['alerts']}"
-    # Detector alerts: the first firing of each (model, version, rule) comes from the detector
-    # alarms, which are reproducible, so it has the same alert_id as in the reference. When an
-    # incident resolves, and whether a cooldown then suppresses the next one, depends on when
-    # windows are emitted (README, Guarantees), so later transitions are not compared.
+    # Detector alerts: ADWIN pages on its own alarms, which are reproducible, so the first ADWIN
+    # firing of each (model, version) has the same alert_id as in the reference. DDM and EDDM
+    # alerts are not compared: EDDM's corroboration looks at strong alarms anywhere in the same
+    # processing batch, so it depends on batch boundaries, which a restart changes (a known
+    # limitation, README "Guarantees"); when an incident resolves depends on window timing.
     def first_firing(alerts: list[dict[str, Any]]) -> dict[tuple[str, ...], tuple[str, str]]:
         out: dict[tuple[str, ...], tuple[str, str]] = {}
         for a in alerts:
-            if a["rule"] in ("adwin", "ddm", "eddm") and a["status"] == "firing":
+            if a["rule"] == "adwin" and a["status"] == "firing":
                 key = (a["model_id"], a["model_version"], a["segment"], a["rule"])
                 if key not in out or a["at"] < out[key][0]:
                     out[key] = (a["at"], a["alert_id"])
         return out
 
+    assert first_firing(ref["alerts"]), "the reference raised no ADWIN alert"
     if exact_alerts:
         assert first_firing(got["alerts"]) == first_firing(ref["alerts"]), (got["alerts"], ref["alerts"])
     else:  # several partitions: the same incidents, ids may differ with the detectors' split
@@ -694,7 +696,8 @@ def test_poison_event_goes_to_dlq_and_partition_keeps_flowing(
         rec = dlq[0]
         assert rec["reason"] == "processing_error"
         assert "injected processing failure" in rec["detail"]
-        assert rec["topic"] == f"{topic_prefix}labels"
+        # the join happens when the second of the pair arrives: either topic
+        assert rec["topic"] in (f"{topic_prefix}labels", f"{topic_prefix}predictions")
         assert orjson.loads(rec["raw"])["prediction_id"] == "poison-1"
         envelopes = consume(f"{topic_prefix}outcomes", len(ids) - 1, timeout=60,
                             weigh=lambda m: len(orjson.loads(m.value())["events"]))
