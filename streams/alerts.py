@@ -22,7 +22,6 @@ Rules, per model (``streams.models.ModelConfig``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from schemas.messages import incident_id, make_alert
@@ -295,5 +294,3 @@ def _drift_evidence(r: dict[str, Any]) -> dict[str, Any]:
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.3f}"
 
-
-AlertSink = Callable[[Alert], None]

@@ -218,8 +218,6 @@ class WindowMerger:
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
-    def dirty_count(self) -> int:
-        return sum(mw.dirty for mw in self.windows.values())
 
 
 def _level(value: float, levels: tuple[float, float]) -> str | None:

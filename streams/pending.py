@@ -10,7 +10,7 @@ same message recognises its own write (not a duplicate).
 from __future__ import annotations
 
 import heapq
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
@@ -61,10 +61,6 @@ def decode_label(raw: bytes) -> EarlyLabel:
     return EarlyLabel(r[0], r[1], r[2], Label(r[3], r[4], r[5], r[6], r[7]))
 
 
-def record_partition(raw: bytes) -> int:
-    """The source partition of a stored record (both kinds start with it)."""
-    return int(orjson.loads(raw)[0])
-
 
 class ExpiryIndex:
     """Min-heap of (expires_at, key); entries go stale when a key is joined or rewritten.
@@ -100,6 +96,3 @@ class ExpiryIndex:
     def clear(self) -> None:
         self._heap.clear()
 
-
-def loads(raw: bytes) -> Any:
-    return orjson.loads(raw)
