@@ -362,7 +362,8 @@ class DriftlineApp:
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
-        if self.app.rebalancing:
+        # Processors and mergers load their state from the tables: never before recovery ends.
+        if self.app.rebalancing or self.app.in_recovery:
             return
         now = time.time()
         self._ensure_assigned()

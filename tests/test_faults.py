@@ -451,7 +451,6 @@ def test_sigterm_mid_run_and_restart_equals_uninterrupted_run(
     finally:
         w.stop()
     # a graceful stop flushes and commits: not even an outcome is sent twice
-    print("duplicate metric revisions", got["metric_rows_dup"])
     assert got["outcome_rows_raw"] == got["outcome_rows_final"]
     assert_same_state(got, reference_1p)
 
