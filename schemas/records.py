@@ -93,7 +93,7 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
     if pred.task == "regression":
         if pred.value is not None and label.value is not None:
             abs_error = abs(pred.value - label.value)
-    else:
+    elif pred.task != "ranking":  # a ranking outcome carries the list counts below instead
         y_pred = str(pred.label)
         if label.label is not None:
             if pred.task == "binary":
