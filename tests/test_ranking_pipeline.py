@@ -238,3 +238,14 @@ def test_worker_ranking_alert_and_metrics_equal_the_direct_computation(
         assert int(outcomes[0]["n"]) == len(labels) and int(outcomes[0]["shown"]) == 12 * len(labels)
     finally:
         worker.stop()
+
+
+def test_report_section_of_a_ranking_model() -> None:
+    from sinks.report import model_section
+
+    rows = [{"metric": name, "t": T0 + 60 * i, "value": 0.5} for i in range(3)
+            for name in ("ndcg_at_k", "mrr", "map_at_k", "ctr", "catalog_coverage", "prediction_count")]
+    html = model_section("feed", "v4", "ranking", rows, [], [], None, (T0, T0 + 180))
+    for chart in ("quality", "engagement and coverage", "predictions", "latency", "label coverage"):
+        assert f'aria-label="feed v4: {chart}"' in html
+    assert "ndcg_at_k" in html and "catalog_coverage" in html and "task ranking" in html
