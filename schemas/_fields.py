@@ -308,7 +308,9 @@ def check_item_scores(v: object, n_items: int) -> list[float] | Rejection:
         if type(f) is not float:
             return f  # type: ignore[return-value]
         if out and f > out[-1]:
-            return Rejection("out_of_range", f"{field}[{i}]", "scores must be non-increasing (rank order)")
+            return Rejection(
+                "out_of_range", f"{field}[{i}]", "scores must be non-increasing (rank order)"
+            )
         out.append(f)
     return out
 

@@ -17,8 +17,8 @@ from schemas._fields import (
     Rejection,
     as_float,
     bad_id,
-    check_feedback,
     check_features,
+    check_feedback,
     check_item_scores,
     check_items,
     check_scores,
@@ -231,8 +231,11 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
         task = "ranking"
         for other in ("label", "score", "value"):
             if p.get(other) is not None:
-                return Rejection("conflicting_fields", f"prediction.{other}",
-                                 "a ranking prediction carries items (and scores) only")
+                return Rejection(
+                    "conflicting_fields",
+                    f"prediction.{other}",
+                    "a ranking prediction carries items (and scores) only",
+                )
         its = check_items(raw_items, "prediction.items")
         if type(its) is Rejection:
             return its
@@ -328,7 +331,22 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
     # tuple.__new__ skips the generated Python-level __new__ (measurably faster per event).
     return _new(
         Prediction,
-        (pid, mid, ver, ts, task, label, score, scores, value, feats, lat, segs, items, item_scores),
+        (
+            pid,
+            mid,
+            ver,
+            ts,
+            task,
+            label,
+            score,
+            scores,
+            value,
+            feats,
+            lat,
+            segs,
+            items,
+            item_scores,
+        ),
     )
 
 
@@ -353,7 +371,10 @@ def validate_label(obj: object, *, now: float | None = None) -> Label | Rejectio
     Examples
     --------
     >>> validate_label({"prediction_id": "p1", "timestamp": 1.8e9, "value": 3}, now=1.8e9)
-    Label(prediction_id='p1', model_id=None, timestamp=1800000000.0, label=None, value=3.0)
+    Label(prediction_id='p1', model_id=None, timestamp=1800000000.0, label=None, value=3.0, feedback=None)
+    >>> validate_label({"prediction_id": "r1", "timestamp": 1.8e9, "feedback": {"clicked": ["a"]}},
+    ...                now=1.8e9).feedback
+    {'clicked': ['a'], 'converted': []}
     >>> validate_label({"prediction_id": "p1", "timestamp": 1.8e9}, now=1.8e9).code
     'missing_field'
     """
@@ -382,7 +403,9 @@ def _label(o: object, now: float) -> Label | Rejection:
     raw_feedback = o.get("feedback")
     if raw_feedback is not None:
         if raw_label is not None or raw_value is not None:
-            return Rejection("conflicting_fields", "feedback", "give one of label, value or feedback")
+            return Rejection(
+                "conflicting_fields", "feedback", "give one of label, value or feedback"
+            )
         fb = check_feedback(raw_feedback)
         if type(fb) is Rejection:
             return fb

@@ -46,8 +46,12 @@ class Outcome(TypedDict):
     items_shown: int | None  # distinct ids in the list
     clicked_shown: int | None  # of those, clicked
     converted_shown: int | None  # of those, converted
-    relevant_count: int | None  # relevant ids (``relevant``, else clicked | converted), shown or not
-    first_relevant_rank: int | None  # rank (1-based) of the first relevant id in the list; None without one
+    relevant_count: (
+        int | None
+    )  # relevant ids (``relevant``, else clicked | converted), shown or not
+    first_relevant_rank: (
+        int | None
+    )  # rank (1-based) of the first relevant id in the list; None without one
 
 
 class DeadLetter(TypedDict):

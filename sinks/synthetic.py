@@ -119,8 +119,9 @@ def synthetic_messages(
     return out
 
 
-def _ranking_story(out: dict[str, list[dict[str, Any]]], start: int, hours: int, per_hour: int,
-                   rng: random.Random) -> None:
+def _ranking_story(
+    out: dict[str, list[dict[str, Any]]], start: int, hours: int, per_hour: int, rng: random.Random
+) -> None:
     """Hourly windows and outcomes of ``feed`` v4: the first relevant rank gets worse late on."""
     for h in range(hours):
         ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
@@ -150,7 +151,9 @@ def _ranking_story(out: dict[str, list[dict[str, Any]]], start: int, hours: int,
                    "catalog_coverage": rng.uniform(0.3, 0.4), "judged_lists": float(judged)}  # fmt: skip
         at_k = ("ndcg_at_k", "mrr", "hit_rate_at_k")
         counts = {m: (judged if m in at_k else per_hour) for m in metrics}
-        out["metrics"].extend(_window("feed", "v4", "", "ranking", ws, we, metrics, counts, per_hour, rng))
+        out["metrics"].extend(
+            _window("feed", "v4", "", "ranking", ws, we, metrics, counts, per_hour, rng)
+        )
 
 
 def _msg(model: str, version: str, segment: str, task: str, ws: float, we: float, revision: int,

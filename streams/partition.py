@@ -29,6 +29,10 @@ profile (``Profile.new_window_like(reference)``) in its whole-model partials, fe
 features and prediction of each on-time prediction; a binary model with ``cbpe: true``
 gets a ``CBPEAccumulator`` in every partial, fed with its scores and predicted labels.
 Both live in the partials, so they follow the same exactly-once path as the counts.
+
+Ranking models: a joined ranking prediction feeds its list and feedback to the window's
+``RankingAccumulator`` (the task's accumulator, K from the models file); no drift detector
+runs on them (README "Ranking and recommendation").
 """
 
 from __future__ import annotations
@@ -502,7 +506,7 @@ class PartitionProcessor:
                 buf[2].append(sc)
                 buf[3].append(delay)
         if err is not None:
-            self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))
+            self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 
     def _run_detectors(self) -> None:
         for (model, version), joined in self._joins.items():

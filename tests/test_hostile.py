@@ -233,26 +233,91 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
         (L, b"l8", b'{"prediction_id":"y","timestamp":1.7e9,"value":NaN}', ["malformed_json"]),
         # ranking predictions and feedback (README "Wire contract", task ranking)
         (P, b"r1", p(model_id="feed", prediction={"items": "sku-1"}), ["wrong_type"]),
-        (P, b"r2", p(model_id="feed", prediction={"items": [f"s{i}" for i in range(1001)]}), ["too_long"]),
+        (
+            P,
+            b"r2",
+            p(model_id="feed", prediction={"items": [f"s{i}" for i in range(1001)]}),
+            ["too_long"],
+        ),
         (P, b"r3", p(model_id="feed", prediction={"items": ["ok", "i" * 10_240]}), ["too_long"]),
         (P, b"r4", p(model_id="feed", prediction={"items": ["ok", 7]}), ["wrong_type"]),
         (P, b"r5", p(model_id="feed", prediction={"items": []}), ["out_of_range"]),
-        (P, b"r6", p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.9]}), ["length_mismatch"]),
-        (P, b"r7", p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.1, 0.9]}), ["out_of_range"]),
-        (P, b"r8", p(model_id="feed", prediction={"items": ["a"], "label": 1}), ["conflicting_fields"]),
+        (
+            P,
+            b"r6",
+            p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.9]}),
+            ["length_mismatch"],
+        ),
+        (
+            P,
+            b"r7",
+            p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.1, 0.9]}),
+            ["out_of_range"],
+        ),
+        (
+            P,
+            b"r8",
+            p(model_id="feed", prediction={"items": ["a"], "label": 1}),
+            ["conflicting_fields"],
+        ),
         (P, b"r9", p(model_id="feed", prediction={"items": [["a"]]}), ["too_deep"]),
-        (P, b"r10", p(model_id="feed"), ["task_mismatch"]),  # a binary prediction for a ranking model
-        (P, b"r11", p(prediction={"items": ["a", "b"]}), ["task_mismatch"]),  # a ranked list for fraud
-        (L, b"r12", orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts, "feedback": ["a"]}),
-         ["wrong_type"]),
-        (L, b"r13", orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts,
-                                  "feedback": {"clicked": ["a", 3]}}), ["wrong_type"]),
-        (L, b"r14", orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts, "label": 1,
-                                  "feedback": {"clicked": []}}), ["conflicting_fields"]),
-        (L, b"r15", orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts,
-                                  "feedback": {"converted": ["x"] * 1001}}), ["too_long"]),
-        (P, b"r16", orjson.dumps({"prediction_id": f"{tag}-fb", "timestamp": ts, "feedback": {}}),
-         ["mixed_kinds"]),
+        (
+            P,
+            b"r10",
+            p(model_id="feed"),
+            ["task_mismatch"],
+        ),  # a binary prediction for a ranking model
+        (
+            P,
+            b"r11",
+            p(prediction={"items": ["a", "b"]}),
+            ["task_mismatch"],
+        ),  # a ranked list for fraud
+        (
+            L,
+            b"r12",
+            orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts, "feedback": ["a"]}),
+            ["wrong_type"],
+        ),
+        (
+            L,
+            b"r13",
+            orjson.dumps(
+                {"prediction_id": f"{tag}-y", "timestamp": ts, "feedback": {"clicked": ["a", 3]}}
+            ),
+            ["wrong_type"],
+        ),
+        (
+            L,
+            b"r14",
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-y",
+                    "timestamp": ts,
+                    "label": 1,
+                    "feedback": {"clicked": []},
+                }
+            ),
+            ["conflicting_fields"],
+        ),
+        (
+            L,
+            b"r15",
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-y",
+                    "timestamp": ts,
+                    "feedback": {"converted": ["x"] * 1001},
+                }
+            ),
+            ["too_long"],
+        ),
+        (
+            P,
+            b"r16",
+            orjson.dumps({"prediction_id": f"{tag}-fb", "timestamp": ts, "feedback": {}}),
+            ["mixed_kinds"],
+        ),
     ]
     # labels whose kind does not match their model's task: the predictions first, then the labels
     items += [
@@ -286,8 +351,13 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
         (
             L,
             f"{tag}-kind-f".encode(),
-            orjson.dumps({"prediction_id": f"{tag}-kind-f", "timestamp": ts + 1,
-                          "feedback": {"clicked": ["a"]}}),
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-kind-f",
+                    "timestamp": ts + 1,
+                    "feedback": {"clicked": ["a"]},
+                }
+            ),
             ["label_kind_mismatch"],
         ),
         (

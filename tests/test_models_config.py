@@ -146,7 +146,10 @@ BAD: list[tuple[Any, str]] = [
         {"models": {"m": {"task": "clustering"}}},
         "models.m.task: expected one of binary, multiclass, regression, ranking",
     ),
-    ({"models": {"m": {"task": "ranking", "ranking_k": 0}}}, "models.m.ranking_k: expected an integer >= 1"),
+    (
+        {"models": {"m": {"task": "ranking", "ranking_k": 0}}},
+        "models.m.ranking_k: expected an integer >= 1",
+    ),
     ({"models": {"m": {"ranking_k": 2.5}}}, "models.m.ranking_k: expected an integer"),
     ({"models": {"m": {"catalog_size": 0}}}, "models.m.catalog_size: expected an integer >= 1"),
     ({"models": {"m": {"label_horizon_s": "7d"}}}, "models.m.label_horizon_s: expected a number"),
