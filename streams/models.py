@@ -21,6 +21,12 @@ Example (YAML)::
         latency_p99_slo_ms: 250
         label_coverage_min: 0.5
         detectors: {adwin: {delta: 0.002}, ddm: {}, eddm: {alpha: 0.8, beta: 0.75}}
+      home-feed:
+        task: ranking          # ranked lists + click/conversion feedback; no drift detector
+        ranking_k: 10          # K of the @K metrics (default 10)
+        catalog_size: 500      # gives catalog_coverage (default: not computed)
+        thresholds:
+          - {metric: ndcg_at_k, min: 0.3}
 """
 
 from __future__ import annotations
