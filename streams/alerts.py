@@ -83,8 +83,11 @@ class AlertEngine:
                           value=ev["estimate_after"], threshold=None, detected_at=ev["detected_at"],
                           emitted_at=emitted_at, message=message, evidence=evidence)
 
-    def on_window(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
-        """A merged window (metrics message) was emitted: evaluate the window rules."""
+    def on_window(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float, first: bool = True) -> list[Alert]:
+        """A merged window (metrics message) was emitted: evaluate the window rules.
+
+        ``first``: the window's first emission (volume is judged on it only).
+        """
         out: list[Alert] = []
         metrics, counts = win["metrics"], win["counts"]
         for r in cfg.thresholds:
@@ -115,7 +118,7 @@ class AlertEngine:
             out += self._condition(cfg, win, "latency_p99_max", "latency", "latency_p99", v > cfg.latency_p99_slo_ms,
                                    "warning", v, cfg.latency_p99_slo_ms, counts.get("latency_p99", 0), emitted_at,
                                    f"latency p99 {v:.1f} ms above the SLO {cfg.latency_p99_slo_ms} ms")
-        if win.get("revision", 0) == 0 and win["segment"] == "":
+        if first and win["segment"] == "":
             out += self._volume(cfg, win, emitted_at)
         if win["segment"] == "":
             out += self._resolve_drift(cfg, win, emitted_at)

@@ -4,10 +4,18 @@ Partials arrive on the internal ``partials`` topic keyed by model_id, so one mer
 processor sees every partial of a model. Each partial has an id (source partition and
 sequence); a window remembers the ids it has merged, so a partial re-sent after a crash
 is merged once. A window is first emitted ``merge_wait`` seconds after its first partial
-(other partitions close the same window within that time), as revision 0; later partials
-(late labels, expirations, slower partitions) make it dirty and it is emitted again as
-the next revision, at most once per ``flush_interval``. Consumers and ClickHouse keep
-the highest revision.
+(other partitions close the same window within that time); later partials (late labels,
+expirations, slower partitions) make it dirty and it is emitted again, at most once per
+``flush_interval``. Consumers and ClickHouse keep the highest revision.
+
+A revision is the number of distinct partials merged into the window, minus one, not a
+count of emissions. Partials of a window reach the merge stage in the partials log's
+order and duplicates are dropped, so the partials merged are always the first
+``revision + 1`` of that log: equal revisions hold equal content. That survives crashes:
+the merge stage sends a revision before it records it, so after a crash it may send
+the same revision again, and it is then the same message, never a different window
+under an old number. Revisions increase but may skip numbers (two partials merged
+between emissions).
 
 Data drift and quality (models with ``data_drift`` and a reference profile): every
 revision of a whole-model window whose partials carry a profile is compared with the
@@ -39,7 +47,8 @@ RECENT_ALARMS = 10_000
 class MergedWindow:
     partial: WindowPartial
     ids: list[str] = field(default_factory=list)
-    revision: int = -1
+    revision: int = -1  # last emitted (-1: never)
+    merged: int = 0  # distinct partials merged; ``ids`` keeps only the newest
     first_seen: float = 0.0
     last_emit: float = 0.0
     last_update: float = 0.0
@@ -47,13 +56,14 @@ class MergedWindow:
     coverage_checked: bool = False
 
     def to_state(self) -> dict[str, Any]:
-        return {"p": self.partial.to_state(), "ids": self.ids, "rev": self.revision, "first": self.first_seen,
-                "emit": self.last_emit, "upd": self.last_update, "dirty": self.dirty, "cov": self.coverage_checked}
+        return {"p": self.partial.to_state(), "ids": self.ids, "rev": self.revision, "n": self.merged,
+                "first": self.first_seen, "emit": self.last_emit, "upd": self.last_update, "dirty": self.dirty,
+                "cov": self.coverage_checked}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> MergedWindow:
-        return cls(WindowPartial.from_state(d["p"]), d["ids"], d["rev"], d["first"], d["emit"], d["upd"], d["dirty"],
-                   d.get("cov", False))
+        return cls(WindowPartial.from_state(d["p"]), d["ids"], d["rev"], d.get("n", len(d["ids"])), d["first"],
+                   d["emit"], d["upd"], d["dirty"], d.get("cov", False))
 
 
 @dataclass
@@ -103,6 +113,7 @@ class WindowMerger:
         else:
             mw.partial.merge(part)
         mw.ids.append(msg["pid"])
+        mw.merged += 1
         del mw.ids[:-MAX_IDS_PER_WINDOW]
         mw.dirty = True
         mw.last_update = now
@@ -141,7 +152,8 @@ class WindowMerger:
         return now - mw.last_update > keep
 
     def _emit(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
-        mw.revision += 1
+        first = mw.revision < 0
+        mw.revision = mw.merged - 1
         mw.dirty = False
         mw.last_emit = now
         metrics, counts = mw.partial.metrics(self.window_seconds)
@@ -153,7 +165,7 @@ class WindowMerger:
                            final=True, labeled_count=mw.partial.labeled, emitted_at=now)
         out.metrics.append(dict(msg))
         out.changed_windows.add(key)
-        alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now)
+        alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, first=first)
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
                                                         reference_version=data[2])

@@ -139,9 +139,9 @@ def test_volume_drop_and_spike() -> None:
     eng = AlertEngine("m")
     for i in range(3):
         assert eng.on_window(cfg, win(i, {"prediction_count": 1000.0}), emitted_at=0) == []
-    # Segments and revisions do not count.
+    # Segments and re-emissions do not count.
     assert eng.on_window(cfg, win(3, {"prediction_count": 1.0}, segment="a=b"), emitted_at=0) == []
-    assert eng.on_window(cfg, win(2, {"prediction_count": 1.0}, revision=1), emitted_at=0) == []
+    assert eng.on_window(cfg, win(2, {"prediction_count": 1.0}, revision=1), emitted_at=0, first=False) == []
     drop = eng.on_window(cfg, win(3, {"prediction_count": 400.0}), emitted_at=0)
     assert [(a["status"], a["kind"], a["rule"]) for a in drop] == [
         ("firing", "volume", "volume_drop")
