@@ -10,6 +10,7 @@ from schemas._fields import (
     MAX_FEATURES,
     MAX_FUTURE_S,
     MAX_ID_LEN,
+    MAX_ITEMS,
     MAX_SEGMENTS,
     MIN_TIMESTAMP,
     Rejection,
@@ -68,6 +69,7 @@ REASON_CODES = (
     "bad_envelope",
     "mixed_kinds",
     "conflicting_fields",
+    "length_mismatch",
 )
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "MAX_FEATURE_STR",
     "MAX_FUTURE_S",
     "MAX_ID_LEN",
+    "MAX_ITEMS",
     "MAX_MESSAGE_BYTES",
     "MAX_RAW_BYTES",
     "MAX_SEGMENTS",

@@ -259,3 +259,75 @@ def check_scores(sc: object) -> dict[str, float] | Rejection:
             return Rejection("out_of_range", field, f"{x!r} not in [0, 1]")
         out[k] = x
     return out
+
+
+#: Most item ids in a ranked list (``prediction.items``) or a feedback list.
+MAX_ITEMS = 1_000
+#: The lists a ``feedback`` object may carry; ``relevant`` is optional (absent = clicked | converted).
+FEEDBACK_LISTS = ("clicked", "converted", "relevant")
+
+
+def check_items(v: object, field: str, *, allow_empty: bool = False) -> list[str] | Rejection:
+    """A list of item ids: <= 1,000 strings of 1..256 characters (rank order is kept)."""
+    if type(v) is not list:
+        if not isinstance(v, list | tuple):
+            return Rejection("wrong_type", field, f"expected an array of item ids, got {_tname(v)}")
+        v = list(v)
+    if len(v) > MAX_ITEMS:  # type: ignore[arg-type]
+        return Rejection("too_long", field, f"{len(v)} items > limit {MAX_ITEMS}")  # type: ignore[arg-type]
+    if not v and not allow_empty:
+        return Rejection("out_of_range", field, "a ranked list must not be empty")
+    copy: list[str] | None = None
+    for i, x in enumerate(v):  # type: ignore[arg-type]
+        if type(x) is str and 0 < len(x) <= MAX_ID_LEN:
+            continue
+        if isinstance(x, str) and 0 < len(x) <= MAX_ID_LEN:  # str subclass: normalise
+            if copy is None:
+                copy = list(v)  # type: ignore[call-overload]
+            copy[i] = str(x)
+            continue
+        where = f"{field}[{i}]"
+        if isinstance(x, dict | list | tuple):
+            return Rejection("too_deep", where, "item ids must be strings")
+        return bad_id(x, where)
+    return v if copy is None else copy  # type: ignore[return-value]
+
+
+def check_item_scores(v: object, n_items: int) -> list[float] | Rejection:
+    """Ranking ``prediction.scores``: one finite number per item, non-increasing (rank order)."""
+    field = "prediction.scores"
+    if not isinstance(v, list | tuple):
+        return Rejection("wrong_type", field, f"expected an array of numbers, got {_tname(v)}")
+    if len(v) != n_items:
+        return Rejection("length_mismatch", field, f"{len(v)} scores for {n_items} items")
+    out: list[float] = []
+    for i, x in enumerate(v):
+        if isinstance(x, dict | list | tuple):
+            return Rejection("too_deep", f"{field}[{i}]", "scores must be numbers")
+        f = as_float(x, f"{field}[{i}]")
+        if type(f) is not float:
+            return f  # type: ignore[return-value]
+        if out and f > out[-1]:
+            return Rejection(
+                "out_of_range", f"{field}[{i}]", "scores must be non-increasing (rank order)"
+            )
+        out.append(f)
+    return out
+
+
+def check_feedback(v: object) -> dict[str, list[str]] | Rejection:
+    """A ``feedback`` object: ``clicked``, ``converted`` (default ``[]``) and optional ``relevant``."""
+    if not isinstance(v, dict):
+        return Rejection("wrong_type", "feedback", f"expected an object, got {_tname(v)}")
+    out: dict[str, list[str]] = {}
+    for name in FEEDBACK_LISTS:
+        raw = v.get(name)
+        if raw is None:
+            if name != "relevant":
+                out[name] = []
+            continue
+        items = check_items(raw, f"feedback.{name}", allow_empty=True)
+        if type(items) is Rejection:
+            return items
+        out[name] = items  # type: ignore[assignment]
+    return out

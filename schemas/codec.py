@@ -146,7 +146,7 @@ def _decode(
             continue
         # An event of the other kind on this topic is a routing error, worth its own code.
         if is_pred:
-            if "prediction" not in ev and ("label" in ev or "value" in ev):
+            if "prediction" not in ev and ("label" in ev or "value" in ev or "feedback" in ev):
                 bad.append(
                     (
                         Rejection(

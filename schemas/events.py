@@ -18,6 +18,9 @@ from schemas._fields import (
     as_float,
     bad_id,
     check_features,
+    check_feedback,
+    check_item_scores,
+    check_items,
     check_scores,
     check_segments,
     class_label,
@@ -60,6 +63,9 @@ class Prediction(NamedTuple):
     features: dict[str, Any]
     latency_ms: float | None
     segments: dict[str, str]
+    # Ranking (task ``ranking``): recommended item ids in rank order, and the model's scores.
+    items: list[str] | None = None
+    item_scores: list[float] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Return the contract dict, which :func:`validate_prediction` maps back to ``self``.
@@ -73,6 +79,10 @@ class Prediction(NamedTuple):
         """
         if self.task == "regression":
             pred: dict[str, Any] = {"value": self.value}
+        elif self.task == "ranking":
+            pred = {"items": self.items}
+            if self.item_scores is not None:
+                pred["scores"] = self.item_scores
         else:
             pred = {"label": self.label}
             if self.scores is not None:
@@ -103,6 +113,8 @@ class Label(NamedTuple):
     timestamp: float
     label: str | int | None
     value: float | None
+    # Ranking feedback: ``clicked``, ``converted`` and optionally ``relevant`` item ids.
+    feedback: dict[str, list[str]] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Return the contract dict, which :func:`validate_label` maps back to ``self``.
@@ -117,7 +129,9 @@ class Label(NamedTuple):
         if self.model_id is not None:
             out["model_id"] = self.model_id
         out["timestamp"] = self.timestamp
-        if self.value is not None:
+        if self.feedback is not None:
+            out["feedback"] = self.feedback
+        elif self.value is not None:
             out["value"] = self.value
         else:
             out["label"] = self.label
@@ -207,10 +221,32 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
     score: float | None = None
     scores: dict[str, float] | None = None
     value: float | None = None
+    items: list[str] | None = None
+    item_scores: list[float] | None = None
     raw_value = p.get("value")
     raw_scores = p.get("scores")
     raw_label = p.get("label")
-    if raw_value is not None:
+    raw_items = p.get("items")
+    if raw_items is not None:
+        task = "ranking"
+        for other in ("label", "score", "value"):
+            if p.get(other) is not None:
+                return Rejection(
+                    "conflicting_fields",
+                    f"prediction.{other}",
+                    "a ranking prediction carries items (and scores) only",
+                )
+        its = check_items(raw_items, "prediction.items")
+        if type(its) is Rejection:
+            return its
+        items = its  # type: ignore[assignment]
+        if raw_scores is not None:
+            isc = check_item_scores(raw_scores, len(items))  # type: ignore[arg-type]
+            if type(isc) is Rejection:
+                return isc
+            item_scores = isc  # type: ignore[assignment]
+            score = item_scores[0]  # type: ignore[index]  # the top item's score feeds the score summary
+    elif raw_value is not None:
         task = "regression"
         v = as_float(raw_value, "prediction.value")
         if type(v) is not float:
@@ -294,15 +330,32 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
             return segs
     # tuple.__new__ skips the generated Python-level __new__ (measurably faster per event).
     return _new(
-        Prediction, (pid, mid, ver, ts, task, label, score, scores, value, feats, lat, segs)
+        Prediction,
+        (
+            pid,
+            mid,
+            ver,
+            ts,
+            task,
+            label,
+            score,
+            scores,
+            value,
+            feats,
+            lat,
+            segs,
+            items,
+            item_scores,
+        ),
     )
 
 
 def validate_label(obj: object, *, now: float | None = None) -> Label | Rejection:
     """Validate and normalise one label event; never raises.
 
-    Exactly one of ``label`` (classification: int, str or bool; bool becomes 0/1) or
-    ``value`` (regression: a finite number) must be present.
+    Exactly one of ``label`` (classification: int, str or bool; bool becomes 0/1),
+    ``value`` (regression: a finite number) or ``feedback`` (ranking: ``clicked``,
+    ``converted`` and optional ``relevant`` lists of item ids) must be present.
 
     Parameters
     ----------
@@ -318,7 +371,10 @@ def validate_label(obj: object, *, now: float | None = None) -> Label | Rejectio
     Examples
     --------
     >>> validate_label({"prediction_id": "p1", "timestamp": 1.8e9, "value": 3}, now=1.8e9)
-    Label(prediction_id='p1', model_id=None, timestamp=1800000000.0, label=None, value=3.0)
+    Label(prediction_id='p1', model_id=None, timestamp=1800000000.0, label=None, value=3.0, feedback=None)
+    >>> validate_label({"prediction_id": "r1", "timestamp": 1.8e9, "feedback": {"clicked": ["a"]}},
+    ...                now=1.8e9).feedback
+    {'clicked': ['a'], 'converted': []}
     >>> validate_label({"prediction_id": "p1", "timestamp": 1.8e9}, now=1.8e9).code
     'missing_field'
     """
@@ -344,19 +400,29 @@ def _label(o: object, now: float) -> Label | Rejection:
             return ts  # type: ignore[return-value]
     raw_label = o.get("label")
     raw_value = o.get("value")
+    raw_feedback = o.get("feedback")
+    if raw_feedback is not None:
+        if raw_label is not None or raw_value is not None:
+            return Rejection(
+                "conflicting_fields", "feedback", "give one of label, value or feedback"
+            )
+        fb = check_feedback(raw_feedback)
+        if type(fb) is Rejection:
+            return fb
+        return _new(Label, (pid, mid, ts, None, None, fb))  # type: ignore[no-any-return]
     if raw_label is not None:
         if raw_value is not None:
             return Rejection("conflicting_fields", "value", "give either label or value, not both")
         lab = class_label(raw_label, "label")
         if type(lab) is Rejection:
             return lab
-        return _new(Label, (pid, mid, ts, lab, None))  # type: ignore[no-any-return]
+        return _new(Label, (pid, mid, ts, lab, None, None))  # type: ignore[no-any-return]
     if raw_value is None:
-        return Rejection("missing_field", "label", "a label event needs label or value")
+        return Rejection("missing_field", "label", "a label event needs label, value or feedback")
     v = as_float(raw_value, "value")
     if type(v) is not float:
         return v  # type: ignore[return-value]
-    return _new(Label, (pid, mid, ts, None, v))  # type: ignore[no-any-return]
+    return _new(Label, (pid, mid, ts, None, v, None))  # type: ignore[no-any-return]
 
 
 # The codecs live in schemas.codec (module size); re-exported here as DESIGN.md places them.

@@ -42,6 +42,16 @@ class Outcome(TypedDict):
     label_delay_s: float
     correct: bool | None
     abs_error: float | None
+    # Ranking only (None otherwise); independent of K, so any K can be queried later.
+    items_shown: int | None  # distinct ids in the list
+    clicked_shown: int | None  # of those, clicked
+    converted_shown: int | None  # of those, converted
+    relevant_count: (
+        int | None
+    )  # relevant ids (``relevant``, else clicked | converted), shown or not
+    first_relevant_rank: (
+        int | None
+    )  # rank (1-based) of the first relevant id in the list; None without one
 
 
 class DeadLetter(TypedDict):
@@ -87,7 +97,7 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
     if pred.task == "regression":
         if pred.value is not None and label.value is not None:
             abs_error = abs(pred.value - label.value)
-    else:
+    elif pred.task != "ranking":  # a ranking outcome carries the list counts below instead
         y_pred = str(pred.label)
         if label.label is not None:
             if pred.task == "binary":
@@ -96,6 +106,7 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
             else:
                 y_true = str(label.label)
             correct = y_pred == y_true
+    rank = _ranking_counts(pred.items, label.feedback) if pred.task == "ranking" else (None,) * 5
     return {
         "prediction_id": pred.prediction_id,
         "model_id": pred.model_id,
@@ -113,7 +124,32 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
         "label_delay_s": label.timestamp - pred.timestamp,
         "correct": correct,
         "abs_error": abs_error,
+        "items_shown": rank[0],
+        "clicked_shown": rank[1],
+        "converted_shown": rank[2],
+        "relevant_count": rank[3],
+        "first_relevant_rank": rank[4],
     }
+
+
+def _ranking_counts(
+    items: list[str] | None, feedback: dict[str, list[str]] | None
+) -> tuple[int | None, ...]:
+    """(items_shown, clicked_shown, converted_shown, relevant_count, first_relevant_rank).
+
+    Repeated ids count once, at their first rank (as ``detectors.ranking`` counts them).
+
+    >>> _ranking_counts(["a", "b", "a", "c"], {"clicked": ["c", "z"], "converted": []})
+    (3, 1, 0, 2, 3)
+    """
+    if items is None or feedback is None:
+        return (None,) * 5
+    ranked = list(dict.fromkeys(items))
+    clicked, converted = set(feedback["clicked"]), set(feedback["converted"])
+    relevant = set(feedback["relevant"]) if "relevant" in feedback else clicked | converted
+    first = next((i for i, x in enumerate(ranked, 1) if x in relevant), None)
+    return (len(ranked), sum(x in clicked for x in ranked), sum(x in converted for x in ranked),
+            len(relevant), first)  # fmt: skip
 
 
 def make_dead_letter(

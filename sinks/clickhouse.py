@@ -51,7 +51,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "outcomes": (
         "prediction_id", "model_id", "model_version", "segments", "task", "y_pred", "y_true",
         "score", "value_pred", "value_true", "latency_ms", "prediction_ts", "label_ts",
-        "label_delay_s", "correct", "abs_error",
+        "label_delay_s", "correct", "abs_error", "items_shown", "clicked_shown", "converted_shown",
+        "relevant_count", "first_relevant_rank",
     ),
 }  # fmt: skip
 SOURCE_COLUMNS = ("_topic", "_partition", "_offset")
@@ -143,7 +144,8 @@ def _outcome_rows(o: dict[str, Any]) -> list[tuple[Any, ...]]:
         _num(o.get("latency_ms")), round(o["prediction_ts"] * 1000.0),
         None if label_ts is None else round(label_ts * 1000.0),
         _num(o.get("label_delay_s")), None if correct is None else bool(correct),
-        _num(o.get("abs_error")),
+        _num(o.get("abs_error")), o.get("items_shown"), o.get("clicked_shown"),
+        o.get("converted_shown"), o.get("relevant_count"), o.get("first_relevant_rank"),
     )]  # fmt: skip
 
 

@@ -28,12 +28,15 @@ QUALITY_METRICS = {
     "binary": ("accuracy", "f1", "roc_auc"),
     "multiclass": ("accuracy", "f1_macro"),
     "regression": ("mae", "rmse"),
+    "ranking": ("ndcg_at_k", "map_at_k", "mrr"),
 }
 LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
 OTHER_METRICS = ("prediction_count", "label_coverage")
+#: the extra chart of a ranking model (over every list with feedback, not only the judged ones)
+RANKING_ENGAGEMENT = ("ctr", "conversion_rate", "hit_rate_at_k", "catalog_coverage")
 #: every metric the report reads (the SQL filters on this list)
 REPORT_METRICS = tuple(sorted({m for ms in QUALITY_METRICS.values() for m in ms}
-                              | set(LATENCY_METRICS) | set(OTHER_METRICS)))  # fmt: skip
+                              | set(LATENCY_METRICS) | set(OTHER_METRICS) | set(RANKING_ENGAGEMENT)))  # fmt: skip
 MAX_TABLE_ROWS = 500
 
 CSS = """
@@ -142,6 +145,11 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
             ),
         ),
     ]
+    if task == "ranking":
+        charts.insert(1, ("Engagement and coverage", svg_line_chart(
+            _series(by_metric, RANKING_ENGAGEMENT, ("#059669", "#d97706", "#7c3aed", "#6b7280")),
+            title=f"{name}: engagement and coverage", y_label="share", t_range=t_range, markers=marks,
+            y_min=0.0, y_max=1.0)))  # fmt: skip
     charts.append(_hist_chart(name, task, hist))
     figs = "".join(
         f"<figure><figcaption>{escape(c)}</figcaption>{svg}</figure>" for c, svg in charts

@@ -4,7 +4,9 @@ The shapes follow the wire contract consumed by :class:`sinks.clickhouse.ClickHo
 story: model ``fraud`` (binary, champion ``v1`` and challenger ``v2`` on the same windows),
 ``churn`` (binary) and ``price`` (regression), hourly windows over ``hours`` hours ending at
 ``end``, segments by country; ``fraud v1`` degrades for ``country=fr`` in the last day, which
-fires a drift event and an accuracy alert (later resolved).
+fires a drift event and an accuracy alert (later resolved). With ``ranking=True``, a
+recommender ``feed`` (task ranking, K = 10) joins the story: its NDCG@10 and MRR fall in the
+last 12 hours (outcomes carry the per-list counts of migration 006).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def _degraded(model: str, version: str, country: str, hour: int, hours: int) -> 
 
 
 def synthetic_messages(
-    end: float, hours: int = 48, per_hour: int = 40, seed: int = 7
+    end: float, hours: int = 48, per_hour: int = 40, seed: int = 7, ranking: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
     """Return ``{"metrics": [...], "alerts": [...], "drift_events": [...], "outcomes": [...]}``.
 
@@ -36,6 +38,8 @@ def synthetic_messages(
         Outcomes per model, version, segment and hour.
     seed : int
         Random seed; the same arguments give the same messages.
+    ranking : bool
+        Add the ranking model ``feed`` (its own random stream: the other messages are unchanged).
     """
     rng = random.Random(seed)
     start = (int(end) // 3600 - hours) * 3600
@@ -110,7 +114,46 @@ def synthetic_messages(
             out["metrics"].append(_msg(model, version, "", task, ws, we, 1, True, 0,
                                        {"unlabeled_expired": rng.randint(0, 20)}, {}))  # fmt: skip
     _incident(out, start, hours)
+    if ranking:
+        _ranking_story(out, start, hours, per_hour, random.Random(seed + 1))
     return out
+
+
+def _ranking_story(
+    out: dict[str, list[dict[str, Any]]], start: int, hours: int, per_hour: int, rng: random.Random
+) -> None:
+    """Hourly windows and outcomes of ``feed`` v4: the first relevant rank gets worse late on."""
+    for h in range(hours):
+        ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
+        stale = h >= hours - 12
+        judged = hits = 0
+        rr = 0.0
+        clicked_lists = 0
+        for i in range(per_hour):
+            ts = ws + rng.random() * 3600
+            delay = rng.expovariate(1 / 120.0)
+            clicked = rng.randint(0, 3 if not stale else 2)
+            first = None if clicked == 0 else rng.randint(1 if not stale else 3, 12)
+            clicked_lists += clicked > 0
+            if first is not None:
+                judged += 1
+                hits += first <= 10
+                rr += 1 / first if first <= 10 else 0.0
+            out["outcomes"].append({
+                "prediction_id": f"r{h:03d}{i:05d}", "model_id": "feed", "model_version": "v4",
+                "segments": {"surface": "home"}, "task": "ranking", "y_pred": None, "y_true": None,
+                "score": rng.random(), "value_pred": None, "value_true": None, "latency_ms": rng.lognormvariate(3, 0.3),
+                "prediction_ts": ts, "label_ts": ts + delay, "label_delay_s": delay, "correct": None, "abs_error": None,
+                "items_shown": 12, "clicked_shown": clicked, "converted_shown": min(clicked, rng.randint(0, 1)),
+                "relevant_count": clicked, "first_relevant_rank": first})  # fmt: skip
+        metrics = {"ctr": clicked_lists / per_hour, "ndcg_at_k": (0.35 if stale else 0.6) + rng.uniform(-0.03, 0.03),
+                   "mrr": rr / judged if judged else 0.0, "hit_rate_at_k": hits / judged if judged else 0.0,
+                   "catalog_coverage": rng.uniform(0.3, 0.4), "judged_lists": float(judged)}  # fmt: skip
+        at_k = ("ndcg_at_k", "mrr", "hit_rate_at_k")
+        counts = {m: (judged if m in at_k else per_hour) for m in metrics}
+        out["metrics"].extend(
+            _window("feed", "v4", "", "ranking", ws, we, metrics, counts, per_hour, rng)
+        )
 
 
 def _msg(model: str, version: str, segment: str, task: str, ws: float, we: float, revision: int,

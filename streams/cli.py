@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of events with a never-seen category from --data-issues-at on (default 0: off)")
     p.add_argument("--data-issues-at", type=float, default=None,
                    help="seconds into the run when the injections begin (default: --covariate-drift-at)")
+    p.add_argument("--ranking", action="store_true",
+                   help="add a recommender (home-feed, task ranking) to the fleet; --drift-at also makes its top ranks go stale")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
 
     p = sub.add_parser("worker", help="run the stream processors (and the ClickHouse sink)")
@@ -132,15 +134,16 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulate import run_simulation
+    from streams.simulate import default_models, ranking_model, run_simulation
 
     s = _settings(args)
+    models = default_models() + ([ranking_model()] if args.ranking else [])
     stats = run_simulation(
         s.bootstrap, s.topic_prefix, args.rate, args.duration, seed=args.seed, drift_at=args.drift_at,
         realtime=not args.fast, progress=True, label_delay=args.label_delay,
         covariate_drift_at=args.covariate_drift_at, client_config=dict(s.kafka),
         missing_burst=args.missing_burst, missing_burst_s=args.missing_burst_seconds,
-        new_category=args.new_category, data_issues_at=args.data_issues_at,
+        new_category=args.new_category, data_issues_at=args.data_issues_at, models=models,
     )
     print(" ".join(f"{k}={v}" for k, v in stats.items()))
     return 0

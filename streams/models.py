@@ -21,6 +21,12 @@ Example (YAML)::
         latency_p99_slo_ms: 250
         label_coverage_min: 0.5
         detectors: {adwin: {delta: 0.002}, ddm: {}, eddm: {alpha: 0.8, beta: 0.75}}
+      home-feed:
+        task: ranking          # ranked lists + click/conversion feedback; no drift detector
+        ranking_k: 10          # K of the @K metrics (default 10)
+        catalog_size: 500      # gives catalog_coverage (default: not computed)
+        thresholds:
+          - {metric: ndcg_at_k, min: 0.3}
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 from detectors.policy import DEFAULT_BANK_CONFIG
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = ("binary", "multiclass", "regression", "ranking")
 
 
 class ConfigError(ValueError):
@@ -92,6 +98,10 @@ class ModelConfig:
     data_drift: Mapping[str, Any] | bool | None = None
     data_quality: Mapping[str, Any] | None = None
     cbpe: bool = False
+    # Ranking models (task ``ranking``): cut-off K of the @K metrics and of coverage, and the
+    # number of recommendable items (gives ``catalog_coverage``; unknown = not computed).
+    ranking_k: int = 10
+    catalog_size: int | None = None
 
     def drift_config(self) -> Any:
         """``detectors.datadrift.DriftConfig`` of ``data_drift`` (``baseline`` removed)."""
@@ -125,6 +135,10 @@ class ModelConfig:
         for name in ("corroboration_window", "ddm_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        if self.ranking_k < 1:
+            raise ConfigError(f"ranking_k: expected an integer >= 1, got {self.ranking_k!r}")
+        if self.catalog_size is not None and self.catalog_size < 1:
+            raise ConfigError(f"catalog_size: expected an integer >= 1, got {self.catalog_size!r}")
         for det in self.detectors:
             if det not in ("adwin", "ddm", "eddm"):
                 raise ConfigError(f"detectors.{det}: unknown detector (adwin, ddm, eddm)")
@@ -175,10 +189,12 @@ def parse_models_config(raw: Any) -> ModelsConfig:
     >>> cfg = parse_models_config({"models": {"m": {"task": "binary", "thresholds": [{"metric": "accuracy", "min": 0.9}]}}})
     >>> cfg.for_model("m").thresholds[0].min, cfg.for_model("other").task
     (0.9, None)
-    >>> parse_models_config({"models": {"m": {"task": "ranking"}}})
+    >>> parse_models_config({"models": {"m": {"task": "ranking", "catalog_size": 500}}}).for_model("m").ranking_k
+    10
+    >>> parse_models_config({"models": {"m": {"task": "clustering"}}})
     Traceback (most recent call last):
     ...
-    streams.models.ConfigError: models.m.task: expected one of binary, multiclass, regression, got 'ranking'
+    streams.models.ConfigError: models.m.task: expected one of binary, multiclass, regression, ranking, got 'clustering'
     """
     if not isinstance(raw, Mapping):
         raise ConfigError("top level: expected a mapping")
@@ -200,8 +216,10 @@ def parse_models_config(raw: Any) -> ModelsConfig:
 _NUMBER_FIELDS = {
     f.name
     for f in dataclasses.fields(ModelConfig)
-    if f.type in ("float", "float | None", "int")
+    if f.type in ("float", "float | None", "int", "int | None")
 }
+# Counts: a float such as 10.5 would silently truncate.
+_INT_FIELDS = {"ranking_k", "catalog_size"}
 
 
 def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelConfig:
@@ -217,6 +235,8 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
         path = f"{where}.{key}"
         if key in _NUMBER_FIELDS and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if key in _INT_FIELDS and value is not None and not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
         if key == "segment_keys":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{path}: expected a list of strings")

@@ -29,6 +29,10 @@ profile (``Profile.new_window_like(reference)``) in its whole-model partials, fe
 features and prediction of each on-time prediction; a binary model with ``cbpe: true``
 gets a ``CBPEAccumulator`` in every partial, fed with its scores and predicted labels.
 Both live in the partials, so they follow the same exactly-once path as the counts.
+
+Ranking models: a joined ranking prediction feeds its list and feedback to the window's
+``RankingAccumulator`` (the task's accumulator, K from the models file); no drift detector
+runs on them (README "Ranking and recommendation").
 """
 
 from __future__ import annotations
@@ -224,7 +228,9 @@ class PartitionProcessor:
             w.add_predictions(np.asarray(lat, dtype=float), np.asarray(sc, dtype=float))
         for w, (yt, yp, sc, delay) in self._obuf.items():
             d = np.asarray(delay, dtype=float)
-            if w.task == "multiclass":
+            if w.task == "ranking":
+                w.add_ranking(yp, yt, d)
+            elif w.task == "multiclass":
                 w.add_outcomes(yt, yp, None, d)
             elif w.task == "binary":
                 w.add_outcomes(np.asarray(yt, dtype=np.int64), np.asarray(yp, dtype=np.int64),
@@ -317,7 +323,11 @@ class PartitionProcessor:
             if len(table) >= self.max_series:
                 self._count("series_overflow")
                 return None
-            w = table[key] = WindowPartial(task)
+            if task == "ranking":
+                cfg = self.models.for_model(key.model_id) or self.models.defaults
+                w = table[key] = WindowPartial(task, cfg.ranking_k, cfg.catalog_size)
+            else:
+                w = table[key] = WindowPartial(task)
         return w
 
     def _series(self, cfg: ModelConfig, p: Prediction, ws: float) -> list[SeriesKey]:
@@ -448,12 +458,14 @@ class PartitionProcessor:
         cb[1].append(int(p.label) if p.label in (0, 1) else 0)  # type: ignore[arg-type]
 
     def _kind_mismatch(self, msg: Message, p: Prediction, lab: Label) -> bool:
-        """A class label for a regression model or a value for a classifier: dead letter."""
-        is_regression = p.task == "regression"
-        if is_regression == (lab.value is not None):
+        """A label of another kind than the model's task (a class for a regression model, a
+        value for a classifier, feedback for a non-ranking model or vice versa): dead letter."""
+        given = "feedback" if lab.feedback is not None else "value" if lab.value is not None else "label"
+        expected = {"regression": "value", "ranking": "feedback"}.get(p.task, "label")
+        if given == expected:
             return False
-        detail = f"model {p.model_id!r} is {p.task}; the label carries {'a class' if is_regression else 'a value'}"
-        self._dead_letter(msg, Rejection("label_kind_mismatch", "label" if is_regression else "value", detail), lab._asdict())
+        detail = f"model {p.model_id!r} is {p.task} (expects {expected}); the label event carries {given}"
+        self._dead_letter(msg, Rejection("label_kind_mismatch", given, detail), lab._asdict())
         return True
 
     def _join(self, cfg: ModelConfig, p: Prediction, lab: Label, msg: Message) -> None:
@@ -468,8 +480,12 @@ class PartitionProcessor:
         delay = max(lab.timestamp - p.timestamp, 0.0)
         yt: Any
         yp: Any
+        err: float | None
         sc = np.nan
-        if p.task == "regression":
+        if p.task == "ranking":
+            yt, yp = lab.feedback, p.items or []
+            err = None  # no detector runs on a ranking model (README "Ranking and recommendation")
+        elif p.task == "regression":
             yt, yp = float(lab.value), float(p.value)  # type: ignore[arg-type]
             err = abs(yp - yt)
         elif p.task == "binary":
@@ -489,7 +505,8 @@ class PartitionProcessor:
                 buf[1].append(yp)
                 buf[2].append(sc)
                 buf[3].append(delay)
-        self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
+        if err is not None:
+            self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 
     def _run_detectors(self) -> None:
         for (model, version), joined in self._joins.items():

@@ -32,7 +32,7 @@ class EarlyLabel(NamedTuple):
 
 
 def encode_prediction(partition: int, offset: int, expires_at: float, p: Prediction) -> bytes:
-    """Compact record; features are not kept (the join needs none of them).
+    """Compact record; features and ranking scores are not kept (the join needs neither).
 
     >>> from schemas.events import validate_prediction
     >>> p = validate_prediction({"prediction_id": "a", "model_id": "m", "timestamp": 1.8e9,
@@ -42,23 +42,27 @@ def encode_prediction(partition: int, offset: int, expires_at: float, p: Predict
     """
     return orjson.dumps(
         [partition, offset, expires_at, p.prediction_id, p.model_id, p.model_version, p.timestamp,
-         p.task, p.label, p.score, p.scores, p.value, p.latency_ms, p.segments]
+         p.task, p.label, p.score, p.scores, p.value, p.latency_ms, p.segments, p.items]
     )
 
 
 def decode_prediction(raw: bytes) -> PendingPrediction:
     r = orjson.loads(raw)
-    pred = Prediction(r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], {}, r[12], r[13])
+    # Records written before ranking support have 14 fields (no items).
+    items = r[14] if len(r) > 14 else None
+    pred = Prediction(r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], {}, r[12], r[13], items)
     return PendingPrediction(r[0], r[1], r[2], pred)
 
 
 def encode_label(partition: int, offset: int, expires_at: float, lab: Label) -> bytes:
-    return orjson.dumps([partition, offset, expires_at, lab.prediction_id, lab.model_id, lab.timestamp, lab.label, lab.value])
+    return orjson.dumps([partition, offset, expires_at, lab.prediction_id, lab.model_id, lab.timestamp, lab.label, lab.value,
+                         lab.feedback])
 
 
 def decode_label(raw: bytes) -> EarlyLabel:
     r = orjson.loads(raw)
-    return EarlyLabel(r[0], r[1], r[2], Label(r[3], r[4], r[5], r[6], r[7]))
+    feedback = r[8] if len(r) > 8 else None  # absent in records written before ranking support
+    return EarlyLabel(r[0], r[1], r[2], Label(r[3], r[4], r[5], r[6], r[7], feedback))
 
 
 

@@ -57,7 +57,8 @@ def prediction_event(
     """Inference event dict as sent on the predictions topic (README.md, "Wire contract").
 
     ``prediction`` is the wire ``prediction`` object (``{"label": 1, "score": 0.9}``,
-    ``{"label": "cat", "scores": {...}}``, ``{"value": 3.2}``) or a scalar shorthand:
+    ``{"label": "cat", "scores": {...}}``, ``{"value": 3.2}``, a ranked list
+    ``{"items": ["sku-1", "sku-2"], "scores": [0.9, 0.4]}``) or a scalar shorthand:
     a float becomes ``{"value": x}``, anything else (str, int, bool) ``{"label": x}``.
 
     Examples
@@ -97,8 +98,12 @@ def label_event(
     value: float | None = None,
     model_id: str | None = None,
     timestamp: float | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Label (ground truth) event dict as sent on the labels topic.
+
+    Give one of ``label`` (classification), ``value`` (regression) or ``feedback``
+    (ranking: ``{"clicked": [...], "converted": [...]}``, optionally ``"relevant"``).
 
     Examples
     --------
@@ -106,6 +111,8 @@ def label_event(
     {'prediction_id': 'p1', 'timestamp': 1700000000.0, 'label': 1}
     >>> label_event("p2", value=3.5, model_id="eta", timestamp=1.7e9)["value"]
     3.5
+    >>> label_event("req-1", feedback={"clicked": ["sku-2"], "converted": []}, timestamp=1.7e9)["feedback"]
+    {'clicked': ['sku-2'], 'converted': []}
     """
     ev: dict[str, Any] = {
         "prediction_id": prediction_id,
@@ -115,6 +122,8 @@ def label_event(
         ev["label"] = label
     if value is not None:
         ev["value"] = value
+    if feedback is not None:
+        ev["feedback"] = feedback
     if model_id is not None:
         ev["model_id"] = model_id
     return ev
@@ -271,8 +280,9 @@ class DriftlineProducer:
         value: float | None = None,
         model_id: str | None = None,
         timestamp: float | None = None,
+        feedback: dict[str, Any] | None = None,
     ) -> bool:
-        """Queue one label (see :func:`label_event`); False if it was dropped."""
+        """Queue one label or ranking feedback (see :func:`label_event`); False if it was dropped."""
         if prediction_id.__class__ is not str:
             raise TypeError("prediction_id must be str")
         if len(self._queue) + self._held >= self.max_buffered_events or self._closed:
@@ -282,7 +292,12 @@ class DriftlineProducer:
                 _LABEL,
                 prediction_id,
                 label_event(
-                    prediction_id, label, value=value, model_id=model_id, timestamp=timestamp
+                    prediction_id,
+                    label,
+                    value=value,
+                    model_id=model_id,
+                    timestamp=timestamp,
+                    feedback=feedback,
                 ),
             )
         )

@@ -7,6 +7,10 @@ interval ``[start, start + length)``. A ``WindowPartial`` holds the label-free p
 different partitions and workers ``merge`` into the aggregate of the union, so the merge
 stage can combine them in any order.
 
+A ranking window's accumulator is a ``RankingAccumulator`` (K and catalog size from the
+models file; partials of one series share them, so they merge); its metrics count the judged
+lists behind the @K metrics and every joined list behind the others.
+
 Two optional slots, ``None`` (and absent from the state) unless the model asks for them:
 ``profile``, the window's feature profile (``Profile.new_window_like`` of the model's
 reference, whole-model series only), and ``cbpe``, a ``CBPEAccumulator`` of the scores of
@@ -28,9 +32,10 @@ from detectors.metrics import (
     ScoreSummary,
 )
 from detectors.profile import Profile
+from detectors.ranking import RankingAccumulator
 from detectors.sketch import QuantileSketch
 
-Accumulator = BinaryAccumulator | MulticlassAccumulator | RegressionAccumulator
+Accumulator = BinaryAccumulator | MulticlassAccumulator | RegressionAccumulator | RankingAccumulator
 
 
 class SeriesKey(NamedTuple):
@@ -57,11 +62,13 @@ def window_start(ts: float, length: float) -> float:
     return float(ts // length * length)
 
 
-def _new_accumulator(task: str) -> Accumulator:
+def _new_accumulator(task: str, ranking_k: int, catalog_size: int | None) -> Accumulator:
     if task == "binary":
         return BinaryAccumulator()
     if task == "multiclass":
         return MulticlassAccumulator()
+    if task == "ranking":
+        return RankingAccumulator(ranking_k, catalog_size)
     return RegressionAccumulator()
 
 
@@ -71,7 +78,10 @@ _ACC_TYPES: dict[str, Any] = {
     "binary": BinaryAccumulator,
     "multiclass": MulticlassAccumulator,
     "regression": RegressionAccumulator,
+    "ranking": RankingAccumulator,
 }
+# Ranking metrics averaged over the judged lists (at least one relevant item); the others are over every list.
+_JUDGED_METRICS = frozenset(("precision_at_k", "recall_at_k", "map_at_k", "ndcg_at_k", "mrr", "hit_rate_at_k"))
 
 
 class WindowPartial:
@@ -91,14 +101,14 @@ class WindowPartial:
     __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions",
                  "profile", "cbpe")
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, ranking_k: int = 10, catalog_size: int | None = None) -> None:
         self.task = task
         self.prediction_count = 0
         self.latency = QuantileSketch()
         self.scores = ScoreSummary()
         self.labeled = 0
         self.label_delay = QuantileSketch()
-        self.acc: Accumulator = _new_accumulator(task)
+        self.acc: Accumulator = _new_accumulator(task, ranking_k, catalog_size)
         self.unlabeled_expired = 0
         self.late_predictions = 0
         self.duplicate_predictions = 0
@@ -119,8 +129,20 @@ class WindowPartial:
         self.label_delay.add_many(np.maximum(delays, 0.0))
         if isinstance(self.acc, BinaryAccumulator):
             self.acc.update_many(y_true, y_pred, score)
+        elif isinstance(self.acc, RankingAccumulator):
+            raise TypeError("a ranking window takes add_ranking, not add_outcomes")
         else:
             self.acc.update_many(y_true, y_pred)
+
+    def add_ranking(self, items: list[list[str]], feedback: list[dict[str, list[str]]], delays: np.ndarray) -> None:
+        """Add joined ranked lists with their feedback (``clicked``, ``converted``, optional ``relevant``)."""
+        if not isinstance(self.acc, RankingAccumulator):
+            raise TypeError(f"a {self.task} window takes add_outcomes, not add_ranking")
+        self.labeled += len(delays)
+        self.label_delay.add_many(np.maximum(delays, 0.0))
+        # ``relevant`` replaces clicked | converted as the relevance set where it is given.
+        relevant = [f["relevant"] if "relevant" in f else [*f["clicked"], *f["converted"]] for f in feedback]
+        self.acc.update_many(items, relevant, [f["clicked"] for f in feedback], [f["converted"] for f in feedback])
 
     def merge(self, other: WindowPartial) -> None:
         self.prediction_count += other.prediction_count
@@ -128,7 +150,11 @@ class WindowPartial:
         self.scores.merge(other.scores)
         self.labeled += other.labeled
         self.label_delay.merge(other.label_delay)
-        self.acc.merge(other.acc)  # type: ignore[arg-type]
+        if isinstance(self.acc, RankingAccumulator) and isinstance(other.acc, RankingAccumulator) and (
+                (self.acc.k, self.acc.catalog_size) != (other.acc.k, other.acc.catalog_size)):
+            pass  # ranking_k or catalog_size changed while the window was open: sums at another K cannot be added
+        else:
+            self.acc.merge(other.acc)  # type: ignore[arg-type]
         self.unlabeled_expired += other.unlabeled_expired
         self.late_predictions += other.late_predictions
         self.duplicate_predictions += other.duplicate_predictions
@@ -174,7 +200,13 @@ class WindowPartial:
             for name, value in self.scores.metrics().items():
                 if name != "count":
                     put(f"{prefix}_{name}", value, self.scores.n)
-        if self.acc.n:
+        if isinstance(self.acc, RankingAccumulator):
+            if self.acc.n:
+                judged = self.acc.n_judged
+                for name, value in self.acc.metrics().items():
+                    put(name, value, judged if name in _JUDGED_METRICS else self.acc.n)
+                put("judged_lists", judged, self.acc.n)
+        elif self.acc.n:
             for name, value in self.acc.metrics().items():
                 put(name, value, self.acc.n)
         if self.unlabeled_expired:

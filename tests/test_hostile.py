@@ -55,6 +55,7 @@ defaults:
 models:
   fraud: {task: binary, segment_keys: [country]}
   eta: {task: regression}
+  feed: {task: ranking}
 """
 
 #: Every reason code of the wire contract (README "Reason codes").
@@ -74,6 +75,7 @@ REASON_CODES = {
     "bad_envelope",
     "mixed_kinds",
     "conflicting_fields",
+    "length_mismatch",
     "unknown_model",
     "task_mismatch",
     "label_kind_mismatch",
@@ -229,6 +231,93 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
         ),
         (L, b"l7", orjson.dumps(_pred(f"{tag}-y", ts)), ["mixed_kinds"]),
         (L, b"l8", b'{"prediction_id":"y","timestamp":1.7e9,"value":NaN}', ["malformed_json"]),
+        # ranking predictions and feedback (README "Wire contract", task ranking)
+        (P, b"r1", p(model_id="feed", prediction={"items": "sku-1"}), ["wrong_type"]),
+        (
+            P,
+            b"r2",
+            p(model_id="feed", prediction={"items": [f"s{i}" for i in range(1001)]}),
+            ["too_long"],
+        ),
+        (P, b"r3", p(model_id="feed", prediction={"items": ["ok", "i" * 10_240]}), ["too_long"]),
+        (P, b"r4", p(model_id="feed", prediction={"items": ["ok", 7]}), ["wrong_type"]),
+        (P, b"r5", p(model_id="feed", prediction={"items": []}), ["out_of_range"]),
+        (
+            P,
+            b"r6",
+            p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.9]}),
+            ["length_mismatch"],
+        ),
+        (
+            P,
+            b"r7",
+            p(model_id="feed", prediction={"items": ["a", "b"], "scores": [0.1, 0.9]}),
+            ["out_of_range"],
+        ),
+        (
+            P,
+            b"r8",
+            p(model_id="feed", prediction={"items": ["a"], "label": 1}),
+            ["conflicting_fields"],
+        ),
+        (P, b"r9", p(model_id="feed", prediction={"items": [["a"]]}), ["too_deep"]),
+        (
+            P,
+            b"r10",
+            p(model_id="feed"),
+            ["task_mismatch"],
+        ),  # a binary prediction for a ranking model
+        (
+            P,
+            b"r11",
+            p(prediction={"items": ["a", "b"]}),
+            ["task_mismatch"],
+        ),  # a ranked list for fraud
+        (
+            L,
+            b"r12",
+            orjson.dumps({"prediction_id": f"{tag}-y", "timestamp": ts, "feedback": ["a"]}),
+            ["wrong_type"],
+        ),
+        (
+            L,
+            b"r13",
+            orjson.dumps(
+                {"prediction_id": f"{tag}-y", "timestamp": ts, "feedback": {"clicked": ["a", 3]}}
+            ),
+            ["wrong_type"],
+        ),
+        (
+            L,
+            b"r14",
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-y",
+                    "timestamp": ts,
+                    "label": 1,
+                    "feedback": {"clicked": []},
+                }
+            ),
+            ["conflicting_fields"],
+        ),
+        (
+            L,
+            b"r15",
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-y",
+                    "timestamp": ts,
+                    "feedback": {"converted": ["x"] * 1001},
+                }
+            ),
+            ["too_long"],
+        ),
+        (
+            P,
+            b"r16",
+            orjson.dumps({"prediction_id": f"{tag}-fb", "timestamp": ts, "feedback": {}}),
+            ["mixed_kinds"],
+        ),
     ]
     # labels whose kind does not match their model's task: the predictions first, then the labels
     items += [
@@ -249,6 +338,32 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
             L,
             f"{tag}-kind-r".encode(),
             orjson.dumps({"prediction_id": f"{tag}-kind-r", "timestamp": ts + 1, "label": "cat"}),
+            ["label_kind_mismatch"],
+        ),
+        # feedback for a binary model, and a class label for a ranking model
+        (P, f"{tag}-kind-f".encode(), orjson.dumps(_pred(f"{tag}-kind-f", ts)), []),
+        (
+            P,
+            f"{tag}-kind-k".encode(),
+            orjson.dumps(_pred(f"{tag}-kind-k", ts, model="feed", items=["a", "b"])),
+            [],
+        ),
+        (
+            L,
+            f"{tag}-kind-f".encode(),
+            orjson.dumps(
+                {
+                    "prediction_id": f"{tag}-kind-f",
+                    "timestamp": ts + 1,
+                    "feedback": {"clicked": ["a"]},
+                }
+            ),
+            ["label_kind_mismatch"],
+        ),
+        (
+            L,
+            f"{tag}-kind-k".encode(),
+            orjson.dumps({"prediction_id": f"{tag}-kind-k", "timestamp": ts + 1, "label": 1}),
             ["label_kind_mismatch"],
         ),
         # the envelope's good events get their labels: they join
@@ -528,6 +643,7 @@ PROP_MODELS = ModelsConfig(
         "fraud": ModelConfig(task="binary", segment_keys=("country",)),
         "eta": ModelConfig(task="regression"),
         "pets": ModelConfig(task="multiclass"),
+        "feed": ModelConfig(task="ranking", ranking_k=3),
     },
     allow_unlisted_models=False,
 )
@@ -568,6 +684,8 @@ field_names = st.sampled_from(
         "score",
         "scores",
         "events",
+        "items",
+        "feedback",
     ]
 )
 
@@ -578,11 +696,12 @@ def near_valid_events(draw: Any) -> dict[str, Any]:
     pid = draw(st.sampled_from(["a", "b", "c", "d"]))
     ts = time.time() - draw(st.floats(min_value=0, max_value=10_000))
     if draw(st.booleans()):
-        model = draw(st.sampled_from(["fraud", "eta", "pets", "nobody"]))
+        model = draw(st.sampled_from(["fraud", "eta", "pets", "feed", "nobody"]))
         pred = {
             "fraud": {"label": 1, "score": 0.7},
             "eta": {"value": 2.0},
             "pets": {"label": "cat", "scores": {"cat": 0.6, "dog": 0.4}},
+            "feed": {"items": ["a", "b", "c", "a"], "scores": [0.9, 0.5, 0.5, 0.1]},
             "nobody": {"score": 0.1},
         }[model]
         ev: dict[str, Any] = _pred(pid, ts, model, **pred)
@@ -590,8 +709,8 @@ def near_valid_events(draw: Any) -> dict[str, Any]:
         ev = {
             "prediction_id": pid,
             "timestamp": ts,
-            draw(st.sampled_from(["label", "value"])): draw(
-                st.sampled_from([0, 1, "cat", 2.5, True])
+            draw(st.sampled_from(["label", "value", "feedback"])): draw(
+                st.sampled_from([0, 1, "cat", 2.5, True, {"clicked": ["a"], "converted": []}, {}])
             ),
         }
     for _ in range(draw(st.integers(0, 3))):

@@ -143,9 +143,15 @@ BAD: list[tuple[Any, str]] = [
     ({"defaults": 3}, "defaults: expected a mapping"),
     ({"models": {"m": {"tsk": "binary"}}}, "models.m.tsk: unknown setting"),
     (
-        {"models": {"m": {"task": "ranking"}}},
-        "models.m.task: expected one of binary, multiclass, regression",
+        {"models": {"m": {"task": "clustering"}}},
+        "models.m.task: expected one of binary, multiclass, regression, ranking",
     ),
+    (
+        {"models": {"m": {"task": "ranking", "ranking_k": 0}}},
+        "models.m.ranking_k: expected an integer >= 1",
+    ),
+    ({"models": {"m": {"ranking_k": 2.5}}}, "models.m.ranking_k: expected an integer"),
+    ({"models": {"m": {"catalog_size": 0}}}, "models.m.catalog_size: expected an integer >= 1"),
     ({"models": {"m": {"label_horizon_s": "7d"}}}, "models.m.label_horizon_s: expected a number"),
     ({"models": {"m": {"cooldown_s": True}}}, "models.m.cooldown_s: expected a number"),
     (
@@ -232,7 +238,7 @@ BAD: list[tuple[Any, str]] = [
         {"defaults": {"label_horizon_s": "long"}, "models": {"m": {}}},
         "defaults.label_horizon_s: expected a number",
     ),
-    ({"defaults": {"task": "ranking"}}, "defaults.task: expected one of"),
+    ({"defaults": {"task": "clustering"}}, "defaults.task: expected one of"),
 ]
 
 

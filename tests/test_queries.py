@@ -41,7 +41,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory):
     dsn = f"chdb://{tmp_path_factory.mktemp('q').resolve()}/ch"
     sink = ClickHouseSink(dsn)
     sink.setup()
-    msgs = synthetic_messages(time.time())
+    msgs = synthetic_messages(time.time(), ranking=True)
     for kind, values in msgs.items():
         for off, v in enumerate(values):
             sink.add(f"driftline.{kind}", off % 4, off, v)

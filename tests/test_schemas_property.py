@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import (
+    REASON_CODES,
     Label,
     Prediction,
     Rejection,
@@ -52,6 +53,9 @@ keys = st.one_of(
             "scores",
             "value",
             "events",
+            "items",
+            "feedback",
+            "clicked",
         ]
     ),  # fmt: skip
     st.text(max_size=5),
@@ -178,7 +182,19 @@ predictions = st.one_of(
     ),
     st.fixed_dictionaries({"label": ids.filter(lambda s: s not in ("0", "1"))}),
     st.fixed_dictionaries({"value": finite}),
+    # ranking: a list of ids, optionally with non-increasing scores of the same length
+    st.lists(ids, min_size=1, max_size=12).flatmap(
+        lambda items: st.one_of(
+            st.just({"items": items}),
+            st.lists(finite, min_size=len(items), max_size=len(items)).map(
+                lambda sc: {"items": items, "scores": sorted(sc, reverse=True)}
+            ),
+        )
+    ),
 )
+item_lists = st.lists(ids, max_size=6)
+feedbacks = st.fixed_dictionaries({}, optional={"clicked": item_lists, "converted": item_lists,
+                                                "relevant": item_lists})  # fmt: skip
 timestamps = st.one_of(
     st.floats(min_value=946_684_800.0, max_value=NOW),
     st.integers(946_684_800, int(NOW)),
@@ -203,6 +219,7 @@ label_events = st.fixed_dictionaries(
     lambda d: st.one_of(
         st.builds(lambda v: {**d, "label": v}, st.one_of(st.booleans(), st.integers(-5, 5), ids)),
         st.builds(lambda v: {**d, "value": v}, finite),
+        st.builds(lambda v: {**d, "feedback": v}, feedbacks),
     )
 )
 
@@ -253,3 +270,35 @@ def test_missing_required_field_rejected(ev: dict, field: str) -> None:
     ev = {k: v for k, v in ev.items() if k != field}
     res = validate_prediction(ev, now=NOW)
     assert isinstance(res, Rejection) and res.field == field and res.code == "missing_field"
+
+
+DOCUMENTED = set(REASON_CODES)
+
+
+@SETTINGS
+@given(anything, anything)
+def test_ranking_shapes_only_ever_give_documented_rejections(items: Any, other: Any) -> None:
+    """Any value in the ranking fields: a Prediction/Label or a documented reason code."""
+    base = {"prediction_id": "p", "model_id": "m", "timestamp": 1.8e9}
+    trials = [
+        {**base, "prediction": {"items": items}},
+        {**base, "prediction": {"items": ["a", "b"], "scores": items}},
+        {**base, "prediction": {"items": items, "scores": other}},
+        {**base, "prediction": {"items": ["a"], "label": other}},
+    ]
+    for ev in trials:
+        res = validate_prediction(ev, now=NOW)
+        assert_result(res, Prediction)
+        if isinstance(res, Rejection):
+            assert res.code in DOCUMENTED, res
+        else:
+            assert res.task == "ranking" and all(type(x) is str for x in res.items or ())
+            assert validate_prediction(orjson.loads(encode_event(res)), now=NOW) == res
+    for fb in (items, {"clicked": items, "converted": other}, {"relevant": items}):
+        res = validate_label({**base, "feedback": fb}, now=NOW)
+        assert_result(res, Label)
+        if isinstance(res, Rejection):
+            assert res.code in DOCUMENTED, res
+        else:
+            assert res.feedback is not None and set(res.feedback) >= {"clicked", "converted"}
+            assert validate_label(orjson.loads(encode_event(res)), now=NOW) == res
