@@ -163,7 +163,8 @@ def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
         if which is None:
             continue
         try:
-            refs[model_id] = (load_latest(model_id, root) if which == "latest"
+            # ``first_hours``: the reference the worker saved once the span was covered, if any.
+            refs[model_id] = (load_latest(model_id, root) if which in ("latest", "first_hours")
                               else load_version(model_id, root, int(which.lstrip("v"))))
         except (FileNotFoundError, ValueError):
             continue
