@@ -437,7 +437,7 @@ class DriftlineApp:
         for partition, merger in list(self.mergers.items()):
             out = MergeOutput()
             merger.tick(now, out)
-            if out.metrics or out.alerts or out.dropped_windows or out.comparisons:
+            if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
                 await self._apply_merge(partition, merger, out)
         self._update_gauges()
 

@@ -143,13 +143,20 @@ class WindowMerger:
             return
         rb = self.builders.get(key.model_id)
         if rb is None:
-            rb = self.builders[key.model_id] = ReferenceBuilder(hours)
-        if rb.add(key.window_start, window_end, profile):
-            ref = rb.reference
-            ref.model_id = key.model_id
-            out.references.append(ref)
-            self.references[key.model_id] = ref  # the app saves it (which sets its version)
-        out.changed_builders.add(key.model_id)
+            rb = self.builders[key.model_id] = ReferenceBuilder(hours, grace=self.window_seconds)
+        if not rb.frozen:
+            rb.add(key.window_start, window_end, profile, freeze=False)  # frozen in ``tick``
+            out.changed_builders.add(key.model_id)
+
+    def _freeze_references(self, out: MergeOutput) -> None:
+        """Freeze the first-hours references whose span (+ one window) is covered."""
+        for model, rb in sorted(self.builders.items()):
+            if model not in self.references and rb.freeze_if_covered():
+                ref = rb.reference
+                ref.model_id = model
+                out.references.append(ref)
+                out.changed_builders.add(model)
+                self.references[model] = ref  # the app saves it (which sets its version)
 
     def install_reference(self, profile: Profile) -> None:
         """A reference saved (or found) for a model: compare its windows from now on."""
@@ -170,6 +177,7 @@ class WindowMerger:
 
     def tick(self, now: float, out: MergeOutput) -> None:
         """Emit windows that are due; drop windows past their retention."""
+        self._freeze_references(out)
         for key in sorted(self.windows, key=lambda k: (k.window_start, k.model_id, k.model_version, k.segment)):
             mw = self.windows[key]
             if mw.dirty:
