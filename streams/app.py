@@ -130,7 +130,13 @@ class DriftlineApp:
         root = Path(self.settings.data_dir) / "profiles"
         refs = load_references(root, self.models)
         for m in wanted:
-            if m not in refs:
+            hours = self.models.models[m].first_hours()
+            if m in refs:
+                continue
+            if hours is not None:
+                log.info("no reference profile yet: building it from the first hours of traffic",
+                         extra={"model_id": m, "hours": hours, "dir": str(root / m)})
+            else:
                 log.warning("no reference profile: data drift off for this model",
                             extra={"model_id": m, "dir": str(root / m)})
         for m, ref in refs.items():

@@ -266,7 +266,8 @@ class WindowMerger:
         """
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
-        if key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.version != ref.version:
+        if (key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.infer
+                or prof.version != ref.version):  # an unbinned profile feeds a first-hours reference
             return None
         try:
             drift = compare_profiles(ref, prof, cfg.drift_config())

@@ -382,7 +382,7 @@ class PartitionProcessor:
         sc = np.nan if score is None else score
         ref = self.references.get(p.model_id) if cfg.data_drift and not closed else None
         # No reference yet, and the model builds it from its first hours: profile unbinned.
-        warmup = ref is None and not closed and cfg.first_hours() is not None
+        warmup = ref is None and bool(cfg.data_drift) and not closed and cfg.first_hours() is not None
         cbpe = cfg.cbpe and p.task == "binary" and not closed
         for sk in self._series(cfg, p, ws):
             w = self._partial(self.late if closed else self.windows, sk, p.task)
