@@ -41,6 +41,7 @@ __all__ = [
     "drift_event_id",
     "incident_id",
     "make_alert",
+    "make_comparison",
     "make_dead_letter",
     "make_drift_event",
     "make_metrics",
@@ -305,6 +306,43 @@ def make_metrics(
         "task": task,
         "metrics": metrics,
         "counts": counts,
+    }
+
+
+def make_comparison(
+    *,
+    model_id: str,
+    champion_version: str,
+    challenger_version: str,
+    window_start: float,
+    window_end: float,
+    mode: str,
+    comparisons: list[dict[str, Any]],
+    revision: int = 0,
+    emitted_at: float | None = None,
+) -> dict[str, Any]:
+    """Build a comparisons-topic message: one challenger against the champion in one window.
+
+    ``comparisons``: one dict per metric (``metric, champion, challenger, difference, ci_low,
+    ci_high, z, p_value, n_champion, n_challenger, alpha, verdict``; ``z`` is None when the
+    difference is exact). ``revision`` = champion window revision + challenger window revision,
+    so it grows whenever either window is re-emitted.
+
+    >>> m = make_comparison(model_id="fraud", champion_version="v1", challenger_version="v2",
+    ...     window_start=1.8e9, window_end=1.8e9 + 60, mode="ab", comparisons=[], emitted_at=1.8e9 + 61)
+    >>> m["challenger_version"], m["revision"]
+    ('v2', 0)
+    """
+    return {
+        "model_id": model_id,
+        "champion_version": champion_version,
+        "challenger_version": challenger_version,
+        "window_start": window_start,
+        "window_end": window_end,
+        "mode": mode,
+        "revision": revision,
+        "emitted_at": time.time() if emitted_at is None else emitted_at,
+        "comparisons": comparisons,
     }
 
 

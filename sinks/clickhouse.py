@@ -1,6 +1,6 @@
 """ClickHouse sink: Driftline's output topics into the tables of ``sinks/sql``.
 
-One message kind per topic (metrics, alerts, drift_events, outcomes); the table is chosen from the
+One message kind per topic (metrics, alerts, drift_events, outcomes, comparisons); the table is chosen from the
 topic's name (its last ``.``-separated part, e.g. ``driftline.metrics`` -> ``metrics``), or from
 ``topic_tables`` when given.
 
@@ -31,7 +31,7 @@ from sinks.migrations import migrate, validate_database, validate_retention_days
 
 log = logging.getLogger(__name__)
 
-TABLES = ("metrics", "alerts", "drift_events", "outcomes")
+TABLES = ("metrics", "alerts", "drift_events", "outcomes", "comparisons")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "metrics": (
@@ -53,6 +53,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "score", "value_pred", "value_true", "latency_ms", "prediction_ts", "label_ts",
         "label_delay_s", "correct", "abs_error", "items_shown", "clicked_shown", "converted_shown",
         "relevant_count", "first_relevant_rank",
+    ),
+    "comparisons": (
+        "model_id", "champion_version", "challenger_version", "mode", "window_start", "window_end",
+        "metric", "champion", "challenger", "difference", "ci_low", "ci_high", "z", "p_value",
+        "n_champion", "n_challenger", "alpha", "verdict", "revision", "emitted_at",
     ),
 }  # fmt: skip
 SOURCE_COLUMNS = ("_topic", "_partition", "_offset")
@@ -149,11 +154,24 @@ def _outcome_rows(o: dict[str, Any]) -> list[tuple[Any, ...]]:
     )]  # fmt: skip
 
 
+def _comparison_rows(m: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One row per compared metric of a comparisons message (README "comparisons")."""
+    common = (m["model_id"], str(m["champion_version"]), str(m["challenger_version"]), m.get("mode") or "",
+              _ms(m["window_start"]), _ms(m["window_end"]))  # fmt: skip
+    rev, em = int(m.get("revision") or 0), _ms(m.get("emitted_at"))
+    return [(
+        *common, c["metric"], float(c["champion"]), float(c["challenger"]), float(c["difference"]),
+        float(c["ci_low"]), float(c["ci_high"]), _f(c.get("z")), float(c["p_value"]), int(c["n_champion"]),
+        int(c["n_challenger"]), float(c["alpha"]), c["verdict"], rev, em,
+    ) for c in m.get("comparisons") or []]  # fmt: skip
+
+
 ROW_BUILDERS: dict[str, Callable[[dict[str, Any]], list[tuple[Any, ...]]]] = {
     "metrics": _metrics_rows,
     "alerts": _alert_rows,
     "drift_events": _drift_rows,
     "outcomes": _outcome_rows,
+    "comparisons": _comparison_rows,
 }
 
 

@@ -12,6 +12,9 @@ Row shapes (keys; times are epoch seconds):
 - ``drift_events``: model_id, model_version, detector, kind, direction, partition, t
 - ``histograms``: model_id, model_version, column, split_at, split_reason, edges (list),
   before (list of counts), after (list of counts)
+- ``fairness``: model_id, model_version, metric (``fairness.*``), t, value — whole-model windows
+- ``comparisons``: model_id, champion_version, challenger_version, mode, metric, t, champion,
+  challenger, difference, ci_low, ci_high, p_value, n_champion, n_challenger, verdict
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import defaultdict
 from html import escape
 from typing import Any
 
+from schemas.messages import parse_segment_string
 from sinks.svg import Marker, Series, fmt_num, fmt_time, svg_histogram, svg_line_chart
 
 Row = dict[str, Any]
@@ -222,6 +226,117 @@ def alerts_table(alerts: list[Row]) -> str:
             + "".join(body) + "</tbody></table>" + more)  # fmt: skip
 
 
+def _split_fairness(metric: str) -> tuple[str, str, str] | None:
+    """``fairness.<key>.<disparity>`` -> (key, "", disparity); ``fairness.<key>=<group>.<rate>``
+    -> (key, group, rate); None for anything else."""
+    body, _, name = metric.removeprefix("fairness.").rpartition(".")
+    if not body or not metric.startswith("fairness."):
+        return None
+    if "=" in body:
+        ((key, group),) = parse_segment_string(body).items()
+        return key, group, name
+    return body, "", name
+
+
+def fairness_section(rows: list[Row], t_range: tuple[float, float]) -> str:
+    """Per model version and protected key: disparities over time, and each group's rates in
+    the newest window."""
+    if not rows:
+        return ""
+    series: dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    groups: dict[tuple[str, str, str], dict[float, dict[str, dict[str, float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict))
+    )
+    for r in rows:
+        parts = _split_fairness(str(r["metric"]))
+        if parts is None:
+            continue
+        key, group, name = parts
+        k = (str(r["model_id"]), str(r.get("model_version") or ""), key)
+        if group:
+            groups[k][float(r["t"])][group][name] = float(r["value"])
+        else:
+            series[k][name].append((float(r["t"]), float(r["value"])))
+    out = []
+    for k in sorted(set(series) | set(groups)):
+        model, version, key = k
+        diffs = tuple(sorted(n for n in series[k] if n.endswith("_difference")))
+        chart = svg_line_chart(
+            _series(series[k], diffs),
+            title=f"{model} {version}: fairness across {key}",
+            y_label="difference",
+            t_range=t_range,
+            y_min=0.0,
+            y_max=1.0,
+        )
+        table = ""
+        if groups[k]:
+            t_last = max(groups[k])
+            body = "".join(
+                f'<tr class="group"><td>{escape(g)}</td>'
+                + "".join(
+                    f'<td class="num">{fmt_num(rates[n]) if n in rates else ""}</td>'
+                    for n in ("positive_rate", "tpr", "fpr", "precision")
+                )
+                + "</tr>"
+                for g, rates in sorted(groups[k][t_last].items())
+            )
+            table = (
+                f'<p class="note">groups in the window of {escape(fmt_time(t_last))}</p>'
+                "<table><thead><tr><th>group</th><th>positive rate</th><th>TPR</th><th>FPR</th>"
+                f"<th>precision</th></tr></thead><tbody>{body}</tbody></table>"
+            )
+        out.append(
+            f"<figure><figcaption>{escape(model)} {escape(version)}: {escape(key)}</figcaption>"
+            f"{chart}{table}</figure>"
+        )
+    return f'<section class="card fairness"><h2>Fairness</h2><div class="grid">{"".join(out)}</div></section>'
+
+
+def comparisons_section(rows: list[Row], t_range: tuple[float, float]) -> str:
+    """Per model and challenger: challenger - champion per metric over time, and the newest
+    windows' verdicts with their intervals."""
+    if not rows:
+        return ""
+    by: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        by[(str(r["model_id"]), str(r["champion_version"]), str(r["challenger_version"]))].append(r)
+    pill = {"worse": "firing", "better": "resolved"}
+    out = []
+    for (model, champ, chal), rs in sorted(by.items()):
+        diff: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for r in rs:
+            diff[str(r["metric"])].append((float(r["t"]), float(r["difference"])))
+        chart = svg_line_chart(
+            _series(diff, tuple(sorted(diff))),
+            title=f"{model}: {chal} minus {champ}",
+            y_label="challenger - champion",
+            t_range=t_range,
+        )
+        newest = sorted(rs, key=lambda r: (-float(r["t"]), str(r["metric"])))[:30]
+        body = "".join(
+            f'<tr class="cmp"><td>{escape(fmt_time(float(r["t"])))}</td><td>{escape(str(r["metric"]))}</td>'
+            f'<td class="num">{fmt_num(float(r["champion"]))}</td><td class="num">{fmt_num(float(r["challenger"]))}</td>'
+            f'<td class="num">{float(r["difference"]):+.3f} [{float(r["ci_low"]):+.3f}, {float(r["ci_high"]):+.3f}]</td>'
+            f'<td class="num">{float(r["p_value"]):.3g}</td>'
+            f'<td class="num">{int(r["n_champion"]):,} / {int(r["n_challenger"]):,}</td>'
+            f'<td><span class="pill {pill.get(str(r["verdict"]), "")}">{escape(str(r["verdict"]))}</span></td></tr>'
+            for r in newest
+        )
+        out.append(
+            f"<figure><figcaption>{escape(model)}: challenger {escape(chal)} vs champion {escape(champ)}"
+            f"</figcaption>{chart}<table><thead><tr><th>window</th><th>metric</th><th>champion</th>"
+            "<th>challenger</th><th>difference [CI]</th><th>p</th><th>n</th><th>verdict</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></figure>"
+        )
+    return (
+        f'<section class="card comparisons"><h2>Champion / challenger</h2><div class="grid">{"".join(out)}'
+        "</div></section>"
+    )
+
+
 def _kpi(value: str, label: str) -> str:
     return f'<div class="kpi"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
@@ -229,7 +344,8 @@ def _kpi(value: str, label: str) -> str:
 def render_report(*, metrics: list[Row], alerts: list[Row], drift_events: list[Row],
                   histograms: list[Row], since: float | None = None, until: float | None = None,
                   model: str | None = None, generated_at: float | None = None,
-                  source: str = "") -> str:  # fmt: skip
+                  source: str = "", fairness: list[Row] | None = None,
+                  comparisons: list[Row] | None = None) -> str:  # fmt: skip
     """The whole page. ``since``/``until`` are the requested bounds (None: open)."""
     generated_at = time.time() if generated_at is None else generated_at
     times = [float(r["t"]) for rows in (metrics, alerts, drift_events) for r in rows]
@@ -286,6 +402,8 @@ def render_report(*, metrics: list[Row], alerts: list[Row], drift_events: list[R
         '<div class="note">Markers on every time axis: orange diamonds are detector drift events '
         "(amber: warnings), red triangles alerts firing, green dots alerts resolved; hover for details.</div>"
         f"</header>{body}"
+        f"{fairness_section(list(fairness or []), (t0, t1))}"
+        f"{comparisons_section(list(comparisons or []), (t0, t1))}"
         f'<section class="card"><h2>Alerts</h2>{alerts_table(alerts)}</section>'
         "</main></body></html>"
     )

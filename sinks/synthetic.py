@@ -4,14 +4,17 @@ The shapes follow the wire contract consumed by :class:`sinks.clickhouse.ClickHo
 story: model ``fraud`` (binary, champion ``v1`` and challenger ``v2`` on the same windows),
 ``churn`` (binary) and ``price`` (regression), hourly windows over ``hours`` hours ending at
 ``end``, segments by country; ``fraud v1`` degrades for ``country=fr`` in the last day, which
-fires a drift event and an accuracy alert (later resolved). With ``ranking=True``, a
-recommender ``feed`` (task ranking, K = 10) joins the story: its NDCG@10 and MRR fall in the
-last 12 hours (outcomes carry the per-list counts of migration 006).
+fires a drift event and an accuracy alert (later resolved). ``comparisons`` holds fraud ``v2``
+against champion ``v1`` per hour (accuracy, two-proportion Wald interval at 95%). With
+``ranking=True``, a recommender ``feed`` (task ranking, K = 10) joins the story: its NDCG@10 and
+MRR fall in the last 12 hours (outcomes carry the per-list counts of migration 006).
 """
 
 from __future__ import annotations
 
+import math
 import random
+from statistics import NormalDist
 from typing import Any
 
 COUNTRIES = ("de", "fr", "us")
@@ -26,7 +29,8 @@ def _degraded(model: str, version: str, country: str, hour: int, hours: int) -> 
 def synthetic_messages(
     end: float, hours: int = 48, per_hour: int = 40, seed: int = 7, ranking: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    """Return ``{"metrics": [...], "alerts": [...], "drift_events": [...], "outcomes": [...]}``.
+    """Return ``{"metrics": [...], "alerts": [...], "drift_events": [...], "outcomes": [...],
+    "comparisons": [...]}``.
 
     Parameters
     ----------
@@ -48,8 +52,12 @@ def synthetic_messages(
         "alerts": [],
         "drift_events": [],
         "outcomes": [],
+        "comparisons": [],
     }
     pid = 0
+    correct: dict[
+        tuple[float, str], tuple[int, int]
+    ] = {}  # (window, fraud version) -> (correct, n)
     for h in range(hours):
         ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
         for model, version, task in MODELS:
@@ -77,6 +85,9 @@ def synthetic_messages(
                                  value_true=None, correct=yp == y, abs_error=None)  # fmt: skip
                         key = ("t" if yp == y else "f") + ("p" if yp else "n")
                         stats[key] += 1
+                        if model == "fraud":
+                            ok, seen = correct.get((ws, version), (0, 0))
+                            correct[(ws, version)] = (ok + (yp == y), seen + 1)
                     else:
                         vt = rng.uniform(50, 500)
                         vp = vt + rng.gauss(0, 20)
@@ -114,6 +125,9 @@ def synthetic_messages(
             out["metrics"].append(_msg(model, version, "", task, ws, we, 1, True, 0,
                                        {"unlabeled_expired": rng.randint(0, 20)}, {}))  # fmt: skip
     _incident(out, start, hours)
+    for h in range(hours):
+        ws = float(start + h * 3600)
+        out["comparisons"].append(_comparison(ws, correct[(ws, "v1")], correct[(ws, "v2")]))
     if ranking:
         _ranking_story(out, start, hours, per_hour, random.Random(seed + 1))
     return out
@@ -154,6 +168,25 @@ def _ranking_story(
         out["metrics"].extend(
             _window("feed", "v4", "", "ranking", ws, we, metrics, counts, per_hour, rng)
         )
+
+
+def _comparison(
+    ws: float, champion: tuple[int, int], challenger: tuple[int, int]
+) -> dict[str, Any]:
+    """fraud v2 against v1 in one window: accuracy, Wald interval, verdict (as the merge stage)."""
+    (sa, na), (sb, nb) = champion, challenger
+    pa, pb = sa / na, sb / nb
+    se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
+    half = NormalDist().inv_cdf(0.975) * se
+    d = pb - pa
+    z = d / se if se else None
+    verdict = "no_difference" if d - half <= 0 <= d + half else ("better" if d > 0 else "worse")
+    cmp = {"metric": "accuracy", "champion": pa, "challenger": pb, "difference": d, "ci_low": d - half,
+           "ci_high": d + half, "z": z, "p_value": math.erfc(abs(z or 0.0) / math.sqrt(2.0)),
+           "n_champion": na, "n_challenger": nb, "alpha": 0.05, "verdict": verdict, "df": None}  # fmt: skip
+    return {"model_id": "fraud", "champion_version": "v1", "challenger_version": "v2",
+            "window_start": ws, "window_end": ws + 3600.0, "mode": "ab", "revision": 1,
+            "emitted_at": ws + 3605.0, "comparisons": [cmp]}  # fmt: skip
 
 
 def _msg(model: str, version: str, segment: str, task: str, ws: float, we: float, revision: int,

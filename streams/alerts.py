@@ -17,7 +17,11 @@ Rules, per model (``streams.models.ModelConfig``):
 - data drift against the reference profile (``data_drift``, rule ``psi``): warning when a
   feature's (or the prediction's) PSI reaches ``psi_warning``, critical at ``psi_drift``;
 - data quality against the reference (``data_quality``), one rule per check: ``missing_rate``,
-  ``type_mismatch``, ``out_of_range``, ``unseen_categories``, ``feature_vanished``, ``feature_appeared``.
+  ``type_mismatch``, ``out_of_range``, ``unseen_categories``, ``feature_vanished``, ``feature_appeared``;
+- fairness (``fairness``): a disparity across the groups of a protected segment key past its
+  threshold (``detectors.fairness.FairnessRule``), judged only with ``min_group_events`` per group;
+- champion / challenger (``challenger``): a challenger ``worse`` than the champion on a metric in
+  ``consecutive_windows`` judged windows in a row; resolved by the next judged window that is not.
 """
 
 from __future__ import annotations
@@ -182,6 +186,81 @@ class AlertEngine:
                 cfg, win, check, "data_quality", f"data_{check}", bool(offenders), severity, value, threshold, n,
                 emitted_at, f"data quality on {win['model_id']} {win['model_version']}: {check} ({names})",
                 {"features": offenders, "reference_version": reference_version})
+        return out
+
+    def on_fairness(self, cfg: ModelConfig, win: dict[str, Any], rates: dict[str, Any],
+                    emitted_at: float) -> list[Alert]:
+        """Fairness of a whole-model window: ``rates`` maps protected key -> ``GroupRates``.
+
+        One incident per (version, disparity, key): metric ``fairness.<key>.<disparity>``. A
+        disparity that cannot be judged (fewer than two groups, or a group under
+        ``min_group_events`` in the disparity's denominators) changes nothing.
+        """
+        from detectors.fairness import DISPARITY_METRICS
+
+        if cfg.fairness is None:
+            return []
+        out: list[Alert] = []
+        for key, r in sorted(rates.items()):
+            per_group = r.group_metrics()
+            disparities = r.disparities()
+            for rule in cfg.fairness.rules():
+                if (len(per_group) < 2 or r.min_denominator(rule.metric) < rule.min_group_events
+                        or rule.metric not in disparities):
+                    continue
+                violation = rule.check(r)
+                value = disparities[rule.metric]
+                metric = f"fairness.{key}.{rule.metric}"
+                op = "below" if DISPARITY_METRICS[rule.metric][1] else "above"
+                message = (f"fairness on {win['model_id']} {win['model_version']}: {rule.metric} across {key} "
+                           f"{value:.3g} {op} {rule.threshold:g}")
+                evidence: dict[str, Any] = {"protected": key, "min_group_events": rule.min_group_events,
+                                            "groups": {g: {k: m[k] for k in ("n", "positive_rate", "tpr", "fpr",
+                                                                             "precision")}
+                                                       for g, m in per_group.items()}}
+                if violation is not None:
+                    message += f" ({violation.worst_group!r} vs {violation.best_group!r})"
+                    evidence.update(worst_group=violation.worst_group, best_group=violation.best_group)
+                out += self._condition(cfg, win, rule.metric, "fairness", metric, violation is not None,
+                                       cfg.fairness.severity, value, rule.threshold, r.n, emitted_at, message,
+                                       evidence)
+        return out
+
+    def on_comparison(self, cfg: ModelConfig, cmp: dict[str, Any], emitted_at: float) -> list[Alert]:
+        """A challenger compared with the champion in one window (a comparisons message).
+
+        Per metric, the verdicts of judged windows (not ``insufficient_data``) are remembered
+        by window; the challenger is bad when the last ``consecutive_windows`` of them, up to
+        this one, are all ``worse``. One test per window and metric: requiring a run of
+        verdicts keeps the false-alarm rate of a clean challenger far below ``alpha``.
+        """
+        champ = cfg.champion
+        if champ is None:
+            return []
+        out: list[Alert] = []
+        win = {"model_id": cmp["model_id"], "model_version": cmp["challenger_version"], "segment": "",
+               "window_start": cmp["window_start"], "window_end": cmp["window_end"], "revision": cmp["revision"]}
+        need = champ.consecutive_windows
+        for c in cmp["comparisons"]:
+            if c["verdict"] == "insufficient_data":
+                continue
+            series = f"cmp:{c['metric']}"
+            self._remember(win, series, 1.0 if c["verdict"] == "worse" else 0.0, need)
+            hist = self.history.get(self._series(win, series), {})
+            run = [v for ws, v in sorted(hist.items(), key=lambda kv: float(kv[0]))
+                   if float(ws) <= float(win["window_start"])][-need:]
+            bad = len(run) == need and all(v == 1.0 for v in run)
+            message = (f"challenger {cmp['challenger_version']} of {cmp['model_id']}: {c['metric']} "
+                       f"{c['challenger']:.4g} vs champion {cmp['champion_version']} {c['champion']:.4g} "
+                       f"(difference {c['difference']:+.4g}, {1 - c['alpha']:.0%} CI [{c['ci_low']:+.4g}, "
+                       f"{c['ci_high']:+.4g}]), worse in {need} windows in a row")
+            evidence = {"champion_version": cmp["champion_version"], "mode": cmp["mode"],
+                        "consecutive_windows": need, **{k: c[k] for k in (
+                            "champion", "challenger", "difference", "ci_low", "ci_high", "p_value", "n_champion",
+                            "n_challenger", "alpha", "verdict")}}
+            out += self._condition(cfg, win, "challenger_worse", "challenger", c["metric"], bad, champ.severity,
+                                   c["difference"], 0.0, min(c["n_champion"], c["n_challenger"]), emitted_at,
+                                   message, evidence)
         return out
 
     # ---- rules ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import orjson
 from faust.streams import _current_event
 
 from detectors.profile import Profile
+from streams.baseline_cmd import ReferenceBuilder
 from streams.changelog import ChangelogWriter
 from streams.merge import MergeOutput, WindowMerger
 from streams.models import ModelsConfig
@@ -116,6 +117,7 @@ class DriftlineApp:
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
         self.mergers: dict[int, WindowMerger] = {}
+        self._next_reference_check = 0.0
         self.app = self._build_app()
 
     # ---- construction ----------------------------------------------------------------------
@@ -128,7 +130,13 @@ class DriftlineApp:
         root = Path(self.settings.data_dir) / "profiles"
         refs = load_references(root, self.models)
         for m in wanted:
-            if m not in refs:
+            hours = self.models.models[m].first_hours()
+            if m in refs:
+                continue
+            if hours is not None:
+                log.info("no reference profile yet: building it from the first hours of traffic",
+                         extra={"model_id": m, "hours": hours, "dir": str(root / m)})
+            else:
                 log.warning("no reference profile: data drift off for this model",
                             extra={"model_id": m, "dir": str(root / m)})
         for m, ref in refs.items():
@@ -169,7 +177,8 @@ class DriftlineApp:
         t = self.topics
         inputs = app.topic(t["predictions"], t["labels"])
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
-        self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events")}
+        self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
+                                                          "comparisons")}
         self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
         self.merge_table = app.Table("merge", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
         app.agent(inputs, name="join")(self._join_agent)
@@ -300,7 +309,7 @@ class DriftlineApp:
         with partition_context(partition):
             for k, v in self.merge_table.data.items():
                 k = bytes(k)
-                if not v or k[:2] not in (b"w:", b"a:"):  # changelog markers, deletions
+                if not v or k[:2] not in (b"w:", b"a:", b"r:"):  # changelog markers, deletions
                     continue
                 d = orjson.loads(v)
                 if d.get("partition") != partition:
@@ -310,6 +319,8 @@ class DriftlineApp:
                 elif k.startswith(b"a:"):
                     merger.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
                     merger.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
+                elif k.startswith(b"r:"):
+                    merger.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
         self.mergers[partition] = merger
         return merger
 
@@ -338,13 +349,17 @@ class DriftlineApp:
         self.metrics.windows_emitted.inc(len(out.metrics))
         for ev in out.drift_events:
             await self.out["drift_events"].send(key=ev["model_id"].encode(), value=orjson.dumps(ev))
+        for c in out.comparisons:
+            await self.out["comparisons"].send(key=c["model_id"].encode(), value=orjson.dumps(c))
         for a in out.alerts:
             await self.out["alerts"].send(key=a["model_id"].encode(), value=orjson.dumps(a))
             self.metrics.alerts.labels(status=a["status"], severity=a["severity"], kind=a["kind"]).inc()
             log.warning("alert %s %s %s", a["status"], a["severity"], a["message"],
                         extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
-        if out.metrics or out.drift_events or out.alerts:
+        if out.metrics or out.drift_events or out.alerts or out.comparisons:
             await self.app.producer.flush()
+        for ref in out.references:  # saved before the changelog records the builder as frozen
+            self._save_reference(ref)
         with partition_context(partition):
             for key in out.changed_windows:
                 mw = merger.windows.get(key)
@@ -357,8 +372,52 @@ class DriftlineApp:
                 self._merge_set(partition, b"a:" + model.encode(),
                                 orjson.dumps({"partition": partition, "e": merger.engine(model).to_state(),
                                               "seen": merger.seen_alarms.get(model, [])}))
-        if out.changed_windows or out.dropped_windows or out.changed_models:
+            for model in out.changed_builders:
+                rb = merger.builders.get(model)
+                if rb is not None:
+                    self._merge_set(partition, b"r:" + model.encode(),
+                                    orjson.dumps({"partition": partition, "model_id": model, "b": rb.to_state()}))
+        if out.changed_windows or out.dropped_windows or out.changed_models or out.changed_builders:
             await self.merge_changelog().flush()
+
+    # ---- references from the first hours --------------------------------------------------------
+    def _save_reference(self, ref: Profile) -> None:
+        """Save a frozen first-hours reference where ``baseline create`` saves profiles; use it."""
+        from streams.baseline_cmd import save_profile
+
+        root = Path(self.settings.data_dir) / "profiles"
+        try:
+            path = save_profile(ref, root)
+        except OSError:
+            log.exception("cannot save the first-hours reference (kept in memory)", extra={"model_id": ref.model_id})
+        else:
+            log.info("reference profile built from the first hours",
+                     extra={"model_id": ref.model_id, "version": ref.version, "file": str(path),
+                            "events": ref.n_events})
+        self._install_reference(ref)
+
+    def _install_reference(self, ref: Profile) -> None:
+        self.references[ref.model_id] = ref
+        for proc in self.processors.values():
+            proc.references[ref.model_id] = ref
+        for merger in self.mergers.values():
+            merger.install_reference(ref)
+
+    def _refresh_references(self, now: float) -> None:
+        """Pick up first-hours references saved by another worker (or before a restart)."""
+        if now < self._next_reference_check:
+            return
+        self._next_reference_check = now + 5.0
+        from streams.baseline_cmd import load_latest
+
+        root = Path(self.settings.data_dir) / "profiles"
+        for model, cfg in self.models.models.items():
+            if cfg.first_hours() is None or model in self.references:
+                continue
+            try:
+                self._install_reference(load_latest(model, root))
+            except (FileNotFoundError, ValueError):
+                continue
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
@@ -367,6 +426,7 @@ class DriftlineApp:
             return
         now = time.time()
         self._ensure_assigned()
+        self._refresh_references(now)
         for proc in list(self.processors.values()):
             # A partition that has read nothing since it was (re)assigned is not idle yet: the
             # consumer may still be catching up, and closing recovered windows early would
@@ -384,7 +444,7 @@ class DriftlineApp:
         for partition, merger in list(self.mergers.items()):
             out = MergeOutput()
             merger.tick(now, out)
-            if out.metrics or out.alerts or out.dropped_windows:
+            if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
                 await self._apply_merge(partition, merger, out)
         self._update_gauges()
 

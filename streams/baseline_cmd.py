@@ -163,7 +163,8 @@ def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
         if which is None:
             continue
         try:
-            refs[model_id] = (load_latest(model_id, root) if which == "latest"
+            # ``first_hours``: the reference the worker saved once the span was covered, if any.
+            refs[model_id] = (load_latest(model_id, root) if which in ("latest", "first_hours")
                               else load_version(model_id, root, int(which.lstrip("v"))))
         except (FileNotFoundError, ValueError):
             continue
@@ -180,6 +181,10 @@ class ReferenceBuilder:
         end of the last.
     bins
         Quantile bins of numeric features, computed from the merged sketches at freeze.
+    grace
+        Seconds past the span that must be seen (a later window's partial) before the
+        reference freezes. The merge stage uses one window: partitions close a window at
+        slightly different times, so the span's last windows wait for the others.
 
     Notes
     -----
@@ -203,29 +208,45 @@ class ReferenceBuilder:
     (True, True, 1200, 1200)
     """
 
-    def __init__(self, hours: float, bins: int = 10) -> None:
+    def __init__(self, hours: float, bins: int = 10, grace: float = 0.0) -> None:
         if hours <= 0:
             raise ValueError(f"hours must be > 0, got {hours!r}")
         self.hours = float(hours)
         self.bins = int(bins)
+        self.grace = float(grace)
         self.first_start: float | None = None
         self.last_end: float | None = None
         self.frozen = False
         self._profile: Profile | None = None
 
-    def add(self, window_start: float, window_end: float, profile: Profile) -> bool:
-        """Merge one window's profile; ``True`` when this window completed the reference."""
+    def add(
+        self, window_start: float, window_end: float, profile: Profile, *, freeze: bool = True
+    ) -> bool:
+        """Merge one window's profile; ``True`` when this window completed the reference.
+
+        A window starting past the span only counts as time seen (for ``grace``). With
+        ``freeze=False`` the caller freezes later with ``freeze_if_covered`` (the merge
+        stage does so once per batch of partials, so one partition's window past the span
+        does not shut out the other partitions' partials of the same batch).
+        """
         if self.frozen:
             return False
-        if self._profile is None:
-            self._profile = Profile(profile.model_id, infer=True)
-            self._profile.created_at = time.time()
-        self._profile.merge(profile)
-        self.first_start = (
-            window_start if self.first_start is None else min(self.first_start, window_start)
-        )
+        if self.first_start is None or window_start < self.first_start + self.hours * 3600.0:
+            if self._profile is None:
+                self._profile = Profile(profile.model_id, infer=True)
+                self._profile.created_at = time.time()
+            self._profile.merge(profile)
+            self.first_start = (
+                window_start if self.first_start is None else min(self.first_start, window_start)
+            )
         self.last_end = window_end if self.last_end is None else max(self.last_end, window_end)
-        if self.last_end - self.first_start >= self.hours * 3600.0:
+        return self.freeze_if_covered() if freeze else False
+
+    def freeze_if_covered(self) -> bool:
+        """Freeze once ``hours`` (+ ``grace``) of event time are covered; ``True`` when it froze."""
+        if self.frozen or self._profile is None or self.first_start is None or self.last_end is None:
+            return False
+        if self.last_end - self.first_start >= self.hours * 3600.0 + self.grace:
             self._profile.freeze_bins(self.bins)
             self.frozen = True
             return True
@@ -249,6 +270,7 @@ class ReferenceBuilder:
         return {
             "hours": self.hours,
             "bins": self.bins,
+            "grace": self.grace,
             "first_start": self.first_start,
             "last_end": self.last_end,
             "frozen": self.frozen,
@@ -257,7 +279,7 @@ class ReferenceBuilder:
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> ReferenceBuilder:
-        rb = cls(float(d["hours"]), int(d["bins"]))
+        rb = cls(float(d["hours"]), int(d["bins"]), float(d.get("grace", 0.0)))
         rb.first_start, rb.last_end, rb.frozen = d["first_start"], d["last_end"], bool(d["frozen"])
         rb._profile = None if d["profile"] is None else Profile.from_state(d["profile"])
         return rb

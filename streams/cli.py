@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds into the run when the injections begin (default: --covariate-drift-at)")
     p.add_argument("--ranking", action="store_true",
                    help="add a recommender (home-feed, task ranking) to the fleet; --drift-at also makes its top ranks go stale")
+    p.add_argument("--group-degradation", type=float, default=0.0,
+                   help="share of the degraded group's fraud labels that disagree with the model (fairness injection)")
+    p.add_argument("--degraded-group", default="channel=app", help="segment key=value that degrades (default channel=app)")
+    p.add_argument("--worse-challenger", type=float, default=0.0,
+                   help="share of fraud v2's decisions flipped: a worse challenger beside v1")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
 
     p = sub.add_parser("worker", help="run the stream processors (and the ClickHouse sink)")
@@ -144,6 +149,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         covariate_drift_at=args.covariate_drift_at, client_config=dict(s.kafka),
         missing_burst=args.missing_burst, missing_burst_s=args.missing_burst_seconds,
         new_category=args.new_category, data_issues_at=args.data_issues_at, models=models,
+        group_degradation=args.group_degradation, degraded_group=args.degraded_group,
+        worse_challenger=args.worse_challenger,
     )
     print(" ".join(f"{k}={v}" for k, v in stats.items()))
     return 0

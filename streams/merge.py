@@ -23,6 +23,22 @@ reference (``detectors.datadrift.compare_profiles``, ``detectors.quality.check_q
 the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
 ``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
 ``prediction_psi``) and the alert engine judges them (kinds ``data_drift``, ``data_quality``).
+
+Reference from the first hours (``data_drift: {baseline: first_hours}``, no reference yet):
+every whole-model partial's unbinned profile goes into the model's ``ReferenceBuilder`` as it
+arrives (once: partial ids are deduplicated), kept in ``builders`` (the ``merge`` table, so it
+survives restarts); when the span is covered the frozen profile is returned in
+``MergeOutput.references`` for the app to save, and becomes the model's reference.
+
+Fairness (binary models with ``fairness``): every revision of a whole-model window adds the
+``GroupRates`` metrics (``fairness.<key>.<disparity>``, ``fairness.<key>=<group>.<rate>``) and
+the alert engine judges the disparities (kind ``fairness``).
+
+Champion / challenger (models with ``champion``): whenever the whole-model window of the
+champion or of a challenger is emitted, each challenger's window is compared with the
+champion's of the same window (``detectors.comparison``); the result goes to the
+``comparisons`` topic (revision = sum of both windows' revisions) and the alert engine judges
+it (kind ``challenger``).
 """
 
 from __future__ import annotations
@@ -31,12 +47,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.comparison import Comparison, compare_binary, compare_proportions, compare_regression
 from detectors.datadrift import compare_profiles
+from detectors.fairness import GroupRates
+from detectors.metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
 from detectors.profile import OTHER, PREDICTION, Profile
 from detectors.quality import QualityResult, QualityThresholds, check_quality
-from schemas.messages import make_metrics
+from schemas.messages import make_comparison, make_metrics, segment_string
 from streams.alerts import AlertEngine
-from streams.models import ModelConfig, ModelsConfig
+from streams.baseline_cmd import ReferenceBuilder
+from streams.models import ChampionConfig, ModelConfig, ModelsConfig
 from streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
@@ -74,6 +94,9 @@ class MergeOutput:
     changed_windows: set[SeriesKey] = field(default_factory=set)
     dropped_windows: set[SeriesKey] = field(default_factory=set)
     changed_models: set[str] = field(default_factory=set)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    references: list[Profile] = field(default_factory=list)  # frozen first-hours references to save
+    changed_builders: set[str] = field(default_factory=set)
 
 
 class WindowMerger:
@@ -91,6 +114,8 @@ class WindowMerger:
         self.windows: dict[SeriesKey, MergedWindow] = {}
         self.engines: dict[str, AlertEngine] = {}
         self.seen_alarms: dict[str, list[str]] = {}
+        self.builders: dict[str, ReferenceBuilder] = {}  # model_id -> first-hours reference in progress
+        self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
 
     def engine(self, model_id: str) -> AlertEngine:
         eng = self.engines.get(model_id)
@@ -108,6 +133,8 @@ class WindowMerger:
         if mw is not None and msg["pid"] in mw.ids:
             return
         part = WindowPartial.from_state(msg["state"])
+        if key.segment == "" and part.profile is not None and part.profile.infer:
+            self._build_reference(key, float(msg["window_end"]), part.profile, out)
         if mw is None:
             mw = self.windows[key] = MergedWindow(part, first_seen=now)
         else:
@@ -118,6 +145,33 @@ class WindowMerger:
         mw.dirty = True
         mw.last_update = now
         out.changed_windows.add(key)
+
+    def _build_reference(self, key: SeriesKey, window_end: float, profile: Profile, out: MergeOutput) -> None:
+        """Add an unbinned whole-model partial profile to the model's first-hours reference."""
+        cfg = self.models.for_model(key.model_id) or self.models.defaults
+        hours = cfg.first_hours()
+        if hours is None or key.model_id in self.references:
+            return
+        rb = self.builders.get(key.model_id)
+        if rb is None:
+            rb = self.builders[key.model_id] = ReferenceBuilder(hours, grace=self.window_seconds)
+        if not rb.frozen:
+            rb.add(key.window_start, window_end, profile, freeze=False)  # frozen in ``tick``
+            out.changed_builders.add(key.model_id)
+
+    def _freeze_references(self, out: MergeOutput) -> None:
+        """Freeze the first-hours references whose span (+ one window) is covered."""
+        for model, rb in sorted(self.builders.items()):
+            if model not in self.references and rb.freeze_if_covered():
+                ref = rb.reference
+                ref.model_id = model
+                out.references.append(ref)
+                out.changed_builders.add(model)
+                self.references[model] = ref  # the app saves it (which sets its version)
+
+    def install_reference(self, profile: Profile) -> None:
+        """A reference saved (or found) for a model: compare its windows from now on."""
+        self.references[profile.model_id] = profile
 
     def _on_alarm(self, msg: dict[str, Any], now: float, out: MergeOutput) -> None:
         ev = msg["drift_event"]
@@ -134,17 +188,56 @@ class WindowMerger:
 
     def tick(self, now: float, out: MergeOutput) -> None:
         """Emit windows that are due; drop windows past their retention."""
+        self._freeze_references(out)
         for key in sorted(self.windows, key=lambda k: (k.window_start, k.model_id, k.model_version, k.segment)):
             mw = self.windows[key]
             if mw.dirty:
                 due = (now - mw.first_seen >= self.merge_wait) if mw.revision < 0 else (now - mw.last_emit >= self.flush_interval)
                 if due:
                     self._emit(key, mw, now, out)
+                    cfg = self.models.for_model(key.model_id) or self.models.defaults
+                    if cfg.champion is not None and key.segment == "":
+                        self._compare_due.add((key.model_id, key.window_start, key.model_version))
             if not mw.coverage_checked and mw.revision >= 0 and key.segment == "":
                 self._check_coverage(key, mw, now, out)
             if not mw.dirty and self._expired(key, mw, now):
                 del self.windows[key]
                 out.dropped_windows.add(key)
+        self._compare(now, out)
+
+    # ---- champion / challenger -----------------------------------------------------------------
+    def _compare(self, now: float, out: MergeOutput) -> None:
+        """Compare the challengers' windows emitted this tick (or whose champion's was) with the champion's."""
+        pairs: set[tuple[str, float, str]] = set()
+        for model, ws, version in self._compare_due:
+            champ = (self.models.for_model(model) or self.models.defaults).champion
+            if champ is None:
+                continue
+            if version == champ.version:
+                pairs.update((model, ws, k.model_version) for k in self.windows
+                             if k.model_id == model and k.window_start == ws and k.segment == ""
+                             and champ.is_challenger(k.model_version))
+            elif champ.is_challenger(version):
+                pairs.add((model, ws, version))
+        self._compare_due = set()
+        for model, ws, challenger in sorted(pairs):
+            cfg = self.models.for_model(model) or self.models.defaults
+            champ = cfg.champion
+            assert champ is not None
+            a = self.windows.get(SeriesKey(model, champ.version, "", ws))
+            b = self.windows.get(SeriesKey(model, challenger, "", ws))
+            if a is None or b is None or a.revision < 0 or b.revision < 0 or a.partial.task != b.partial.task:
+                continue
+            results = compare_windows(a.partial, b.partial, champ)
+            if not results:
+                continue
+            msg = make_comparison(model_id=model, champion_version=champ.version, challenger_version=challenger,
+                                  window_start=ws, window_end=ws + self.window_seconds, mode=champ.mode,
+                                  comparisons=[_comparison_dict(c) for c in results],
+                                  revision=a.revision + b.revision, emitted_at=now)
+            out.comparisons.append(msg)
+            out.alerts += self.engine(model).on_comparison(cfg, msg, emitted_at=now)
+            out.changed_models.add(model)
 
     def _expired(self, key: SeriesKey, mw: MergedWindow, now: float) -> bool:
         cfg = self.models.for_model(key.model_id) or self.models.defaults
@@ -159,6 +252,7 @@ class WindowMerger:
         metrics, counts = mw.partial.metrics(self.window_seconds)
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         data = self._data_checks(key, mw, cfg, metrics, counts)
+        fairness = self._fairness(key, mw, cfg, metrics, counts)
         msg = make_metrics(model_id=key.model_id, model_version=key.model_version, segment=key.segment,
                            window_start=key.window_start, window_end=key.window_start + self.window_seconds,
                            task=mw.partial.task, metrics=metrics, counts=counts, revision=mw.revision,
@@ -169,6 +263,8 @@ class WindowMerger:
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
                                                         reference_version=data[2])
+        if fairness:
+            alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
             out.alerts += alerts
         out.changed_models.add(key.model_id)
@@ -182,7 +278,8 @@ class WindowMerger:
         """
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
-        if key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.version != ref.version:
+        if (key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.infer
+                or prof.version != ref.version):  # an unbinned profile feeds a first-hours reference
             return None
         try:
             drift = compare_profiles(ref, prof, cfg.drift_config())
@@ -213,6 +310,20 @@ class WindowMerger:
                 put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
         return [r.to_dict() for r in drift], _quality_offenders(ref, prof, quality, thresholds), ref.version
 
+    def _fairness(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
+                  counts: dict[str, int]) -> dict[str, GroupRates] | None:
+        """Add the window's fairness metrics to ``metrics``; the rates per protected key, or None."""
+        rates = mw.partial.fairness
+        if key.segment != "" or cfg.fairness is None or not rates:
+            return None
+        for k in cfg.fairness.protected:
+            r = rates.get(k)
+            if r is not None and r.n:
+                fm, fc = fairness_metrics(k, r)
+                metrics.update(fm)
+                counts.update(fc)
+        return {k: r for k, r in rates.items() if k in cfg.fairness.protected}
+
     def _check_coverage(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         if cfg.label_coverage_min is None:
@@ -230,6 +341,61 @@ class WindowMerger:
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
+
+
+def fairness_metrics(key: str, rates: GroupRates) -> tuple[dict[str, float], dict[str, int]]:
+    """Metric names and counts of one protected key's rates (README "Fairness").
+
+    ``fairness.<key>.<disparity>`` (count: the labelled events with the key) and, per group,
+    ``fairness.<key>=<group>.<rate>`` for ``positive_rate``, ``tpr``, ``fpr``, ``precision``
+    (count: the group's labelled events). ``<key>=<group>`` is the segment string of that
+    group (``schemas.messages.segment_string``), so it reads like a segment.
+
+    >>> r = GroupRates()
+    >>> r.update_many(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 0])
+    >>> m, c = fairness_metrics("g", r)
+    >>> m["fairness.g.demographic_parity_difference"], m["fairness.g=a.tpr"], c["fairness.g=b.tpr"]
+    (0.5, 1.0, 2)
+    """
+    m: dict[str, float] = {}
+    c: dict[str, int] = {}
+    n = rates.n
+    for name, v in rates.disparities().items():
+        if math.isfinite(v):
+            m[f"fairness.{key}.{name}"] = float(v)
+            c[f"fairness.{key}.{name}"] = n
+    for group, g in rates.group_metrics().items():
+        prefix = f"fairness.{segment_string({key: group}, [key])}"
+        for rate in ("positive_rate", "tpr", "fpr", "precision"):
+            m[f"{prefix}.{rate}"] = float(g[rate])
+            c[f"{prefix}.{rate}"] = int(g["n"])
+    return m, c
+
+
+def compare_windows(champion: WindowPartial, challenger: WindowPartial, cfg: ChampionConfig) -> list[Comparison]:
+    """The champion/challenger comparisons of two windows of one task (``cfg.metrics_for``)."""
+    a, b = champion.acc, challenger.acc
+    metrics = cfg.metrics_for(champion.task)
+    if isinstance(a, BinaryAccumulator) and isinstance(b, BinaryAccumulator):
+        rates = tuple(m for m in metrics if m != "mae")
+        return list(compare_binary(a, b, rates, alpha=cfg.alpha, min_n=cfg.min_n).values())
+    if isinstance(a, MulticlassAccumulator) and isinstance(b, MulticlassAccumulator):
+        if "accuracy" not in metrics:
+            return []
+        c = compare_proportions("accuracy", int(a.cm.trace()), int(a.cm.sum()), int(b.cm.trace()), int(b.cm.sum()),
+                                alpha=cfg.alpha, min_n=cfg.min_n)
+        return [] if c is None else [c]
+    if isinstance(a, RegressionAccumulator) and isinstance(b, RegressionAccumulator) and "mae" in metrics:
+        return list(compare_regression(a, b, alpha=cfg.alpha, min_n=cfg.min_n).values())
+    return []
+
+
+def _comparison_dict(c: Comparison) -> dict[str, Any]:
+    d = c.to_state()
+    for k in ("z", "df"):  # +-inf (an exact difference) is not JSON
+        if d.get(k) is not None and not math.isfinite(d[k]):
+            d[k] = None
+    return d
 
 
 def _level(value: float, levels: tuple[float, float]) -> str | None:

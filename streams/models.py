@@ -69,6 +69,65 @@ class RelativeDropRule:
     severity: str = "warning"
 
 
+FAIRNESS_DEFAULT_THRESHOLDS: Mapping[str, float] = {"demographic_parity_difference": 0.1,
+                                                   "equalized_odds_difference": 0.1}
+COMPARISON_DEFAULT_METRICS = {"binary": ("accuracy", "precision", "recall"), "multiclass": ("accuracy",),
+                              "regression": ("mae",)}
+# What ``detectors.comparison`` can compare: rates of classifiers, MAE of regressors.
+COMPARABLE_METRICS = ("accuracy", "precision", "recall", "positive_rate", "mae")
+
+
+@dataclass(frozen=True)
+class FairnessConfig:
+    """Group fairness of a binary model across the values of protected segment keys.
+
+    ``protected``: keys of the events' ``segments`` whose values are the groups;
+    ``thresholds``: disparity -> limit (a ``*_difference`` fires above it, a ``*_ratio``
+    below it; ``detectors.fairness.DISPARITY_METRICS`` names them); a disparity is judged
+    only when every group has ``min_group_events`` events in its denominators.
+    """
+
+    protected: tuple[str, ...]
+    # At 300 events per group the standard error of a difference of two rates is at most
+    # 0.041 (p = 0.5), so the default 0.1 thresholds sit ~2.5 standard errors out.
+    min_group_events: int = 300
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(FAIRNESS_DEFAULT_THRESHOLDS))
+    severity: str = "warning"
+
+    def rules(self) -> list[Any]:
+        """``detectors.fairness.FairnessRule`` of each threshold."""
+        from detectors.fairness import FairnessRule
+
+        return [FairnessRule(m, float(t), self.min_group_events) for m, t in self.thresholds.items()]
+
+
+@dataclass(frozen=True)
+class ChampionConfig:
+    """Versions of one model running side by side: ``version`` is the champion.
+
+    Challengers are ``challengers`` when listed, else every other version seen. ``mode``
+    (``ab``: traffic split; ``shadow``: every version scores the same requests) is recorded
+    with each comparison. A challenger alert wants the verdict ``worse`` on
+    ``consecutive_windows`` judged windows in a row (one test per window and metric: see
+    README "Champion / challenger").
+    """
+
+    version: str
+    challengers: tuple[str, ...] = ()
+    mode: str = "ab"
+    metrics: tuple[str, ...] = ()  # () = the task's defaults (COMPARISON_DEFAULT_METRICS)
+    alpha: float = 0.05
+    min_n: int = 100
+    consecutive_windows: int = 2
+    severity: str = "critical"
+
+    def metrics_for(self, task: str) -> tuple[str, ...]:
+        return self.metrics or COMPARISON_DEFAULT_METRICS.get(task, ())
+
+    def is_challenger(self, version: str) -> bool:
+        return version != self.version and (not self.challengers or version in self.challengers)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Settings of one model; every field has a default so unlisted models work."""
@@ -102,13 +161,15 @@ class ModelConfig:
     # number of recommendable items (gives ``catalog_coverage``; unknown = not computed).
     ranking_k: int = 10
     catalog_size: int | None = None
+    fairness: FairnessConfig | None = None  # binary models only
+    champion: ChampionConfig | None = None
 
     def drift_config(self) -> Any:
         """``detectors.datadrift.DriftConfig`` of ``data_drift`` (``baseline`` removed)."""
         from detectors.datadrift import DriftConfig
 
         raw = self.data_drift if isinstance(self.data_drift, Mapping) else {}
-        return DriftConfig.from_dict({k: v for k, v in raw.items() if k != "baseline"})
+        return DriftConfig.from_dict({k: v for k, v in raw.items() if k not in ("baseline", "hours")})
 
     def quality_thresholds(self) -> Any:
         """``detectors.quality.QualityThresholds`` of ``data_quality``."""
@@ -118,13 +179,20 @@ class ModelConfig:
         return QualityThresholds(**raw)
 
     def baseline(self) -> str | None:
-        """Which reference profile ``data_drift`` asks for: ``"latest"``, ``"v<N>"``, or None (off)."""
+        """Which reference profile ``data_drift`` asks for: ``"latest"``, ``"v<N>"``,
+        ``"first_hours"`` (built from the first ``hours`` of production), or None (off)."""
         if not self.data_drift:
             return None
         if isinstance(self.data_drift, Mapping):
             b = self.data_drift.get("baseline", "latest")
             return "latest" if b in (None, "latest", True) else (f"v{b}" if isinstance(b, int) else str(b))
         return "latest"
+
+    def first_hours(self) -> float | None:
+        """Hours of production that make the reference (``baseline: first_hours``), else None."""
+        if self.baseline() != "first_hours" or not isinstance(self.data_drift, Mapping):
+            return None
+        return float(self.data_drift.get("hours", 24))
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -258,11 +326,23 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
             value = _data_drift(value, path)
         elif key == "data_quality":
             value = _data_quality(value, path)
+        elif key == "fairness":
+            value = _fairness(value, path)
+        elif key == "champion":
+            value = _champion(value, path)
         kwargs[key] = value
     try:
         cfg = ModelConfig(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc}") from None
+    if cfg.fairness is not None and cfg.task not in (None, "binary"):
+        raise ConfigError(f"{where}.fairness: only for binary models (task is {cfg.task})")
+    if cfg.champion is not None and cfg.task is not None:
+        rates = cfg.task in ("binary", "multiclass")
+        allowed = ("accuracy",) if cfg.task == "multiclass" else COMPARABLE_METRICS[:4] if rates else ("mae",)
+        bad = [m for m in cfg.champion.metrics if m not in allowed]
+        if bad:
+            raise ConfigError(f"{where}.champion.metrics: {bad[0]!r} cannot be compared for a {cfg.task} model")
     if "detectors" in kwargs:
         # Bad parameters would otherwise fail in the worker, on the first joined outcome.
         from detectors.drift import make_detector
@@ -285,12 +365,18 @@ def _data_drift(value: Any, path: str) -> Mapping[str, Any] | bool | None:
         raise ConfigError(f"{path}: expected true, false or a mapping")
     value = {str(k): v for k, v in value.items()}
     b = value.get("baseline", "latest")
-    if not (b == "latest" or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)):
-        raise ConfigError(f"{path}.baseline: expected 'latest' or a version number >= 1, got {b!r}")
+    if not (b in ("latest", "first_hours") or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)):
+        raise ConfigError(f"{path}.baseline: expected 'latest', 'first_hours' or a version number >= 1, got {b!r}")
+    if "hours" in value:
+        h = value["hours"]
+        if b != "first_hours":
+            raise ConfigError(f"{path}.hours: only with baseline: first_hours")
+        if isinstance(h, bool) or not isinstance(h, int | float) or h <= 0:
+            raise ConfigError(f"{path}.hours: expected a positive number, got {h!r}")
     from detectors.datadrift import DriftConfig
 
     try:
-        DriftConfig.from_dict({k: v for k, v in value.items() if k != "baseline"})
+        DriftConfig.from_dict({k: v for k, v in value.items() if k not in ("baseline", "hours")})
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{path}: invalid settings: {exc}") from None
     return value
@@ -307,6 +393,78 @@ def _data_quality(value: Any, path: str) -> Mapping[str, Any] | None:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid settings: {exc}") from None
     return value
+
+
+def _fairness(value: Any, path: str) -> FairnessConfig | None:
+    """``fairness: {protected: [keys], min_group_events: N, thresholds: {disparity: limit}, severity}``."""
+    if value is None:
+        return None
+    from detectors.fairness import DISPARITY_METRICS
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with 'protected'")
+    unknown = set(value) - {"protected", "min_group_events", "thresholds", "severity"}
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown setting")
+    protected = value.get("protected")
+    if not isinstance(protected, list) or not protected or not all(isinstance(k, str) and k for k in protected):
+        raise ConfigError(f"{path}.protected: expected a non-empty list of segment keys")
+    n = value.get("min_group_events", 300)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{path}.min_group_events: expected an integer >= 1, got {n!r}")
+    thresholds = value.get("thresholds", dict(FAIRNESS_DEFAULT_THRESHOLDS))
+    if not isinstance(thresholds, Mapping) or not thresholds:
+        raise ConfigError(f"{path}.thresholds: expected a mapping disparity -> limit")
+    for m, t in thresholds.items():
+        if m not in DISPARITY_METRICS:
+            raise ConfigError(f"{path}.thresholds.{m}: unknown disparity ({', '.join(sorted(DISPARITY_METRICS))})")
+        if isinstance(t, bool) or not isinstance(t, int | float):
+            raise ConfigError(f"{path}.thresholds.{m}: expected a number, got {t!r}")
+    severity = value.get("severity", "warning")
+    if severity not in ("warning", "critical"):
+        raise ConfigError(f"{path}.severity: expected warning or critical")
+    return FairnessConfig(tuple(protected), n, {str(m): float(t) for m, t in thresholds.items()}, severity)
+
+
+def _champion(value: Any, path: str) -> ChampionConfig | None:
+    """``champion: v1`` or ``champion: {version, challengers, mode, metrics, alpha, min_n,
+    consecutive_windows, severity}``."""
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = {"version": str(value)}
+    if not isinstance(value, Mapping) or "version" not in value:
+        raise ConfigError(f"{path}: expected a version, or a mapping with 'version'")
+    names = {f.name for f in dataclasses.fields(ChampionConfig)}
+    unknown = set(value) - names
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}: unknown setting")
+    kw: dict[str, Any] = {"version": str(value["version"])}
+    for key in ("challengers", "metrics"):
+        if key in value:
+            v = value[key]
+            if not isinstance(v, list) or not all(isinstance(x, str | int) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"{path}.{key}: expected a list")
+            kw[key] = tuple(str(x) for x in v)
+    for m in kw.get("metrics", ()):
+        if m not in COMPARABLE_METRICS:
+            raise ConfigError(f"{path}.metrics: unknown metric {m!r} ({', '.join(COMPARABLE_METRICS)})")
+    if value.get("mode", "ab") not in ("ab", "shadow"):
+        raise ConfigError(f"{path}.mode: expected ab or shadow")
+    kw["mode"] = value.get("mode", "ab")
+    alpha = value.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ConfigError(f"{path}.alpha: expected a number in (0, 1), got {alpha!r}")
+    kw["alpha"] = float(alpha)
+    for key, low in (("min_n", 2), ("consecutive_windows", 1)):
+        v = value.get(key, {"min_n": 100, "consecutive_windows": 2}[key])
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{path}.{key}: expected an integer >= {low}, got {v!r}")
+        kw[key] = v
+    if value.get("severity", "critical") not in ("warning", "critical"):
+        raise ConfigError(f"{path}.severity: expected warning or critical")
+    kw["severity"] = value.get("severity", "critical")
+    return ChampionConfig(**kw)
 
 
 def _as_list(value: Any, path: str) -> list[Any]:

@@ -28,7 +28,11 @@ A model with ``data_drift`` set and a reference profile in ``references`` gets a
 profile (``Profile.new_window_like(reference)``) in its whole-model partials, fed with the
 features and prediction of each on-time prediction; a binary model with ``cbpe: true``
 gets a ``CBPEAccumulator`` in every partial, fed with its scores and predicted labels.
-Both live in the partials, so they follow the same exactly-once path as the counts.
+A model with ``data_drift: {baseline: first_hours}`` and no reference yet gets an unbinned
+profile (``Profile(infer=True)``) instead: the merge stage builds the reference from those.
+A binary model with ``fairness`` gets, in its whole-model partials, one ``GroupRates`` per
+protected segment key, fed with each joined outcome (group = the event's value of that key).
+All live in the partials, so they follow the same exactly-once path as the counts.
 
 Ranking models: a joined ranking prediction feeds its list and feedback to the window's
 ``RankingAccumulator`` (the task's accumulator, K from the models file); no drift detector
@@ -49,6 +53,7 @@ import orjson
 
 from detectors.cbpe import CBPEAccumulator
 from detectors.drift import DetectorBank
+from detectors.fairness import GroupRates
 from detectors.policy import AlarmPolicy
 from detectors.profile import Profile
 from schemas.events import Label, Prediction, Rejection, binary_label, decode_message
@@ -195,6 +200,7 @@ class PartitionProcessor:
         self._obuf: dict[WindowPartial, tuple[list[Any], list[Any], list[float], list[float]]] = {}
         self._fbuf: dict[WindowPartial, tuple[list[dict[str, Any]], list[Any]]] = {}
         self._cbuf: dict[WindowPartial, tuple[list[float], list[int]]] = {}
+        self._gbuf: dict[WindowPartial, tuple[tuple[str, ...], list[dict[str, str]], list[int], list[int]]] = {}
         self.last_activity = self.clock()
         self.input_seen = True
         for msg in messages:
@@ -243,17 +249,26 @@ class PartitionProcessor:
         for w, (sc, yp) in self._cbuf.items():
             if w.cbpe is not None:
                 w.cbpe.update_many(np.asarray(sc, dtype=float), np.asarray(yp, dtype=np.int64))
+        for w, (keys, segs, yt_g, yp_g) in self._gbuf.items():
+            if w.fairness is None:
+                w.fairness = {}
+            for k in keys:
+                rates = w.fairness.get(k)
+                if rates is None:
+                    rates = w.fairness[k] = GroupRates()
+                rates.update_many([s.get(k) for s in segs], yt_g, yp_g)
         self._pbuf = {}
         self._obuf = {}
         self._fbuf = {}
         self._cbuf = {}
+        self._gbuf = {}
 
     def close_idle(self) -> BatchResult:
         """Close every open window (the partition has been idle); emit late deltas."""
         self._res = BatchResult()
         self._overlay = {}
         self._joins = {}
-        self._pbuf, self._obuf, self._fbuf, self._cbuf = {}, {}, {}, {}
+        self._pbuf, self._obuf, self._fbuf, self._cbuf, self._gbuf = {}, {}, {}, {}, {}
         self._close_windows(force=True)
         return self._finish()
 
@@ -262,7 +277,7 @@ class PartitionProcessor:
         self._res = BatchResult()
         self._overlay = {}
         self._joins = {}
-        self._pbuf, self._obuf, self._fbuf, self._cbuf = {}, {}, {}, {}
+        self._pbuf, self._obuf, self._fbuf, self._cbuf, self._gbuf = {}, {}, {}, {}, {}
         return self._finish()
 
     def outbox_delivered(self) -> None:
@@ -376,6 +391,8 @@ class PartitionProcessor:
         score = p.value if p.task == "regression" else (p.score if p.scores is None else max(p.scores.values(), default=np.nan))
         sc = np.nan if score is None else score
         ref = self.references.get(p.model_id) if cfg.data_drift and not closed else None
+        # No reference yet, and the model builds it from its first hours: profile unbinned.
+        warmup = ref is None and bool(cfg.data_drift) and not closed and cfg.first_hours() is not None
         cbpe = cfg.cbpe and p.task == "binary" and not closed
         for sk in self._series(cfg, p, ws):
             w = self._partial(self.late if closed else self.windows, sk, p.task)
@@ -389,7 +406,7 @@ class PartitionProcessor:
                     buf = self._pbuf[w] = ([], [])
                 buf[0].append(lat)
                 buf[1].append(sc)
-                if ref is not None and sk.segment == "":
+                if (ref is not None or warmup) and sk.segment == "":
                     self._buffer_features(w, ref, p)
                 if cbpe:
                     self._buffer_cbpe(w, p)
@@ -436,10 +453,13 @@ class PartitionProcessor:
         self.pending_count -= 1
         self._join(cfg, rec.pred, lab, msg)
 
-    def _buffer_features(self, w: WindowPartial, ref: Profile, p: Prediction) -> None:
-        """Keep the event's features and prediction for the window profile (``_flush_buffers``)."""
+    def _buffer_features(self, w: WindowPartial, ref: Profile | None, p: Prediction) -> None:
+        """Keep the event's features and prediction for the window profile (``_flush_buffers``).
+
+        ``ref`` None: the model's reference is still being built from its first hours, so the
+        window profile is unbinned (sketches and categories, merged into the reference)."""
         if w.profile is None:
-            w.profile = Profile.new_window_like(ref)
+            w.profile = Profile(p.model_id, infer=True) if ref is None else Profile.new_window_like(ref)
         fb = self._fbuf.get(w)
         if fb is None:
             fb = self._fbuf[w] = ([], [])
@@ -505,6 +525,13 @@ class PartitionProcessor:
                 buf[1].append(yp)
                 buf[2].append(sc)
                 buf[3].append(delay)
+                if cfg.fairness is not None and p.task == "binary" and sk.segment == "":
+                    gb = self._gbuf.get(w)
+                    if gb is None:
+                        gb = self._gbuf[w] = (cfg.fairness.protected, [], [], [])
+                    gb[1].append(p.segments)
+                    gb[2].append(yt)
+                    gb[3].append(yp)
         if err is not None:
             self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 

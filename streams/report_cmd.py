@@ -60,6 +60,20 @@ FROM driftline.outcomes FINAL
 WHERE 1 {where}
 GROUP BY model_id, model_version
 ORDER BY model_id, model_version""",
+    "fairness": """
+SELECT model_id, model_version, metric, toUnixTimestamp64Milli(window_start) / 1000 AS t, value
+FROM driftline.metrics_latest
+WHERE segment = '' AND startsWith(metric, 'fairness.') {where}
+ORDER BY model_id, model_version, metric, t
+LIMIT 100000""",
+    "comparisons": """
+SELECT model_id, champion_version, challenger_version, mode, metric,
+       toUnixTimestamp64Milli(window_start) / 1000 AS t, champion, challenger, difference,
+       ci_low, ci_high, p_value, n_champion, n_challenger, verdict
+FROM driftline.comparisons FINAL
+WHERE 1 {where}
+ORDER BY model_id, challenger_version, metric, t
+LIMIT 20000""",
     "histogram": """
 SELECT if(prediction_ts < fromUnixTimestamp64Milli(toInt64({split_ms}), 'UTC'), 'before', 'after') AS side,
        toInt32(least(greatest(floor(({col} - {lo}) / {width}), 0), {last})) AS bin,
@@ -70,7 +84,8 @@ GROUP BY side, bin""",
 }
 _TIME_COLUMN = {"metrics": "window_start", "alerts": "detected_at", "drift_events": "detected_at",
                 "first_drift_alert": "detected_at", "outcome_ranges": "prediction_ts",
-                "histogram": "prediction_ts"}  # fmt: skip
+                "histogram": "prediction_ts", "fairness": "window_start",
+                "comparisons": "window_start"}  # fmt: skip
 
 
 def _lit(s: str) -> str:
@@ -164,6 +179,8 @@ def gather(fetch: Fetch, *, model: str | None = None, since: float | None = None
         "alerts": fetch(sql_for("alerts", **f)),
         "drift_events": fetch(sql_for("drift_events", **f)),
         "histograms": histograms,
+        "fairness": fetch(sql_for("fairness", **f)),
+        "comparisons": fetch(sql_for("comparisons", **f)),
         "since": since,
         "until": until,
         "model": model,

@@ -269,6 +269,17 @@ class FleetSimulator:
         Seconds after start when the injections begin; default ``covariate_drift_at``.
         Injections draw from their own random stream: the rest of the traffic is the same
         as without them.
+    group_degradation : float
+        Fairness injection (binary models): from ``data_issues_at`` on (from the start when
+        unset), the true label of this share of the events of ``degraded_group`` disagrees
+        with the model's decision: quality drops for that group only. Default 0: off.
+    degraded_group : str
+        ``key=value`` of the events' segments that degrade (default ``channel=app``).
+    worse_challenger : float
+        Champion/challenger injection (binary models with two or more versions): the last
+        version (fraud: ``v2``, 10% of fraud's traffic, side by side with ``v1``) has this
+        share of its decisions flipped (label and score), from ``data_issues_at`` on (from the
+        start when unset). Default 0: off.
 
     Examples
     --------
@@ -297,9 +308,16 @@ class FleetSimulator:
         missing_burst_s: float | None = None,
         new_category: float = 0.0,
         data_issues_at: float | None = None,
+        group_degradation: float = 0.0,
+        degraded_group: str = "channel=app",
+        worse_challenger: float = 0.0,
     ) -> None:
         if rate <= 0 or duration <= 0:
             raise ValueError("rate and duration must be > 0")
+        if not (0.0 <= group_degradation <= 1.0 and 0.0 <= worse_challenger <= 1.0):
+            raise ValueError("group_degradation and worse_challenger are shares in [0, 1]")
+        if "=" not in degraded_group:
+            raise ValueError(f"degraded_group: expected key=value, got {degraded_group!r}")
         if not (0.0 <= missing_burst <= 1.0 and 0.0 <= new_category <= 1.0):
             raise ValueError("missing_burst and new_category are shares in [0, 1]")
         self.seed = seed
@@ -317,6 +335,9 @@ class FleetSimulator:
         self.missing_burst_s = missing_burst_s
         self.new_category = new_category
         self.data_issues_at = covariate_drift_at if data_issues_at is None else data_issues_at
+        self.group_degradation = group_degradation
+        self.degraded_group = degraded_group
+        self.worse_challenger = worse_challenger
 
     def _inject(self, rng: np.random.Generator, rel: np.ndarray, feats: list[Event]) -> None:
         """Missing values and new categories (in place), from ``data_issues_at`` on."""
@@ -336,9 +357,27 @@ class FleetSimulator:
             if cat is not None and u_new[j] < self.new_category:
                 f[cat] = f"new-{cat}"
 
+    def _degrade(self, rng: np.random.Generator, rel: np.ndarray, ver: np.ndarray, n_versions: int,
+                 preds: list[Event], segs: list[dict[str, str]], truth: list[Event]) -> None:
+        """Group degradation and worse challenger of a binary model (in place)."""
+        if not (self.group_degradation or self.worse_challenger) or not preds:
+            return
+        start = self.data_issues_at or 0.0
+        key, _, value = self.degraded_group.partition("=")
+        u_group, u_chal = rng.random(len(preds)), rng.random(len(preds))
+        for j, p in enumerate(preds):
+            if rel[j] < start:
+                continue
+            if u_group[j] < self.group_degradation and segs[j].get(key) == value:
+                truth[j]["label"] = 1 - p["label"]  # the world disagrees with the decision
+            if n_versions > 1 and ver[j] == n_versions - 1 and u_chal[j] < self.worse_challenger:
+                p["label"] = 1 - p["label"]
+                p["score"] = round(1.0 - p["score"], 4)
+
     def _chunks(self) -> Iterator[list[tuple[float, Event, Event | None]]]:
         rng = np.random.default_rng(self.seed)
         issues_rng = np.random.default_rng([self.seed, 1])
+        quality_rng = np.random.default_rng([self.seed, 2])
         shares = np.array([m.share for m in self.models], dtype=float)
         shares /= shares.sum()
         inf = float("inf")
@@ -369,6 +408,8 @@ class FleetSimulator:
                     rng, ts[idx], drifted[idx] & spec.concept_drift, cov[idx], ver
                 )
                 self._inject(issues_rng, rel[idx], feats)
+                if spec.task == "binary":
+                    self._degrade(quality_rng, rel[idx], ver, len(spec.versions), preds, segs, truth)
                 names = [v for v, _ in spec.versions]
                 for j, (k, vi) in enumerate(zip(idx.tolist(), ver.tolist(), strict=True)):
                     o = 32 * k
@@ -463,6 +504,9 @@ def run_simulation(
     new_category: float = 0.0,
     data_issues_at: float | None = None,
     models: list[ModelSpec] | None = None,
+    group_degradation: float = 0.0,
+    degraded_group: str = "channel=app",
+    worse_challenger: float = 0.0,
 ) -> dict[str, Any]:
     """Send a simulated fleet's traffic through :class:`DriftlineProducer`; return stats.
 
@@ -486,6 +530,9 @@ def run_simulation(
         missing_burst_s=missing_burst_s,
         new_category=new_category,
         data_issues_at=data_issues_at,
+        group_degradation=group_degradation,
+        degraded_group=degraded_group,
+        worse_challenger=worse_challenger,
     )
     counts = {"prediction": 0, "label": 0}
     dropped = 0

@@ -17,6 +17,7 @@ TOPIC_KEYS: tuple[str, ...] = (
     "drift_events",
     "outcomes",
     "partials",
+    "comparisons",
 )
 
 
@@ -32,7 +33,7 @@ def topic_names(prefix: str) -> dict[str, str]:
     >>> topic_names("driftline.")["predictions"]
     'driftline.predictions'
     >>> sorted(topic_names("x."))[:3]
-    ['alerts', 'dlq', 'drift_events']
+    ['alerts', 'comparisons', 'dlq']
     """
     return {key: f"{prefix}{key}" for key in TOPIC_KEYS}
 

@@ -15,7 +15,9 @@ Two optional slots, ``None`` (and absent from the state) unless the model asks f
 ``profile``, the window's feature profile (``Profile.new_window_like`` of the model's
 reference, whole-model series only), and ``cbpe``, a ``CBPEAccumulator`` of the scores of
 a binary model (``estimated_*`` metrics, and ``cbpe_error_*`` = estimate - realised once
-labels exist).
+labels exist). A third, ``fairness``, maps each protected segment key of a binary model with
+``fairness`` set to a ``GroupRates`` of its labelled events (whole-model series only); the merge
+stage turns it into ``fairness.*`` metrics (``streams.merge``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from detectors.cbpe import CBPEAccumulator
+from detectors.fairness import GroupRates
 from detectors.metrics import (
     BinaryAccumulator,
     MulticlassAccumulator,
@@ -99,7 +102,7 @@ class WindowPartial:
     """
 
     __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions",
-                 "profile", "cbpe")
+                 "profile", "cbpe", "fairness")
 
     def __init__(self, task: str, ranking_k: int = 10, catalog_size: int | None = None) -> None:
         self.task = task
@@ -114,6 +117,7 @@ class WindowPartial:
         self.duplicate_predictions = 0
         self.profile: Profile | None = None
         self.cbpe: CBPEAccumulator | None = None
+        self.fairness: dict[str, GroupRates] | None = None
 
     def add_predictions(self, latencies: np.ndarray, scores: np.ndarray) -> None:
         """Count predictions; NaN latencies/scores (absent fields) are skipped by the sketches."""
@@ -170,6 +174,15 @@ class WindowPartial:
                 self.cbpe = CBPEAccumulator.from_state(other.cbpe.to_state())
             else:
                 self.cbpe.merge(other.cbpe)
+        if other.fairness is not None:
+            if self.fairness is None:
+                self.fairness = {}
+            for key, rates in other.fairness.items():
+                mine = self.fairness.get(key)
+                if mine is None:
+                    self.fairness[key] = GroupRates.from_state(rates.to_state())
+                else:
+                    mine.merge(rates)
 
     def is_empty(self) -> bool:
         return not (self.prediction_count or self.labeled or self.unlabeled_expired or self.late_predictions or self.duplicate_predictions)
@@ -241,6 +254,7 @@ class WindowPartial:
             "dup": self.duplicate_predictions,
             **({} if self.profile is None else {"prof": self.profile.to_state()}),
             **({} if self.cbpe is None else {"cbpe": self.cbpe.to_state()}),
+            **({} if self.fairness is None else {"fair": {k: r.to_state() for k, r in self.fairness.items()}}),
         }
 
     @classmethod
@@ -259,4 +273,6 @@ class WindowPartial:
             w.profile = Profile.from_state(d["prof"])
         if d.get("cbpe") is not None:
             w.cbpe = CBPEAccumulator.from_state(d["cbpe"])
+        if d.get("fair") is not None:
+            w.fairness = {k: GroupRates.from_state(r) for k, r in d["fair"].items()}
         return w

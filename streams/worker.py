@@ -22,7 +22,7 @@ from streams.topics import create_topics, topic_names
 
 log = logging.getLogger("driftline.worker")
 
-SINK_TOPICS = ("metrics", "alerts", "drift_events", "outcomes")
+SINK_TOPICS = ("metrics", "alerts", "drift_events", "outcomes", "comparisons")
 
 
 def build_sink(settings: Settings) -> tuple[Any, Any]:

@@ -63,6 +63,7 @@ def test_create_topics_idempotent(bootstrap: str) -> None:
         "drift_events",
         "outcomes",
         "partials",
+        "comparisons",
     }
     again = create_topics(bootstrap, prefix, partitions=3)
     assert again == names

@@ -105,7 +105,10 @@ def test_report_has_every_section(report: Path, store) -> None:
         for chart in ("quality", "predictions", "latency", "label coverage"):
             assert f'aria-label="{model} {version}: {chart}"' in html
     assert html.count('<section class="card model"') == 4
-    assert html.count("<svg") == 4 * 5
+    assert html.count("<svg") == 4 * 5 + 1  # + the champion/challenger chart of fraud v2 vs v1
+    assert "<h2>Champion / challenger</h2>" in html and 'aria-label="fraud: v2 minus v1"' in html
+    assert html.count('<tr class="cmp">') == 30  # the newest windows' verdicts
+    assert "<h2>Fairness</h2>" not in html  # the synthetic story has no fairness metrics
     assert html.count('class="series"') >= 4 * 5  # quality (2-3), count, latency (3), coverage
     assert "no prediction_count data" not in html and "no latency" not in html
     # markers on the time axis: fraud v1 has the drift event, the warning and three alert rows
@@ -208,7 +211,7 @@ def test_chromium_renders_the_report(report: Path, tmp_path: Path) -> None:
     common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120, check=True).stdout  # fmt: skip
-    assert dom.count("<svg") == 20
+    assert dom.count("<svg") == 21  # 4 model versions x 5 charts + fraud v2 vs v1
     assert dom.count('<path class="series"') >= 20 and "marker-drift" in dom
     assert dom.count('<rect class="bar-before"') > 10
     assert "Driftline report" in dom and '<table class="alerts">' in dom

@@ -306,6 +306,7 @@ referencing = pytest.importorskip("referencing")
 
 SCHEMA_NAMES = [
     "inference_event", "label_event", "envelope", "alert", "metrics", "drift_event", "outcome", "dlq",
+    "comparison",
 ]  # fmt: skip
 
 

@@ -17,14 +17,14 @@ from sinks.synthetic import synthetic_messages
 
 pytestmark = pytest.mark.integration
 
-KINDS = ("metrics", "alerts", "drift_events", "outcomes")
+KINDS = ("metrics", "alerts", "drift_events", "outcomes", "comparisons")
 
 
 def produce(bootstrap: str, topics: dict[str, str], msgs: dict[str, list[dict[str, Any]]]) -> int:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
     n = 0
     for kind in KINDS:
-        for v in msgs[kind]:
+        for v in msgs.get(kind, []):
             p.produce(topics[kind], key=v["model_id"].encode(), value=orjson.dumps(v))
             n += 1
     p.produce(topics["outcomes"], key=b"fraud", value=b"{not json")  # counted, skipped
