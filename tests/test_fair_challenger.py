@@ -126,7 +126,14 @@ def test_comparisons_match_the_two_proportion_interval() -> None:
     assert len(fraud) == 5 and {c["challenger_version"] for c in fraud} == {"v2"}
     z = norm.ppf(0.975)
     for cmp in fraud:
-        assert cmp["champion_version"] == "v1" and cmp["mode"] == "ab" and cmp["revision"] == 0
+        assert cmp["champion_version"] == "v1" and cmp["mode"] == "ab"
+        # revision = the two windows' revisions (partials merged - 1 each), summed
+        revs = {
+            x["model_version"]: x["revision"]
+            for x in out.metrics
+            if x["model_id"] == "fraud" and x["segment"] == "" and x["window_start"] == cmp["window_start"]
+        }
+        assert cmp["revision"] == revs["v1"] + revs["v2"]
         acc = {}
         for v in ("v1", "v2"):
             ok = [
