@@ -7,7 +7,9 @@ that forbids every network fetch, so it reads the same offline, attached to a ti
 
 Row shapes (keys; times are epoch seconds):
 
-- ``metrics``: model_id, model_version, task, metric, t (window start), value — whole-model windows
+- ``metrics``: model_id, model_version, task, metric, t (window start), value — whole-model windows;
+  besides :data:`REPORT_METRICS`, the beyond-accuracy ones when a model has them
+  (``feature_psi.<f>``, ``prediction_psi``, ``feature_missing_rate.<f>``, ``estimated_<m>``)
 - ``alerts``: model_id, model_version, segment, status, severity, kind, rule, metric, message, t
 - ``drift_events``: model_id, model_version, detector, kind, direction, partition, t
 - ``histograms``: model_id, model_version, column, split_at, split_reason, edges (list),
@@ -42,6 +44,10 @@ RANKING_ENGAGEMENT = ("ctr", "conversion_rate", "hit_rate_at_k", "catalog_covera
 REPORT_METRICS = tuple(sorted({m for ms in QUALITY_METRICS.values() for m in ms}
                               | set(LATENCY_METRICS) | set(OTHER_METRICS) | set(RANKING_ENGAGEMENT)))  # fmt: skip
 MAX_TABLE_ROWS = 500
+#: features drawn in the data drift and data quality charts: the ones that moved most
+TOP_FEATURES = 5
+#: CBPE estimates drawn beside the realised metric of the same name
+CBPE_METRICS = ("accuracy", "f1")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
@@ -154,6 +160,7 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
             _series(by_metric, RANKING_ENGAGEMENT, ("#059669", "#d97706", "#7c3aed", "#6b7280")),
             title=f"{name}: engagement and coverage", y_label="share", t_range=t_range, markers=marks,
             y_min=0.0, y_max=1.0)))  # fmt: skip
+    charts += _beyond_accuracy_charts(name, by_metric, t_range, marks)
     charts.append(_hist_chart(name, task, hist))
     figs = "".join(
         f"<figure><figcaption>{escape(c)}</figcaption>{svg}</figure>" for c, svg in charts
@@ -166,6 +173,40 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
             f'<div class="sub">task {escape(task or "?")} &middot; {int(n_pred):,} predictions &middot; '
             f"{firing} alerts fired &middot; {n_drift} drift events</div>"
             f'<div class="grid">{figs}</div></section>')  # fmt: skip
+
+
+def _top(by_metric: dict[str, list[tuple[float, float]]], prefix: str) -> tuple[str, ...]:
+    """The :data:`TOP_FEATURES` metrics named ``<prefix><feature>`` with the largest maximum."""
+    names = [n for n in by_metric if n.startswith(prefix)]
+    names.sort(key=lambda n: (-max(v for _, v in by_metric[n]), n))
+    return tuple(names[:TOP_FEATURES])
+
+
+def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, float]]],
+                            t_range: tuple[float, float], marks: list[Marker]) -> list[tuple[str, str]]:  # fmt: skip
+    """Data drift (PSI), data quality (missing rates) and CBPE charts, each only when the model
+    has those metrics (README "Beyond accuracy")."""
+    charts = []
+    psi = _top(by_metric, "feature_psi.") + (("prediction_psi",) if "prediction_psi" in by_metric else ())
+    if psi:
+        charts.append(("Data drift: PSI against the reference (features that moved most)", svg_line_chart(
+            [Series(n.removeprefix("feature_psi."), by_metric[n]) for n in psi],
+            title=f"{name}: PSI per feature", y_label="PSI (0.1 warning, 0.25 drift)", t_range=t_range,
+            markers=marks, y_min=0.0)))  # fmt: skip
+    missing = _top(by_metric, "feature_missing_rate.")
+    if missing:
+        charts.append(("Data quality: missing rate (features with the highest)", svg_line_chart(
+            [Series(n.removeprefix("feature_missing_rate."), by_metric[n]) for n in missing],
+            title=f"{name}: missing rate per feature", y_label="missing share", t_range=t_range,
+            markers=marks, y_min=0.0, y_max=1.0)))  # fmt: skip
+    cbpe = [m for m in CBPE_METRICS if f"estimated_{m}" in by_metric]
+    if cbpe:
+        series = [s for m in cbpe for s in (Series(f"estimated_{m}", by_metric[f"estimated_{m}"]),
+                                            Series(m, by_metric.get(m, [])))]  # fmt: skip
+        charts.append(("Performance estimated before labels (CBPE) and realised", svg_line_chart(
+            series, title=f"{name}: estimated vs realised", y_label="score", t_range=t_range, markers=marks,
+            y_min=0.0, y_max=1.0)))  # fmt: skip
+    return charts
 
 
 def _floor(by_metric: dict[str, list[tuple[float, float]]], names: tuple[str, ...]) -> float:

@@ -128,9 +128,25 @@ def synthetic_messages(
     for h in range(hours):
         ws = float(start + h * 3600)
         out["comparisons"].append(_comparison(ws, correct[(ws, "v1")], correct[(ws, "v2")]))
+    _data_story(out, start, hours, random.Random(seed + 2))
     if ranking:
         _ranking_story(out, start, hours, per_hour, random.Random(seed + 1))
     return out
+
+
+def _data_story(out: dict[str, list[dict[str, Any]]], start: int, hours: int, rng: random.Random) -> None:
+    """``churn v1`` against its reference: ``tenure`` shifts and goes missing more often in the
+    last 12 hours, ``plan`` stays put; CBPE estimates follow the realised accuracy."""
+    for h in range(hours):
+        ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
+        late = h >= hours - 12
+        metrics = {"feature_psi.tenure": (0.31 if late else 0.03) + rng.uniform(0, 0.02),
+                   "feature_psi.plan": rng.uniform(0.005, 0.03), "prediction_psi": (0.12 if late else 0.02),
+                   "feature_missing_rate.tenure": (0.15 if late else 0.01) + rng.uniform(0, 0.01),
+                   "feature_missing_rate.plan": rng.uniform(0, 0.01),
+                   "estimated_accuracy": rng.uniform(0.88, 0.91), "estimated_f1": rng.uniform(0.8, 0.84)}  # fmt: skip
+        out["metrics"].append(_msg("churn", "v1", "", "binary", ws, we, 1, True, 0, metrics,
+                                   {k: 120 for k in metrics}))  # fmt: skip
 
 
 def _ranking_story(

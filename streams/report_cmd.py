@@ -27,7 +27,8 @@ SQL = {
 SELECT model_id, model_version, task, metric,
        toUnixTimestamp64Milli(window_start) / 1000 AS t, value
 FROM driftline.metrics_latest
-WHERE segment = '' AND metric IN ({metrics}) {where}
+WHERE segment = '' AND (metric IN ({metrics}) OR metric = 'prediction_psi' OR startsWith(metric, 'estimated_')
+       OR startsWith(metric, 'feature_psi.') OR startsWith(metric, 'feature_missing_rate.')) {where}
 ORDER BY model_id, model_version, metric, t""",
     "alerts": """
 SELECT model_id, model_version, segment, status, severity, kind, rule, metric, message,

@@ -48,8 +48,8 @@ def enrich(msgs: dict[str, list[dict[str, Any]]], hours: int) -> None:
         groups[(o["model_id"], o["model_version"], o["prediction_ts"] // 3600 * 3600)].append(o)
     last = max(ws for *_, ws in groups)
     for m in msgs["metrics"]:
-        if m["segment"] or m["revision"] != 1 or "unlabeled_expired" in m["metrics"]:
-            continue
+        if m["segment"] or m["revision"] != 1 or not {"accuracy", "mae"} & set(m["metrics"]):
+            continue  # only the quality messages (not the expiry counts, data checks or CBPE)
         outs = groups[(m["model_id"], m["model_version"], m["window_start"])]
         lat = [o["latency_ms"] for o in outs]
         hours_ago = (last - m["window_start"]) / 3600
@@ -105,7 +105,14 @@ def test_report_has_every_section(report: Path, store) -> None:
         for chart in ("quality", "predictions", "latency", "label coverage"):
             assert f'aria-label="{model} {version}: {chart}"' in html
     assert html.count('<section class="card model"') == 4
-    assert html.count("<svg") == 4 * 5 + 1  # + the champion/challenger chart of fraud v2 vs v1
+    # + the champion/challenger chart of fraud v2 vs v1, + churn's data drift, quality and CBPE
+    assert html.count("<svg") == 4 * 5 + 1 + 3
+    for chart in ("PSI per feature", "missing rate per feature", "estimated vs realised"):
+        assert html.count(f'aria-label="churn v1: {chart}"') == 1
+    psi = html.split('aria-label="churn v1: PSI per feature"')[1].split("</svg>")[0]
+    assert "tenure" in psi and "plan" in psi and "prediction_psi" in psi
+    cbpe = html.split('aria-label="churn v1: estimated vs realised"')[1].split("</svg>")[0]
+    assert "estimated_accuracy" in cbpe and "estimated_f1" in cbpe
     assert "<h2>Champion / challenger</h2>" in html and 'aria-label="fraud: v2 minus v1"' in html
     assert html.count('<tr class="cmp">') == 30  # the newest windows' verdicts
     assert "<h2>Fairness</h2>" not in html  # the synthetic story has no fairness metrics
@@ -211,7 +218,7 @@ def test_chromium_renders_the_report(report: Path, tmp_path: Path) -> None:
     common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120, check=True).stdout  # fmt: skip
-    assert dom.count("<svg") == 21  # 4 model versions x 5 charts + fraud v2 vs v1
+    assert dom.count("<svg") == 24  # 4 model versions x 5 charts + fraud v2 vs v1 + churn data/CBPE
     assert dom.count('<path class="series"') >= 20 and "marker-drift" in dom
     assert dom.count('<rect class="bar-before"') > 10
     assert "Driftline report" in dom and '<table class="alerts">' in dom
