@@ -123,6 +123,8 @@ def create_baseline(
         prediction_column=prediction_column,
         label_column=label_column,
     )
+    # the name only: the folder it came from means nothing on the machines that read the table
+    profile.source = Path(path).name
     return save_profile(profile, out_dir)
 
 
@@ -248,6 +250,8 @@ class ReferenceBuilder:
             return False
         if self.last_end - self.first_start >= self.hours * 3600.0 + self.grace:
             self._profile.freeze_bins(self.bins)
+            # set at the freeze, so builders restored from older state get it too
+            self._profile.source = "first_hours"
             self.frozen = True
             return True
         return False
