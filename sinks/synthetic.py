@@ -7,7 +7,10 @@ story: model ``fraud`` (binary, champion ``v1`` and challenger ``v2`` on the sam
 fires a drift event and an accuracy alert (later resolved). ``comparisons`` holds fraud ``v2``
 against champion ``v1`` per hour (accuracy, two-proportion Wald interval at 95%). With
 ``ranking=True``, a recommender ``feed`` (task ranking, K = 10) joins the story: its NDCG@10 and
-MRR fall in the last 12 hours (outcomes carry the per-list counts of migration 006).
+MRR fall in the last 12 hours (outcomes carry the per-list counts of migration 006). With
+``features=True``, ``churn`` v1's whole-model windows carry data-quality metrics against its reference
+profile (:func:`synthetic_profiles`): the share of events missing ``tenure_months`` jumps from about
+2% to about 25% in the last 6 hours.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 import random
 from statistics import NormalDist
 from typing import Any
+
+from detectors.profile import Profile
 
 COUNTRIES = ("de", "fr", "us")
 MODELS = (("fraud", "v1", "binary"), ("fraud", "v2", "binary"), ("churn", "v1", "binary"),
@@ -27,8 +32,9 @@ def _degraded(model: str, version: str, country: str, hour: int, hours: int) -> 
 
 
 def synthetic_messages(
-    end: float, hours: int = 48, per_hour: int = 40, seed: int = 7, ranking: bool = False
-) -> dict[str, list[dict[str, Any]]]:
+    end: float, hours: int = 48, per_hour: int = 40, seed: int = 7, ranking: bool = False,
+    features: bool = False,
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Return ``{"metrics": [...], "alerts": [...], "drift_events": [...], "outcomes": [...],
     "comparisons": [...]}``.
 
@@ -44,6 +50,8 @@ def synthetic_messages(
         Random seed; the same arguments give the same messages.
     ranking : bool
         Add the ranking model ``feed`` (its own random stream: the other messages are unchanged).
+    features : bool
+        Add ``churn`` v1's data-quality metrics (its own random stream too).
     """
     rng = random.Random(seed)
     start = (int(end) // 3600 - hours) * 3600
@@ -130,7 +138,48 @@ def synthetic_messages(
         out["comparisons"].append(_comparison(ws, correct[(ws, "v1")], correct[(ws, "v2")]))
     if ranking:
         _ranking_story(out, start, hours, per_hour, random.Random(seed + 1))
+    if features:
+        _feature_story(out, start, hours, per_hour, random.Random(seed + 2))
     return out
+
+
+def _feature_story(
+    out: dict[str, list[dict[str, Any]]], start: int, hours: int, per_hour: int, rng: random.Random
+) -> None:
+    """``feature_missing_rate.<f>`` of churn v1 per hour; ``tenure_months`` breaks late on.
+
+    A separate message per window with ``labeled_count = 0`` (the worker sends these metrics in
+    the window's own message), so the labelled counts of the other questions stay as they were.
+    """
+    n = per_hour * len(COUNTRIES)
+    for h in range(hours):
+        ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
+        broken = h >= hours - 6
+        metrics = {"feature_missing_rate.tenure_months": (0.25 if broken else 0.02) + rng.uniform(-0.01, 0.01),
+                   "feature_missing_rate.plan": rng.uniform(0.0, 0.004)}  # fmt: skip
+        out["metrics"].append(_msg("churn", "v1", "", "binary", ws, we, 1, True, 0, metrics,
+                                   dict.fromkeys(metrics, n)))  # fmt: skip
+
+
+def synthetic_profiles(end: float, seed: int = 7) -> list[dict[str, Any]]:
+    """Two reference profile versions of ``churn`` (``Profile.to_state()``, as saved on disk).
+
+    v1 was built from the first hours of production 40 days before ``end``; v2 from a training
+    file 10 days before ``end``. In both, ``tenure_months`` is missing in about 2% of the rows.
+    """
+    rng = random.Random(seed + 3)
+    states = []
+    for version, source, age_days in ((1, "first_hours", 40), (2, "churn_train.csv", 10)):
+        rows = []
+        for _ in range(2000):
+            score = rng.random()
+            rows.append({"tenure_months": None if rng.random() < 0.02 else round(rng.expovariate(1 / 20), 1),
+                         "plan": rng.choices(("basic", "pro", "team"), (6, 3, 1))[0],
+                         "prediction": score, "label": int(rng.random() < score)})  # fmt: skip
+        p = Profile.from_records(rows, model_id="churn")
+        p.version, p.source, p.created_at = version, source, end - age_days * 86400.0
+        states.append(p.to_state())
+    return states
 
 
 def _ranking_story(
