@@ -12,8 +12,9 @@ Guarantees
   entirely in the table or not at all.
 * Idempotent: versions already in the table are not read again, and a repeated insert (a crash
   between insert and the next check) writes identical rows that ReplacingMergeTree collapses.
-* A file that cannot be read yet (claimed but not yet renamed into place) or is malformed is
-  skipped with a warning and tried again at the next sync; it never stops the others.
+* An empty file (a version claimed but not yet renamed into place, or left so by a crash of
+  ``save_profile``) is skipped quietly; a malformed one with a warning. Both are tried again at
+  the next sync; neither stops the others.
 """
 
 from __future__ import annotations
@@ -145,7 +146,11 @@ def sync_profiles(
         if (model_id, version) in have:
             continue
         try:
-            state = orjson.loads(path.read_bytes())
+            raw = path.read_bytes()
+            if not raw:  # claimed, not written yet: no warning every sync for a crash leftover
+                log.debug("reference profile %s is empty (being written?)", path)
+                continue
+            state = orjson.loads(raw)
             if (state.get("model_id"), state.get("version")) != (model_id, version):
                 raise ValueError(f"holds {state.get('model_id')!r} v{state.get('version')}")
             rows = profile_rows(state)

@@ -118,10 +118,12 @@ def test_sync_is_idempotent_and_skips_unreadable_files(store: Any, tmp_path: Pat
     assert rb.add(0.0, 3600.0, w)
     save_profile(rb.reference, root)
     (root / "churn" / "profile-v2.json").touch()  # claimed, not yet written (save_profile's window)
+    (root / "broken").mkdir()
+    (root / "broken" / "profile-v1.json").write_text("{")  # malformed
 
     with caplog.at_level(logging.WARNING, logger="sinks.profiles"):
         assert sync_profiles(store, root) == [("churn", 1), ("fraud", 1), ("fraud", 2)]
-    assert "profile-v2.json not synced" in caplog.text
+    assert "broken/profile-v1.json not synced" in caplog.text and "churn" not in caplog.text
     assert sync_profiles(store, root) == []  # idempotent: nothing new
     sources = store.query(
         "SELECT model_id, version, any(source), count() FROM driftline.reference_profiles FINAL "
