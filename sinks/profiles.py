@@ -66,13 +66,13 @@ def _feature_row(fp: FeatureProfile) -> tuple[Any, ...]:
         min(max(fp.sketch.quantile(q), fp.min), fp.max) if present else None
         for q in QUANTILES.values()
     ]
-    binned = numeric and fp.edges is not None
+    edges = fp.edges if numeric else None  # None too for an unbinned (still warming up) profile
     return (
         fp.kind, fp.n, fp.count, fp.missing, _rate(fp.missing, fp.n), fp.mismatch,
         _rate(fp.mismatch, fp.n), lo, hi, *qs,
-        fp.edges.tolist() if binned and fp.edges is not None else [],
-        fp.hist.tolist() if binned else [],
-        fp.bin_labels() if binned else [],
+        [] if edges is None else edges.tolist(),
+        [] if edges is None else fp.hist.tolist(),
+        [] if edges is None else fp.bin_labels(),
         [] if numeric else list(fp.counts),
         [] if numeric else list(fp.counts.values()),
     )  # fmt: skip
