@@ -402,7 +402,8 @@ class Profile:
     """Feature profiles, prediction profile and reference metrics of one model.
 
     Attributes ``model_id``, ``version`` (the baseline version, 0 until saved),
-    ``created_at`` (epoch seconds), ``n_events``, ``features`` (name -> ``FeatureProfile``),
+    ``created_at`` (epoch seconds), ``source`` (what the reference was built from: the input
+    file's name, ``"first_hours"``, or ``""`` when unknown), ``n_events``, ``features`` (name -> ``FeatureProfile``),
     ``prediction`` (``FeatureProfile`` named ``"__prediction__"`` or ``None``), ``metrics``
     (reference metrics, labelled data only) and ``unknown_features`` (name -> events that
     carried a feature this profile does not know, at most 100 names: schema drift).
@@ -438,6 +439,7 @@ class Profile:
         self.model_id = model_id
         self.version = 0
         self.created_at = time.time()
+        self.source = ""
         self.features: dict[str, FeatureProfile] = dict(features or {})
         self.prediction = prediction
         self.metrics: dict[str, float] = {}
@@ -560,6 +562,7 @@ class Profile:
             "model_id": self.model_id,
             "version": self.version,
             "created_at": self.created_at,
+            "source": self.source,
             "n_events": self.n_events,
             "infer": self.infer,
             "features": [f.to_state() for f in self.features.values()],
@@ -582,6 +585,8 @@ class Profile:
             float(d["created_at"]),
             int(d["n_events"]),
         )
+        # an optional key: profiles saved before sources were recorded read as unknown ("")
+        p.source = str(d.get("source", ""))
         p.metrics = {k: float(v) for k, v in d["metrics"].items()}
         p.unknown_features = {k: int(v) for k, v in d["unknown_features"].items()}
         return p

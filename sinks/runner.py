@@ -12,6 +12,9 @@ Guarantees
   paused (no more reads) and resumed once the backlog is written. Undecodable messages are
   counted (``stats()["undecodable"]``) and logged, then skipped: these topics are written by
   Driftline itself, so such a message is a bug to report, not data to keep.
+* ``jobs`` (e.g. copying reference profiles into ClickHouse) run in the consumer thread, the only
+  thread that uses the sink's client: at start, then every ``interval`` seconds. A failing job is
+  logged, counted (``stats()["job_failures"]``) and run again at its next interval.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -29,6 +33,7 @@ from sinks.base import Sink, SinkBackpressureError
 log = logging.getLogger(__name__)
 
 Pending = tuple[str, int, int, dict[str, Any]]
+Job = tuple[float, Callable[[], object]]  # (interval in seconds, function)
 
 
 class SinkRunner:
@@ -51,6 +56,8 @@ class SinkRunner:
         While this many messages wait for an outage to end, partitions are paused.
     client_config : dict, optional
         Extra librdkafka settings (override the defaults).
+    jobs : sequence of (interval, function), optional
+        Housekeeping run in the consumer thread at start and every ``interval`` seconds.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class SinkRunner:
         batch_seconds: float = 1.0,
         max_buffer_rows: int = 200000,
         client_config: dict[str, Any] | None = None,
+        jobs: Sequence[Job] = (),
     ) -> None:
         if not topics:
             raise ValueError("topics: need at least one topic")
@@ -71,6 +79,10 @@ class SinkRunner:
             raise ValueError("batch_rows must be >= 1 and max_buffer_rows >= batch_rows")
         if batch_seconds <= 0:
             raise ValueError("batch_seconds: must be > 0")
+        if any(interval <= 0 for interval, _ in jobs):
+            raise ValueError("jobs: every interval must be > 0")
+        self.jobs = list(jobs)
+        self._jobs_due = [0.0] * len(self.jobs)  # 0: the first round runs at start
         self.topics, self.sink = list(topics), sink
         self.batch_rows, self.batch_seconds, self.max_buffer_rows = (
             batch_rows,
@@ -99,7 +111,7 @@ class SinkRunner:
         self._stats: dict[str, Any] = {
             "messages": 0, "batches": 0, "retries": 0, "failures": 0, "undecodable": 0,
             "commits": 0, "buffered_rows": 0, "backpressured": False, "last_error": None,
-            "assigned": 0, "running": False, "pauses": 0,
+            "assigned": 0, "running": False, "pauses": 0, "job_failures": 0,
         }  # fmt: skip
         self._error: BaseException | None = None
 
@@ -156,6 +168,7 @@ class SinkRunner:
         c = self._consumer
         try:
             while not self._stop.is_set():
+                self._run_jobs()
                 # paused partitions return nothing, but consume() keeps serving the group
                 # (heartbeats, rebalance callbacks) while an outage lasts
                 for m in c.consume(num_messages=min(self.batch_rows, 10000), timeout=0.1):
@@ -182,6 +195,19 @@ class SinkRunner:
             finally:
                 with self._lock:
                     self._stats["running"] = False
+
+    def _run_jobs(self) -> None:
+        now = time.monotonic()
+        for i, (interval, job) in enumerate(self.jobs):
+            if now < self._jobs_due[i]:
+                continue
+            self._jobs_due[i] = now + interval
+            try:
+                job()
+            except Exception as exc:  # housekeeping must never stop the consumer
+                log.warning("sink job %r failed (retried in %.0fs): %s", job, interval, exc)
+                with self._lock:
+                    self._stats["job_failures"] += 1
 
     def _take(self, m: Any) -> None:
         err = m.error()

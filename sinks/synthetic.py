@@ -8,6 +8,9 @@ fires a drift event and an accuracy alert (later resolved). ``comparisons`` hold
 against champion ``v1`` per hour (accuracy, two-proportion Wald interval at 95%). With
 ``ranking=True``, a recommender ``feed`` (task ranking, K = 10) joins the story: its NDCG@10 and
 MRR fall in the last 12 hours (outcomes carry the per-list counts of migration 006).
+``churn`` v1's whole-model windows carry data drift, data quality and CBPE metrics against its
+reference profile (:func:`synthetic_profiles`): ``tenure_months`` shifts (PSI ~0.3) in the last 12
+hours and the share of events missing it jumps from about 2% to about 25% in the last 6.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 import random
 from statistics import NormalDist
 from typing import Any
+
+from detectors.profile import Profile
 
 COUNTRIES = ("de", "fr", "us")
 MODELS = (("fraud", "v1", "binary"), ("fraud", "v2", "binary"), ("churn", "v1", "binary"),
@@ -128,25 +133,53 @@ def synthetic_messages(
     for h in range(hours):
         ws = float(start + h * 3600)
         out["comparisons"].append(_comparison(ws, correct[(ws, "v1")], correct[(ws, "v2")]))
-    _data_story(out, start, hours, random.Random(seed + 2))
+    _data_story(out, start, hours, per_hour, random.Random(seed + 2))
     if ranking:
         _ranking_story(out, start, hours, per_hour, random.Random(seed + 1))
     return out
 
 
-def _data_story(out: dict[str, list[dict[str, Any]]], start: int, hours: int, rng: random.Random) -> None:
-    """``churn v1`` against its reference: ``tenure`` shifts and goes missing more often in the
-    last 12 hours, ``plan`` stays put; CBPE estimates follow the realised accuracy."""
+def _data_story(
+    out: dict[str, list[dict[str, Any]]], start: int, hours: int, per_hour: int, rng: random.Random
+) -> None:
+    """``churn v1`` against its reference: ``tenure_months`` shifts in the last 12 hours and goes
+    missing in the last 6, ``plan`` stays put; CBPE estimates follow the realised accuracy.
+
+    A separate message per window with ``labeled_count = 0`` (the worker sends these metrics in
+    the window's own message), so the labelled counts of the other questions stay as they were.
+    """
+    n = per_hour * len(COUNTRIES)
     for h in range(hours):
         ws, we = float(start + h * 3600), float(start + (h + 1) * 3600)
-        late = h >= hours - 12
-        metrics = {"feature_psi.tenure": (0.31 if late else 0.03) + rng.uniform(0, 0.02),
-                   "feature_psi.plan": rng.uniform(0.005, 0.03), "prediction_psi": (0.12 if late else 0.02),
-                   "feature_missing_rate.tenure": (0.15 if late else 0.01) + rng.uniform(0, 0.01),
-                   "feature_missing_rate.plan": rng.uniform(0, 0.01),
+        shifted, broken = h >= hours - 12, h >= hours - 6
+        metrics = {"feature_psi.tenure_months": (0.31 if shifted else 0.03) + rng.uniform(0, 0.02),
+                   "feature_psi.plan": rng.uniform(0.005, 0.03), "prediction_psi": 0.12 if shifted else 0.02,
+                   "feature_missing_rate.tenure_months": (0.25 if broken else 0.02) + rng.uniform(-0.01, 0.01),
+                   "feature_missing_rate.plan": rng.uniform(0.0, 0.004),
                    "estimated_accuracy": rng.uniform(0.88, 0.91), "estimated_f1": rng.uniform(0.8, 0.84)}  # fmt: skip
         out["metrics"].append(_msg("churn", "v1", "", "binary", ws, we, 1, True, 0, metrics,
-                                   {k: 120 for k in metrics}))  # fmt: skip
+                                   dict.fromkeys(metrics, n)))  # fmt: skip
+
+
+def synthetic_profiles(end: float, seed: int = 7) -> list[dict[str, Any]]:
+    """Two reference profile versions of ``churn`` (``Profile.to_state()``, as saved on disk).
+
+    v1 was built from the first hours of production 40 days before ``end``; v2 from a training
+    file 10 days before ``end``. In both, ``tenure_months`` is missing in about 2% of the rows.
+    """
+    rng = random.Random(seed + 3)
+    states = []
+    for version, source, age_days in ((1, "first_hours", 40), (2, "churn_train.csv", 10)):
+        rows = []
+        for _ in range(2000):
+            score = rng.random()
+            rows.append({"tenure_months": None if rng.random() < 0.02 else round(rng.expovariate(1 / 20), 1),
+                         "plan": rng.choices(("basic", "pro", "team"), (6, 3, 1))[0],
+                         "prediction": score, "label": int(rng.random() < score)})  # fmt: skip
+        p = Profile.from_records(rows, model_id="churn")
+        p.version, p.source, p.created_at = version, source, end - age_days * 86400.0
+        states.append(p.to_state())
+    return states
 
 
 def _ranking_story(

@@ -12,6 +12,11 @@ and renamed, so a crash never leaves a half-written ``profile-v<N>.json`` or
 ``latest.json``; an existing version is never overwritten. ``latest.json`` is updated last:
 after a crash between the two renames the new version exists but is not yet current.
 
+Nothing here opens ClickHouse: an embedded chdb store belongs to one process, the running
+worker, whose sink copies every new version into ``driftline.reference_profiles`` at start and
+every 30 s (``sinks/profiles.py``). Each version records its ``source``: the input file's name
+(``create_baseline``) or ``"first_hours"`` (``ReferenceBuilder``).
+
 ``ReferenceBuilder`` is the pure alternative when no training sample is at hand: the
 worker feeds it the merged profile of each closed window (``Profile(infer=True)``,
 unbinned) and, once ``hours`` of event time are covered, it freezes the bins and the
@@ -123,6 +128,8 @@ def create_baseline(
         prediction_column=prediction_column,
         label_column=label_column,
     )
+    # the name only: the folder it came from means nothing on the machines that read the table
+    profile.source = Path(path).name
     return save_profile(profile, out_dir)
 
 
@@ -248,6 +255,8 @@ class ReferenceBuilder:
             return False
         if self.last_end - self.first_start >= self.hours * 3600.0 + self.grace:
             self._profile.freeze_bins(self.bins)
+            # set at the freeze, so builders restored from older state get it too
+            self._profile.source = "first_hours"
             self.frozen = True
             return True
         return False

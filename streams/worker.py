@@ -23,13 +23,18 @@ from streams.topics import create_topics, topic_names
 log = logging.getLogger("driftline.worker")
 
 SINK_TOPICS = ("metrics", "alerts", "drift_events", "outcomes", "comparisons")
+# Reference profiles (files) are copied into ClickHouse this often, and at start.
+PROFILE_SYNC_SECONDS = 30.0
 
 
 def build_sink(settings: Settings) -> tuple[Any, Any]:
     """The sink runner and a read-only query function, or (None, None) without a sink."""
     if not settings.sink:
         return None, None
+    from pathlib import Path
+
     from sinks.clickhouse import ClickHouseSink
+    from sinks.profiles import sync_profiles
     from sinks.query import open_query_client, run_query
     from sinks.runner import SinkRunner
 
@@ -37,8 +42,14 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
     sink = ClickHouseSink(settings.clickhouse, retention_days=settings.retention_days,
                           outcome_sample_rate=settings.outcome_sample_rate,
                           client_settings=settings.clickhouse_client_settings())
+    profiles = Path(settings.data_dir) / "profiles"  # where baseline create and first_hours save
+
+    def sync() -> None:  # the sink's client, so it runs in the sink's thread (a job)
+        sync_profiles(sink.client, profiles, sink.database)
+
     runner = SinkRunner(settings.bootstrap, [names[t] for t in SINK_TOPICS], sink,
-                        group_id=f"{settings.app_id}-sink", client_config=dict(settings.kafka))
+                        group_id=f"{settings.app_id}-sink", client_config=dict(settings.kafka),
+                        jobs=[(PROFILE_SYNC_SECONDS, sync)])
     runner.start()
     lock = threading.Lock()
     client = open_query_client(settings.clickhouse, **settings.clickhouse_client_settings())

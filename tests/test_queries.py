@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from sinks.clickhouse import ClickHouseSink
+from sinks.profiles import insert_rows, profile_rows
 from sinks.query import check_read_only, open_query_client, run_query
-from sinks.synthetic import synthetic_messages
+from sinks.synthetic import synthetic_messages, synthetic_profiles
 
 DOC = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,11 +42,14 @@ def loaded(tmp_path_factory: pytest.TempPathFactory):
     dsn = f"chdb://{tmp_path_factory.mktemp('q').resolve()}/ch"
     sink = ClickHouseSink(dsn)
     sink.setup()
-    msgs = synthetic_messages(time.time(), ranking=True)
+    now = time.time()
+    msgs = synthetic_messages(now, ranking=True)
     for kind, values in msgs.items():
         for off, v in enumerate(values):
             sink.add(f"driftline.{kind}", off % 4, off, v)
     sink.flush()
+    for state in synthetic_profiles(now):  # not a topic: the worker copies them from files
+        insert_rows(sink.client, profile_rows(state))
     client = open_query_client(dsn)
     yield client, msgs
     client.close()
@@ -69,3 +73,9 @@ def test_findings_match_the_synthetic_story(loaded) -> None:
     assert worst.startswith("fraud,v1,country=fr,")  # the degraded segment comes first
     worst_acc = next(sql for q, sql in QUERIES if "worst accuracy" in q)
     assert run_query(client, worst_acc, "csv").splitlines()[1].startswith("fraud,v1,country=fr,")
+    missing_q = next(sql for q, sql in QUERIES if "reference profile" in q)
+    rows = run_query(client, missing_q, "csv").splitlines()
+    assert len(rows) == 3  # header, tenure_months, plan
+    model, version, feature, ref_version, ref_rate, last_day, worst, increase = rows[1].split(",")
+    assert (model, version, feature, ref_version) == ("churn", "v1", "tenure_months", "2")
+    assert 0.01 < float(ref_rate) < 0.03 and float(worst) > 0.2 and float(increase) > 0.03

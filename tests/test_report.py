@@ -110,7 +110,7 @@ def test_report_has_every_section(report: Path, store) -> None:
     for chart in ("PSI per feature", "missing rate per feature", "estimated vs realised"):
         assert html.count(f'aria-label="churn v1: {chart}"') == 1
     psi = html.split('aria-label="churn v1: PSI per feature"')[1].split("</svg>")[0]
-    assert "tenure" in psi and "plan" in psi and "prediction_psi" in psi
+    assert "tenure_months" in psi and "plan" in psi and "prediction_psi" in psi
     cbpe = html.split('aria-label="churn v1: estimated vs realised"')[1].split("</svg>")[0]
     assert "estimated_accuracy" in cbpe and "estimated_f1" in cbpe
     assert "<h2>Champion / challenger</h2>" in html and 'aria-label="fraud: v2 minus v1"' in html
