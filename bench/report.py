@@ -115,7 +115,7 @@ def render(res: dict[str, Any]) -> str:
                  f"lateness {d['allowed_lateness_s']:.0f}s, drift at {d['drift_at_s']:.0f}s):")
         L.append(f"  window close -> metrics message: p50 {_lat(d['window_close_p50_s'])}, p99 "
                  f"{_lat(d['window_close_p99_s'])}, max {_lat(d['window_close_max_s'])} "
-                 f"({d['rev0_windows_measured']} revision-0 messages)")
+                 f"({d['windows_measured']} windows' first messages)")
         L.append(f"  drift event -> alert:            p50 {_lat(d['drift_alert_p50_s'])}, p99 "
                  f"{_lat(d['drift_alert_p99_s'])}, max {_lat(d['drift_alert_max_s'])} "
                  f"({d['drift_alerts_measured']} firing alerts, {d['drift_events']} drift events)")

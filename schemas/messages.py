@@ -283,7 +283,8 @@ def make_metrics(
     labeled_count: int = 0,
     emitted_at: float | None = None,
 ) -> MetricsWindow:
-    """Build a metrics-window message (``revision`` 0 first, +1 per re-emission).
+    """Build a metrics-window message (``revision``: the merge stage's count of partials merged
+    minus one, so it grows with each re-emission and equal revisions carry equal content).
 
     Examples
     --------
