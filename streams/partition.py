@@ -139,6 +139,8 @@ class PartitionProcessor:
         self._compact_at = MIN_EXPIRY_COMPACT
         self.recent_joined: OrderedDict[str, None] = OrderedDict()
         self._series_cache: dict[tuple[Any, ...], list[SeriesKey]] = {}
+        self._state_cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
+        self._touched: set[WindowPartial] = set()
         self.last_activity = clock()
         self.input_seen = False  # any message read since this processor was created
 
@@ -151,7 +153,7 @@ class PartitionProcessor:
             {
                 "applied": self.applied,
                 "watermark": self.watermark,
-                "windows": {k.encode(): w.to_state() for k, w in self.windows.items()},
+                "windows": self._open_window_states(),
                 "late": {k.encode(): w.to_state() for k, w in self.late.items()},
                 "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
                 "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
@@ -161,6 +163,26 @@ class PartitionProcessor:
                 "last_deleted": self.last_deleted,
             }
         )
+
+    def _open_window_states(self) -> dict[str, Any]:
+        """The open windows' states for the partition record, re-serialised only when changed.
+
+        Every batch writes every open window, but a batch touches few of them; turning an
+        untouched window's sketches and histograms into lists again cost ~15% of the join
+        stage's CPU. A window is touched when ``_partial`` hands it out (all changes go
+        through it); the cache holds the window object itself, so a replaced one never matches.
+        """
+        cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
+        out: dict[str, Any] = {}
+        for k, w in self.windows.items():
+            hit = self._state_cache.get(k)
+            if hit is None or hit[0] is not w or w in self._touched:
+                hit = (w, k.encode(), w.to_state())
+            cache[k] = hit
+            out[hit[1]] = hit[2]
+        self._state_cache = cache
+        self._touched.clear()
+        return out
 
     def load_state(self, raw: bytes | None) -> None:
         if not raw:
@@ -343,6 +365,7 @@ class PartitionProcessor:
                 w = table[key] = WindowPartial(task, cfg.ranking_k, cfg.catalog_size)
             else:
                 w = table[key] = WindowPartial(task)
+        self._touched.add(w)  # whoever asks for a partial may change it (see ``dump_state``)
         return w
 
     def _series(self, cfg: ModelConfig, p: Prediction, ws: float) -> list[SeriesKey]:

@@ -84,6 +84,11 @@ def run_worker(settings: Settings) -> int:
     from streams.app import DriftlineApp
 
     models = load_models_config(settings.config_path)
+    # river (and the scipy/sklearn it pulls in) costs ~1-2 s of CPU to import; import it before the
+    # group join, not inside the first batch that creates a detector.
+    import river.drift  # noqa: F401
+    import river.drift.binary  # noqa: F401
+
     if settings.store.startswith("rocksdb"):
         _reset_local_tables(settings)
     names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,

@@ -254,3 +254,24 @@ def test_multiclass_int_and_str_labels_are_one_class() -> None:
     again = MulticlassAccumulator.from_state(acc.to_state())
     again.update_many(np.array(["1"]), np.array([1]))
     assert again.n == 4 and again.classes == ["0", "1"]
+
+
+@pytest.mark.parametrize("n", [0, 30, 5000])
+def test_binary_state_round_trips_in_every_histogram_format(n: int) -> None:
+    """Dense and sparse histogram states, and the ``[[bin, count], ...]`` pairs of states
+    written before, load into the same accumulator."""
+    rng = np.random.default_rng(n)
+    acc = BinaryAccumulator()
+    if n:
+        y = (rng.random(n) < 0.3).astype(np.int64)
+        acc.update_many(y, (rng.random(n) < 0.5).astype(np.int64), rng.random(n))
+    state = orjson.loads(orjson.dumps(acc.to_state()))
+    old = dict(state)
+    for name in ("pos_hist", "neg_hist"):
+        h = getattr(acc, name)
+        old[name] = [[int(i), int(h[i])] for i in np.flatnonzero(h)]
+    for s in (state, old):
+        back = BinaryAccumulator.from_state(s)
+        assert np.array_equal(back.pos_hist, acc.pos_hist) and np.array_equal(back.neg_hist, acc.neg_hist)
+        assert back.metrics() == acc.metrics()
+    assert isinstance(state["pos_hist"], list if n == 5000 else dict)
