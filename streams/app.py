@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -85,6 +85,19 @@ class _PartitionEvent:
         self.message = SimpleNamespace(partition=partition)
 
 
+def _store_getter(table: Any) -> Callable[[str], bytes | None]:
+    """``key -> value`` over a faust table's store, straight on the memory store's dict.
+
+    faust's store is a ``Mapping``: ``get`` on a missing key raises and catches ``KeyError``
+    inside ``__getitem__``; most join lookups miss (a label's early-label key, a new
+    prediction), and that path measured 12% of the join stage's CPU.
+    """
+    store = table.data
+    raw = getattr(store, "data", None)
+    get = raw.get if isinstance(raw, dict) else store.get
+    return lambda k: get(k.encode())  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
 def partition_context(partition: int) -> Iterator[None]:
     """Make faust tables read and write ``partition`` outside an agent's event.
@@ -114,6 +127,7 @@ class DriftlineApp:
         self.sink = sink
         self.query = query
         self.processors: dict[int, PartitionProcessor] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
         self.mergers: dict[int, WindowMerger] = {}
@@ -200,7 +214,7 @@ class DriftlineApp:
                 partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models,
-                store_get=lambda k: table.data.get(k.encode()), references=self.references,
+                store_get=_store_getter(table), references=self.references,
             )
             proc.load_state(table.data.get(proc.state_key().encode()))
             proc.rebuild_index(
@@ -256,9 +270,22 @@ class DriftlineApp:
                     Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
             for partition, msgs in by_partition.items():
                 proc = self._processor(partition)
-                with partition_context(partition):
-                    result = proc.process(msgs)
-                await self._apply_join(proc, result)
+                async with self._partition_lock(partition):
+                    with partition_context(partition):
+                        result = proc.process(msgs)
+                    await self._apply_join(proc, result)
+
+    def _partition_lock(self, partition: int) -> asyncio.Lock:
+        """Serialises a partition's (process, apply) steps between the join agent and the timer.
+
+        ``_apply_join`` awaits output delivery before it writes the partition record; a timer
+        step (idle close, outbox re-send) run in that gap would write a newer record that the
+        agent's older one then overwrites, and a restart would reuse partial ids.
+        """
+        lock = self._locks.get(partition)
+        if lock is None:
+            lock = self._locks[partition] = asyncio.Lock()
+        return lock
 
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
         p = proc.partition
@@ -428,19 +455,23 @@ class DriftlineApp:
         self._ensure_assigned()
         self._refresh_references(now)
         for proc in list(self.processors.values()):
-            # A partition that has read nothing since it was (re)assigned is not idle yet: the
-            # consumer may still be catching up, and closing recovered windows early would
-            # turn the predictions that follow into late ones.
-            idle_after = self.settings.idle_close_seconds * (1 if proc.input_seen else 3)
-            idle = now - proc.last_activity >= idle_after
-            if idle and (proc.windows or proc.late):
-                with partition_context(proc.partition):
-                    res = proc.close_idle()
-                await self._apply_join(proc, res)
-            elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
-                with partition_context(proc.partition):
-                    res = proc.checkpoint()
-                await self._apply_join(proc, res)
+            lock = self._partition_lock(proc.partition)
+            if lock.locked():  # the join agent is applying a batch: its own record comes first
+                continue
+            async with lock:
+                # A partition that has read nothing since it was (re)assigned is not idle yet: the
+                # consumer may still be catching up, and closing recovered windows early would
+                # turn the predictions that follow into late ones.
+                idle_after = self.settings.idle_close_seconds * (1 if proc.input_seen else 3)
+                idle = now - proc.last_activity >= idle_after
+                if idle and (proc.windows or proc.late):
+                    with partition_context(proc.partition):
+                        res = proc.close_idle()
+                    await self._apply_join(proc, res)
+                elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
+                    with partition_context(proc.partition):
+                        res = proc.checkpoint()
+                    await self._apply_join(proc, res)
         for partition, merger in list(self.mergers.items()):
             out = MergeOutput()
             merger.tick(now, out)
