@@ -464,6 +464,8 @@ class DriftlineApp:
             if lock.locked():  # the join agent is applying a batch: its own record comes first
                 continue
             async with lock:
+                if self.processors.get(proc.partition) is not proc or self.app.rebalancing:
+                    continue  # revoked (or being revoked) while this tick waited
                 # A partition that has read nothing since it was (re)assigned is not idle yet: the
                 # consumer may still be catching up, and closing recovered windows early would
                 # turn the predictions that follow into late ones.
@@ -497,10 +499,14 @@ class DriftlineApp:
             elif tp.topic == self.topics["partials"] and tp.partition not in self.mergers:
                 self._merger(tp.partition)
 
-    def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """faust awaits this before the partitions go to another worker. A timer step still
+        applying a revoked partition would write its partition record and send partials after
+        the new owner recovered an older record, which then reuses their ids: wait for it."""
         for tp in revoked:
             if tp.topic == self.topics["predictions"]:
-                self.processors.pop(tp.partition, None)
+                async with self._partition_lock(tp.partition):
+                    self.processors.pop(tp.partition, None)
             elif tp.topic == self.topics["partials"]:
                 self.mergers.pop(tp.partition, None)
 
