@@ -15,12 +15,12 @@ hours and the share of events missing it jumps from about 2% to about 25% in the
 
 from __future__ import annotations
 
-import math
 import random
-from statistics import NormalDist
 from typing import Any
 
+from detectors.comparison import compare_proportions
 from detectors.profile import Profile
+from schemas.messages import make_comparison
 
 COUNTRIES = ("de", "fr", "us")
 MODELS = (("fraud", "v1", "binary"), ("fraud", "v2", "binary"), ("churn", "v1", "binary"),
@@ -223,19 +223,11 @@ def _comparison(
     ws: float, champion: tuple[int, int], challenger: tuple[int, int]
 ) -> dict[str, Any]:
     """fraud v2 against v1 in one window: accuracy, Wald interval, verdict (as the merge stage)."""
-    (sa, na), (sb, nb) = champion, challenger
-    pa, pb = sa / na, sb / nb
-    se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
-    half = NormalDist().inv_cdf(0.975) * se
-    d = pb - pa
-    z = d / se if se else None
-    verdict = "no_difference" if d - half <= 0 <= d + half else ("better" if d > 0 else "worse")
-    cmp = {"metric": "accuracy", "champion": pa, "challenger": pb, "difference": d, "ci_low": d - half,
-           "ci_high": d + half, "z": z, "p_value": math.erfc(abs(z or 0.0) / math.sqrt(2.0)),
-           "n_champion": na, "n_challenger": nb, "alpha": 0.05, "verdict": verdict, "df": None}  # fmt: skip
-    return {"model_id": "fraud", "champion_version": "v1", "challenger_version": "v2",
-            "window_start": ws, "window_end": ws + 3600.0, "mode": "ab", "revision": 1,
-            "emitted_at": ws + 3605.0, "comparisons": [cmp]}  # fmt: skip
+    c = compare_proportions("accuracy", *champion, *challenger, min_n=0)
+    assert c is not None  # both arms have events in every synthetic window
+    return dict(make_comparison(model_id="fraud", champion_version="v1", challenger_version="v2",
+                                window_start=ws, window_end=ws + 3600.0, mode="ab", revision=1,
+                                emitted_at=ws + 3605.0, comparisons=[c.to_state()]))  # fmt: skip
 
 
 def _msg(model: str, version: str, segment: str, task: str, ws: float, we: float, revision: int,

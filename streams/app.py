@@ -134,6 +134,7 @@ class DriftlineApp:
         self.query = query
         self.processors: dict[int, PartitionProcessor] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._join_raw: Any = None
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
         self.mergers: dict[int, WindowMerger] = {}
@@ -257,12 +258,18 @@ class DriftlineApp:
         self.merge_changelog().put(partition, key, None)
 
     def _join_set(self, partition: int, key: bytes, value: bytes) -> None:
-        _raw_store(self.join_table)[key] = value
+        self._join_store()[key] = value
         self.changelog().put(partition, key, value)
 
     def _join_del(self, partition: int, key: bytes) -> None:
-        _raw_store(self.join_table).pop(key, None)
+        self._join_store().pop(key, None)
         self.changelog().put(partition, key, None)
+
+    def _join_store(self) -> Any:
+        """``_raw_store`` of the join table, looked up once (it is called per written key)."""
+        if self._join_raw is None:
+            self._join_raw = _raw_store(self.join_table)
+        return self._join_raw
 
     async def _join_agent(self, stream: Any) -> None:
         kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
