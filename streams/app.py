@@ -134,6 +134,7 @@ class DriftlineApp:
         self.query = query
         self.processors: dict[int, PartitionProcessor] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._merge_locks: dict[int, asyncio.Lock] = {}
         self._join_raw: Any = None
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
@@ -281,8 +282,8 @@ class DriftlineApp:
                 by_partition.setdefault(m.partition, []).append(
                     Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
             for partition, msgs in by_partition.items():
-                proc = self._processor(partition)
                 async with self._partition_lock(partition):
+                    proc = self._processor(partition)
                     with partition_context(partition):
                         result = proc.process(msgs)
                     await self._apply_join(proc, result)
@@ -370,15 +371,25 @@ class DriftlineApp:
                 by_partition.setdefault(ev.message.partition, []).append(ev.message.value)
             now = time.time()
             for partition, values in by_partition.items():
-                merger = self._merger(partition)
-                out = MergeOutput()
-                for raw in values:
-                    try:
-                        merger.on_partial(orjson.loads(raw), now, out)
-                    except Exception:  # our own topic; a bad record is logged, never fatal
-                        log.exception("bad partial record", extra={"partition": partition})
-                merger.tick(now, out)
-                await self._apply_merge(partition, merger, out)
+                async with self._merge_lock(partition):
+                    merger = self._merger(partition)
+                    out = MergeOutput()
+                    for raw in values:
+                        try:
+                            merger.on_partial(orjson.loads(raw), now, out)
+                        except Exception:  # our own topic; a bad record is logged, never fatal
+                            log.exception("bad partial record", extra={"partition": partition})
+                    merger.tick(now, out)
+                    await self._apply_merge(partition, merger, out)
+
+    def _merge_lock(self, partition: int) -> asyncio.Lock:
+        """What ``_partition_lock`` is to the join stage, for a partials partition: the merge
+        agent and the timer's merge step interleave at ``_apply_merge``'s awaits, and a step still
+        applying when its partition is revoked would write state the new owner never recovers."""
+        lock = self._merge_locks.get(partition)
+        if lock is None:
+            lock = self._merge_locks[partition] = asyncio.Lock()
+        return lock
 
     async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput) -> None:
         # Outputs first, delivered, then the state that records them: a crash in between
@@ -487,10 +498,16 @@ class DriftlineApp:
                         res = proc.checkpoint()
                     await self._apply_join(proc, res)
         for partition, merger in list(self.mergers.items()):
-            out = MergeOutput()
-            merger.tick(now, out)
-            if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
-                await self._apply_merge(partition, merger, out)
+            lock = self._merge_lock(partition)
+            if lock.locked():  # the merge agent is applying a batch; it ticks the merger itself
+                continue
+            async with lock:
+                if self.mergers.get(partition) is not merger or self.app.rebalancing:
+                    continue
+                out = MergeOutput()
+                merger.tick(now, out)
+                if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
+                    await self._apply_merge(partition, merger, out)
         self._update_gauges()
 
     def _ensure_assigned(self) -> None:
@@ -515,7 +532,8 @@ class DriftlineApp:
                 async with self._partition_lock(tp.partition):
                     self.processors.pop(tp.partition, None)
             elif tp.topic == self.topics["partials"]:
-                self.mergers.pop(tp.partition, None)
+                async with self._merge_lock(tp.partition):
+                    self.mergers.pop(tp.partition, None)
 
     def _update_gauges(self) -> None:
         with contextlib.suppress(Exception):

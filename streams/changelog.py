@@ -24,6 +24,7 @@ offsets can be committed.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,10 @@ class ChangelogWriter:
     def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
         self._errors: list[str] = []
+        # ``put`` runs on the event loop while ``flush`` runs in an executor thread, and several
+        # partitions (join agent, timer, merge agent) share one writer: the dirty set is swapped
+        # under this lock so a record put during a flush keeps its partition dirty for the next.
+        self._lock = threading.Lock()
         self._dirty: set[int] = set()
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
@@ -51,9 +56,10 @@ class ChangelogWriter:
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, partition=partition,
-                                       on_delivery=self._on_delivery)
-                self._dirty.add(partition)
+                with self._lock:
+                    self._producer.produce(self.topic, value=value, key=key, partition=partition,
+                                           on_delivery=self._on_delivery)
+                    self._dirty.add(partition)
                 return
             except BufferError:  # local queue full: let librdkafka drain it, never drop
                 self._producer.poll(0.05)
@@ -63,13 +69,23 @@ class ChangelogWriter:
             self._errors.append(str(err))
 
     def flush_blocking(self, timeout: float = 60.0) -> None:
+        """Deliver every record put so far, then a marker after each partition written.
+
+        Records put meanwhile (another coroutine, same writer) may share the marker's batch;
+        their partition stays dirty and its writer's own ``flush`` appends the next marker.
+        """
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
         left = self._producer.flush(timeout)
-        if self._dirty and not left:
-            for partition in self._dirty:
-                self._producer.produce(self.topic, value=b"", key=MARKER_KEY, partition=partition,
-                                       on_delivery=self._on_delivery)
-            self._dirty.clear()
+        if dirty and not left:
+            with self._lock:
+                for partition in dirty:
+                    self._producer.produce(self.topic, value=b"", key=MARKER_KEY, partition=partition,
+                                           on_delivery=self._on_delivery)
             left = self._producer.flush(timeout)
+        elif left:
+            with self._lock:
+                self._dirty |= dirty
         if left or self._errors:
             errors, self._errors = self._errors[:5], []
             raise KafkaException(f"changelog {self.topic}: {left} records undelivered; errors: {errors}")
