@@ -40,7 +40,7 @@ class SinkItem:
     topic: str
     partition: int
     offset: int
-    value: dict[str, Any]
+    value: dict[str, Any] | bytes  # bytes: left undecoded for the sink (``Sink.wants_raw``)
 
 
 @dataclass
@@ -87,8 +87,16 @@ class Sink(ABC):
     def setup(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Connect and prepare the destination (create tables...). Called once before use."""
 
-    def add(self, topic: str, partition: int, offset: int, value: dict[str, Any]) -> None:
-        """Buffer one decoded message with its source position."""
+    def wants_raw(self, topic: str) -> bool:
+        """Whether ``topic``'s messages should be added as their raw bytes, not decoded.
+
+        A sink that can hand the bytes to its destination as they are says so, and the
+        caller skips decoding them (default: no).
+        """
+        return False
+
+    def add(self, topic: str, partition: int, offset: int, value: dict[str, Any] | bytes) -> None:
+        """Buffer one message (decoded, or raw bytes where ``wants_raw``) with its source position."""
         with self._lock:
             self._batch.items.setdefault((topic, partition), []).append(
                 SinkItem(topic, partition, offset, value)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from sinks.base import Sink, SinkBackpressureError, SinkBatch
+from sinks.base import Sink, SinkBackpressureError, SinkBatch, SinkItem
 from sinks.migrations import migrate, validate_database, validate_retention_days
 
 log = logging.getLogger(__name__)
@@ -140,8 +142,12 @@ def _outcome_rows(o: dict[str, Any]) -> list[tuple[Any, ...]]:
             break
     y_pred, y_true, label_ts = o.get("y_pred"), o.get("y_true"), o.get("label_ts")
     correct = o.get("correct")
+    pid, model = o["prediction_id"], o["model_id"]
+    if pid is None or model is None:
+        raise TypeError("prediction_id and model_id must not be null")
     return [(
-        o["prediction_id"], o["model_id"], str(o.get("model_version") or ""), segs,
+        pid if pid.__class__ is str else str(pid), model if model.__class__ is str else str(model),
+        str(o.get("model_version") or ""), segs,
         o.get("task") or "",
         y_pred if y_pred is None or y_pred.__class__ is str else str(y_pred),
         y_true if y_true is None or y_true.__class__ is str else str(y_true),
@@ -173,6 +179,67 @@ ROW_BUILDERS: dict[str, Callable[[dict[str, Any]], list[tuple[Any, ...]]]] = {
     "outcomes": _outcome_rows,
     "comparisons": _comparison_rows,
 }
+
+
+# The outcome envelope as ClickHouse parses it on the raw path (``ClickHouseSink._insert_raw_outcomes``):
+# one JSONEachRow line per envelope, {"_topic", "_partition", "_offset", "events": [outcome...]}.
+_RAW_EVENT_TYPES = (
+    ("prediction_id", "Nullable(String)"), ("model_id", "Nullable(String)"), ("model_version", "Nullable(String)"),
+    ("segments", "Map(String, String)"), ("task", "Nullable(String)"), ("y_pred", "Nullable(String)"),
+    ("y_true", "Nullable(String)"), ("score", "Nullable(Float64)"), ("value_pred", "Nullable(Float64)"),
+    ("value_true", "Nullable(Float64)"), ("latency_ms", "Nullable(Float64)"), ("prediction_ts", "Nullable(Float64)"),
+    ("label_ts", "Nullable(Float64)"), ("label_delay_s", "Nullable(Float64)"), ("correct", "Nullable(Bool)"),
+    ("abs_error", "Nullable(Float64)"), ("items_shown", "Nullable(UInt16)"), ("clicked_shown", "Nullable(UInt16)"),
+    ("converted_shown", "Nullable(UInt16)"), ("relevant_count", "Nullable(UInt16)"),
+    ("first_relevant_rank", "Nullable(UInt16)"),
+)  # fmt: skip
+_RAW_SCHEMA = "_topic String, _partition UInt16, _offset UInt64, events Array(Tuple({}))".format(
+    ", ".join(f"{name} {typ}" for name, typ in _RAW_EVENT_TYPES)
+)
+# The SELECT list restates ``_outcome_rows``: the same defaults, the same rounding (banker's, as
+# Python's ``round``), and an error for what ``_outcome_rows`` would reject (the batch then takes
+# that path, which counts the offender as invalid).
+_RAW_SELECT: dict[str, str] = {
+    "prediction_id": "if(e.prediction_id IS NULL OR e.model_id IS NULL OR e.prediction_ts IS NULL, "
+                     "toString(throwIf(1, 'outcome without prediction_id, model_id or prediction_ts')), "
+                     "assumeNotNull(e.prediction_id))",
+    "model_id": "assumeNotNull(e.model_id)",
+    "model_version": "ifNull(e.model_version, '')",
+    "task": "ifNull(e.task, '')",
+    "prediction_ts": "fromUnixTimestamp64Milli(toInt64(round(assumeNotNull(e.prediction_ts) * 1000)))",
+    "label_ts": "if(e.label_ts IS NULL, NULL, fromUnixTimestamp64Milli(toInt64(round(assumeNotNull(e.label_ts) * 1000))))",
+}  # fmt: skip
+RAW_CHUNK_BYTES = 64 << 20  # one insert (one block, one part) per this much envelope JSON
+_ONE_BLOCK = {  # the whole chunk in one block: a row that fails to parse leaves nothing written
+    "max_insert_block_size": 1 << 40, "min_insert_block_size_rows": 1 << 40,
+    "min_insert_block_size_bytes": 1 << 60,
+}  # fmt: skip
+
+
+def raw_outcomes_sql(database: str, path: str) -> str:
+    """The INSERT ... SELECT that loads a file of outcome envelopes (see ``_RAW_SCHEMA``)."""
+    select = ", ".join(_RAW_SELECT.get(c, f"e.{c}") for c in COLUMNS["outcomes"])
+    names = ", ".join(COLUMNS["outcomes"] + SOURCE_COLUMNS)
+    src = f"file({_quote(path)}, 'JSONEachRow', {_quote(_RAW_SCHEMA)})"
+    return (f"INSERT INTO {database}.outcomes ({names}) SELECT {select}, _topic, _partition, _offset "
+            f"FROM (SELECT _topic, _partition, _offset, arrayJoin(events) AS e FROM {src})")
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _chunks_by_bytes(items: list[Any], limit: int) -> list[list[Any]]:
+    """Consecutive runs of ``items`` whose raw values add up to at most ``limit`` bytes (one item at least)."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for it in items:
+        if chunks[-1] and size + len(it.value) > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(it)
+        size += len(it.value)
+    return chunks
 
 
 def sampled(prediction_id: str, rate: float) -> bool:
@@ -248,6 +315,10 @@ class ClickHouseSink(Sink):
             if t not in TABLES:
                 raise ValueError(f"topic_tables: unknown table {t!r} (known: {TABLES})")
         self.topic_tables = dict(topic_tables or {})
+        # Outcome envelopes go to an embedded store undecoded, parsed by ClickHouse itself
+        # (``_insert_raw_outcomes``): it reads a file, so only a chdb store in this process can.
+        # Sampling needs a per-row decision in Python: it keeps the column path.
+        self.raw_outcomes = dsn.startswith("chdb:") and self.outcome_sample_rate >= 1.0
         if max_retries < 0:
             raise ValueError("max_retries: must be >= 0")
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
@@ -257,7 +328,7 @@ class ClickHouseSink(Sink):
         self._stats: dict[str, Any] = {
             "rows_written": dict.fromkeys(TABLES, 0),
             "inserts": 0, "retries": 0, "failures": 0, "invalid": 0, "skipped_replayed": 0,
-            "sampled_out": 0, "unrouted": 0, "last_error": None,
+            "sampled_out": 0, "unrouted": 0, "raw_fallbacks": 0, "undecodable": 0, "last_error": None,
         }  # fmt: skip
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -330,6 +401,10 @@ class ClickHouseSink(Sink):
                 return table
         return None
 
+    def wants_raw(self, topic: str) -> bool:
+        """Outcome envelopes stay bytes when ``raw_outcomes`` (the sink runner skips decoding)."""
+        return self.raw_outcomes and self.table_for(topic) == "outcomes"
+
     def write(self, batch: SinkBatch) -> None:
         """Insert a batch: one insert per (topic, partition), oldest partition first.
 
@@ -349,6 +424,10 @@ class ClickHouseSink(Sink):
             self._stats["skipped_replayed"] += len(items) - len(fresh)
             if not fresh:
                 continue
+            if table == "outcomes" and self.raw_outcomes and all(it.value.__class__ is bytes for it in fresh):
+                for chunk in _chunks_by_bytes(fresh, RAW_CHUNK_BYTES):
+                    self._write_raw_outcomes(topic, partition, chunk)
+                continue
             columns = self._columns(table, topic, partition, fresh)
             token = f"{topic}:{partition}:{fresh[0].offset}-{fresh[-1].offset}"
             if columns[0]:
@@ -356,11 +435,66 @@ class ClickHouseSink(Sink):
                 self._stats["rows_written"][table] += len(columns[0])
             self._next_offset[(topic, partition)] = fresh[-1].offset + 1
 
+    def _write_raw_outcomes(self, topic: str, partition: int, items: list[Any]) -> None:
+        """Insert outcome envelopes as ClickHouse parses them; on any error, the column path.
+
+        The column path repeats the insert with the same deduplication token: the raw insert is
+        one block, so a failed one wrote nothing, and a lost reply to one that did write makes
+        ClickHouse drop the repeat.
+        """
+        token = f"{topic}:{partition}:{items[0].offset}-{items[-1].offset}"
+        head = b'{"_topic":' + orjson.dumps(topic) + b',"_partition":' + str(partition).encode() + b',"_offset":'
+        fd, path = tempfile.mkstemp(prefix="driftline-outcomes-", suffix=".jsonl")
+        try:
+            rows = 0
+            with os.fdopen(fd, "wb") as f:
+                for it in items:
+                    raw = it.value.strip()
+                    if raw[:1] != b"{" or raw[-1:] != b"}":
+                        raise ValueError(f"not a JSON object at offset {it.offset}")
+                    if raw.startswith(b'{"events":'):  # an envelope, as the join stage writes it
+                        f.write(head + str(it.offset).encode() + b"," + raw[1:] + b"\n")
+                    else:  # one outcome (anything else fails in ClickHouse: the column path decides)
+                        f.write(head + str(it.offset).encode() + b',"events":[' + raw + b"]}\n")
+                    # chdb reports no written rows for INSERT ... SELECT through clickhouse-connect:
+                    # count the outcome objects by their key (JSON escapes a quote inside a string)
+                    rows += raw.count(b'"prediction_id":')
+            self.client.command(raw_outcomes_sql(self.database, path),
+                                settings={**_ONE_BLOCK, "insert_deduplication_token": token})
+            self._stats["inserts"] += 1
+            self._stats["rows_written"]["outcomes"] += rows
+        except Exception as exc:
+            log.warning("raw outcome insert %s failed (%s): taking the column path", token, str(exc)[:300])
+            self._stats["raw_fallbacks"] += 1
+            decoded = [it for it in (self._decoded(it) for it in items) if it is not None]
+            columns = self._columns("outcomes", topic, partition, decoded)
+            if columns[0]:
+                self._insert_with_retry("outcomes", columns, token)
+                self._stats["rows_written"]["outcomes"] += len(columns[0])
+        finally:
+            os.unlink(path)
+        self._next_offset[(topic, partition)] = items[-1].offset + 1
+
+    def _decoded(self, it: Any) -> Any:
+        """``it`` with a decoded value, or None (counted ``undecodable``) when it is no JSON object."""
+        if it.value.__class__ is not bytes:
+            return it
+        try:
+            value = orjson.loads(it.value)
+            if isinstance(value, dict):
+                return SinkItem(it.topic, it.partition, it.offset, value)
+        except orjson.JSONDecodeError:
+            pass
+        self._stats["undecodable"] += 1
+        log.error("undecodable message at %s[%d]@%d", it.topic, it.partition, it.offset)
+        return None
+
     def _columns(self, table: str, topic: str, partition: int, items: list[Any]) -> list[list[Any]]:
         build = ROW_BUILDERS[table]
         rate = self.outcome_sample_rate if table == "outcomes" else 1.0
         rows: list[tuple[Any, ...]] = []
         offsets: list[int] = []
+        items = [d for d in (self._decoded(it) for it in items) if d is not None]
         for it in items:
             # The join stage sends a batch's outcomes as one envelope {"events": [...]}.
             vals = it.value.get("events") if table == "outcomes" else None

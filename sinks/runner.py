@@ -32,7 +32,7 @@ from sinks.base import Sink, SinkBackpressureError
 
 log = logging.getLogger(__name__)
 
-Pending = tuple[str, int, int, dict[str, Any]]
+Pending = tuple[str, int, int, dict[str, Any] | bytes | None]
 Job = tuple[float, Callable[[], object]]  # (interval in seconds, function)
 
 
@@ -114,6 +114,13 @@ class SinkRunner:
             "assigned": 0, "running": False, "pauses": 0, "job_failures": 0,
         }  # fmt: skip
         self._error: BaseException | None = None
+        self._raw_topics: dict[str, bool] = {}
+
+    def _wants_raw(self, topic: str) -> bool:
+        raw = self._raw_topics.get(topic)
+        if raw is None:
+            raw = self._raw_topics[topic] = self.sink.wants_raw(topic)
+        return raw
 
     # ---- public ---------------------------------------------------------------------------
 
@@ -153,6 +160,7 @@ class SinkRunner:
         if callable(sink_stats):
             s = sink_stats()
             out["rows_written"] = s.get("rows_written", {})
+            out["undecodable"] += s.get("undecodable", 0)  # raw messages the sink decodes itself
             out["sink"] = s
         return out
 
@@ -217,10 +225,17 @@ class SinkRunner:
             return
         with self._lock:
             self._stats["messages"] += 1
+        value: dict[str, Any] | bytes | None = None
         try:
-            value = orjson.loads(m.value())
-            if not isinstance(value, dict):
-                raise ValueError("not a JSON object")
+            raw: bytes = m.value()
+            if self._wants_raw(m.topic()):
+                if not raw:
+                    raise ValueError("empty message")
+                value = raw
+            else:
+                value = orjson.loads(raw)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             with self._lock:
                 self._stats["undecodable"] += 1
@@ -235,7 +250,7 @@ class SinkRunner:
             value = None
         if not self._pending:
             self._first_at = time.monotonic()
-        self._pending.append((m.topic(), m.partition(), m.offset(), value))  # type: ignore[arg-type]
+        self._pending.append((m.topic(), m.partition(), m.offset(), value))
         if len(self._pending) >= self.max_buffer_rows and not self._paused:
             self._pause(True)
 

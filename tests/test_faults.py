@@ -574,6 +574,12 @@ class OutageClient:
             raise ConnectionError("injected ClickHouse outage")
         return self.real.insert(*args, **kwargs)
 
+    def command(self, cmd: str, *args: Any, **kwargs: Any) -> Any:  # the sink's raw outcome inserts
+        if cmd.startswith("INSERT") and time.monotonic() < self.until:
+            self.refused += 1
+            raise ConnectionError("injected ClickHouse outage")
+        return self.real.command(cmd, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import orjson
 import pytest
 
 from sinks.base import SinkBackpressureError
@@ -190,6 +191,59 @@ def test_invalid_messages_are_counted_not_fatal(sink: ClickHouseSink) -> None:
     sink.flush()
     st = sink.stats()
     assert (st["invalid"], st["unrouted"], count(sink, "outcomes")) == (1, 1, 1)
+
+
+def envelopes(outcomes: list[dict[str, Any]], size: int) -> list[bytes]:
+    return [orjson.dumps({"events": outcomes[i : i + size]}) for i in range(0, len(outcomes), size)]
+
+
+def test_raw_outcome_envelopes_store_the_same_rows_as_the_column_path(sink: ClickHouseSink) -> None:
+    """The raw path (ClickHouse parses the envelopes) against the column path (Python builds
+    the rows, ``_outcome_rows``) on the same outcomes: every column of every row equal."""
+    outs = list(MSGS["outcomes"])
+    # the shapes the join stage can send: ranking counts, regression values, a missing label,
+    # non-string classes and segment values, integers where floats are usual
+    outs[0] = {**outs[0], "items_shown": 10, "clicked_shown": 2, "converted_shown": 1, "relevant_count": 3,
+               "first_relevant_rank": 2, "task": "ranking", "y_pred": None, "y_true": None, "correct": None}
+    outs[1] = {**outs[1], "y_pred": 3, "y_true": 4, "score": 1, "latency_ms": 7, "label_ts": None,
+               "label_delay_s": None, "segments": {"tier": "gold", "region": "eu"}}
+    outs[2] = {**outs[2], "task": "regression", "value_pred": 1.25, "value_true": 2, "abs_error": 0.75,
+               "y_pred": None, "y_true": None, "correct": None, "model_version": None, "prediction_ts": float(int(NOW)) + 0.0125}
+    assert sink.wants_raw("driftline.outcomes") and not sink.wants_raw("driftline.metrics")
+    for i, env in enumerate(envelopes(outs, 7)):
+        sink.add("raw.outcomes", 0, i, env)
+    for i, env in enumerate(envelopes(outs, 7)):
+        sink.add("col.outcomes", 0, i, orjson.loads(env))
+    sink.flush()
+    st = sink.stats()
+    assert (st["invalid"], st["raw_fallbacks"], st["rows_written"]["outcomes"]) == (0, 0, 2 * len(outs))
+
+    def rows(topic: str) -> list[tuple[Any, ...]]:
+        return sink.client.query(
+            "SELECT * EXCEPT (_topic, ingested_at) FROM driftline.outcomes WHERE _topic = {t:String} "
+            "ORDER BY prediction_id", parameters={"t": topic}).result_rows
+
+    raw, col = rows("raw.outcomes"), rows("col.outcomes")
+    assert len(raw) == len(outs) and raw == col
+
+
+def test_raw_outcomes_with_a_bad_event_take_the_column_path(sink: ClickHouseSink) -> None:
+    good = MSGS["outcomes"][:20]
+    bad = [{**good[0], "prediction_id": None}, {**good[1], "score": "high"}]
+    sink.add("driftline.outcomes", 0, 0, envelopes(good[:10], 10)[0])
+    sink.add("driftline.outcomes", 0, 1, orjson.dumps({"events": [bad[0], *good[10:15], bad[1]]}))
+    sink.add("driftline.outcomes", 0, 2, b"{not json")
+    sink.add("driftline.outcomes", 0, 3, envelopes(good[15:], 10)[0])
+    sink.flush()
+    st = sink.stats()
+    assert (st["raw_fallbacks"], st["invalid"], st["undecodable"]) == (1, 2, 1)
+    assert count(sink, "outcomes") == st["rows_written"]["outcomes"] == len(good)
+    sink.add("driftline.outcomes", 0, 4, envelopes(MSGS["outcomes"][20:23], 10)[0])  # the raw path goes on,
+    sink.add("driftline.outcomes", 0, 5, orjson.dumps(MSGS["outcomes"][23]))  # also for single outcomes
+    sink.add("driftline.outcomes", 0, 6, b'{"events": []}')
+    sink.flush()
+    st = sink.stats()
+    assert st["raw_fallbacks"] == 1 and count(sink, "outcomes") == st["rows_written"]["outcomes"] == 24
 
 
 def test_outcome_sampling_is_deterministic(tmp_path: Path) -> None:

@@ -69,6 +69,12 @@ class FlakyClient:
             raise ConnectionError("injected outage")
         return self.real.insert(*args, **kwargs)
 
+    def command(self, cmd: str, *args: Any, **kwargs: Any) -> Any:  # the raw outcome path inserts here
+        if cmd.startswith("INSERT") and self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("injected outage")
+        return self.real.command(cmd, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
