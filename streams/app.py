@@ -281,12 +281,17 @@ class DriftlineApp:
                 self.metrics.events_in.labels(topic=m.topic).inc()
                 by_partition.setdefault(m.partition, []).append(
                     Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
-            for partition, msgs in by_partition.items():
-                async with self._partition_lock(partition):
+            # Every partition of the batch is processed, then applied together: one delivery wait
+            # per stage for the whole batch, not one per partition (each is a broker round trip).
+            async with contextlib.AsyncExitStack() as locks:
+                for partition in sorted(by_partition):
+                    await locks.enter_async_context(self._partition_lock(partition))
+                steps = []
+                for partition in sorted(by_partition):
                     proc = self._processor(partition)
                     with partition_context(partition):
-                        result = proc.process(msgs)
-                    await self._apply_join(proc, result)
+                        steps.append((proc, proc.process(by_partition[partition])))
+                await self._apply_joins(steps)
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
         """Serialises a partition's (process, apply) steps between the join agent and the timer.
@@ -301,9 +306,19 @@ class DriftlineApp:
         return lock
 
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
-        p = proc.partition
+        await self._apply_joins([(proc, res)])
+
+    async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
+        """Apply processed batches of several partitions, in the order that makes each exactly-once.
+
+        Per partition the order is that of one: outputs delivered, then the table writes and
+        their changelog durable, then the partials. Doing each stage for every partition at once
+        keeps that order per partition and waits for the broker once per stage.
+        """
         producer = self.app.producer
-        if res.dlq or res.outcomes:
+        sent = False
+        for proc, res in steps:
+            p = proc.partition
             # Delivered before the partition record that marks their input as applied:
             # a crash in between replays the input and re-sends them (at-least-once,
             # deduplicated downstream by prediction_id), never loses them.
@@ -314,26 +329,35 @@ class DriftlineApp:
             for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
                 chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
                 await self.out["outcomes"].send(value=orjson.dumps({"events": chunk}), partition=p)
+            sent = sent or bool(res.dlq or res.outcomes)
+        if sent:
             await producer.flush()
-        with partition_context(p):
-            for set_key, value in res.sets.items():
-                self._join_set(p, set_key.encode(), value)
-            self._join_set(p, proc.state_key().encode(), res.state)
-            for del_key in res.deletes:
-                self._join_del(p, del_key.encode())
-        # Before the batch's offsets can be committed (and before its partials leave).
+        for proc, res in steps:
+            p = proc.partition
+            with partition_context(p):
+                for set_key, value in res.sets.items():
+                    self._join_set(p, set_key.encode(), value)
+                self._join_set(p, proc.state_key().encode(), res.state)
+                for del_key in res.deletes:
+                    self._join_del(p, del_key.encode())
+        # Before the batch's offsets can be committed (and before its partials leave): the
+        # partition record holding an outbox must be durable before the partials leave, or a
+        # replay could reuse their ids for other content.
         await self.changelog().flush()
-        self.metrics.count(res.counters)
-        if res.partials:
-            # The partition record holding this outbox must be durable before the
-            # partials leave, or a replay could reuse their ids for other content.
-            await producer.flush()
+        partials = False
+        for _proc, res in steps:
+            self.metrics.count(res.counters)
             for part in res.partials:
                 await self.partials_topic.send(key=part["model_id"].encode(), value=orjson.dumps(part))
+            partials = partials or bool(res.partials)
+        if partials:
             await producer.flush()
-            proc.outbox_delivered()
-        self.metrics.pending.labels(partition=str(p)).set(proc.pending_count)
-        self.metrics.open_windows.labels(partition=str(p)).set(len(proc.windows))
+        for proc, res in steps:
+            if res.partials:
+                proc.outbox_delivered()
+            p = proc.partition
+            self.metrics.pending.labels(partition=str(p)).set(proc.pending_count)
+            self.metrics.open_windows.labels(partition=str(p)).set(len(proc.windows))
 
     # ---- merge stage -------------------------------------------------------------------------
     def _merger(self, partition: int) -> WindowMerger:

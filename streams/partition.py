@@ -122,6 +122,10 @@ class PartitionProcessor:
         self.max_series = max_series  # open window series (model, version, segment, window) per table
         self.max_models = max_models  # models with a remembered task; (model, version) detector banks
         self._get = store_get
+        # Waiting records start with their partition (``streams.pending``). One worker's table
+        # holds several partitions' records in one store: this partition reads only its own, as
+        # its writes and deletes go to its own changelog partition.
+        self._own = b"[%d," % partition
         self.clock = clock
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.applied: dict[str, int] = {"prediction": -1, "label": -1}
@@ -330,7 +334,10 @@ class PartitionProcessor:
     def _lookup(self, key: str) -> bytes | None:
         if key in self._overlay:
             return self._overlay[key]
-        return self._get(key)
+        raw = self._get(key)
+        if raw is not None and not raw.startswith(self._own):
+            return None  # another partition's (a producer that does not co-partition by id)
+        return raw
 
     def _dead_letter(self, msg: Message, rej: Rejection, raw: object) -> None:
         self._count(f"dlq_{rej.code}")

@@ -366,10 +366,11 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
             orjson.dumps({"prediction_id": f"{tag}-kind-k", "timestamp": ts + 1, "label": 1}),
             ["label_kind_mismatch"],
         ),
-        # the envelope's good events get their labels: they join
+        # the envelope's good events get their labels: they join (same key as the prediction
+        # envelope k41: co-partitioned, as the SDK does by prediction id)
         (
             L,
-            b"l9",
+            b"k41",
             encode_envelope(
                 [
                     {"prediction_id": f"{tag}-env-good-{i}", "timestamp": ts + 1, "label": 1}

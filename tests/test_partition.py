@@ -301,7 +301,7 @@ def test_task_learned_from_first_prediction_when_unconfigured() -> None:
 def test_poison_event_does_not_stop_partition() -> None:
     h, f = Harness(0, BINARY), Feed()
     h.process(f.events("prediction", [pred("a", T0 + 1)]))
-    h.store["p:b"] = b"[1,2]"  # a corrupt waiting record
+    h.store["p:b"] = b"[0,2]"  # a corrupt waiting record (of this partition)
     h.process(f.events("label", [label("b", T0 + 2), label("a", T0 + 2)]))
     assert [d["reason"] for d in h.dlq] == ["processing_error"]
     assert h.counters["joins"] == 1
