@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -208,6 +209,7 @@ class DriftlineApp:
         app.timer(TICK_SECONDS)(self._tick)
         self._add_views(app)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         return app
 
     # ---- join stage --------------------------------------------------------------------------
@@ -273,25 +275,44 @@ class DriftlineApp:
         return self._join_raw
 
     async def _join_agent(self, stream: Any) -> None:
-        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
         async for events in stream.take_events(2000, within=0.05):
-            by_partition: dict[int, list[Message]] = {}
-            for ev in events:
-                m = ev.message
-                self.metrics.events_in.labels(topic=m.topic).inc()
-                by_partition.setdefault(m.partition, []).append(
-                    Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
-            # Every partition of the batch is processed, then applied together: one delivery wait
-            # per stage for the whole batch, not one per partition (each is a broker round trip).
-            async with contextlib.AsyncExitStack() as locks:
-                for partition in sorted(by_partition):
-                    await locks.enter_async_context(self._partition_lock(partition))
-                steps = []
-                for partition in sorted(by_partition):
-                    proc = self._processor(partition)
-                    with partition_context(partition):
-                        steps.append((proc, proc.process(by_partition[partition])))
-                await self._apply_joins(steps)
+            with self._halt_on_error("join agent"):
+                await self._join_batch(events)
+
+    @contextlib.contextmanager
+    def _halt_on_error(self, what: str) -> Iterator[None]:
+        """Exit the process on an unexpected error in a processing step.
+
+        faust would restart the agent and ack the failed batch, and the partition's in-memory
+        state would run ahead of what was delivered and written. Exiting commits nothing more;
+        the restarted worker resumes from the tables (``_resume_from_state``), as after SIGKILL.
+        """
+        try:
+            yield
+        except Exception:
+            log.critical("%s failed: exiting so that a restart resumes from the tables", what, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    async def _join_batch(self, events: Any) -> None:
+        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        by_partition: dict[int, list[Message]] = {}
+        for ev in events:
+            m = ev.message
+            self.metrics.events_in.labels(topic=m.topic).inc()
+            by_partition.setdefault(m.partition, []).append(
+                Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
+        # Every partition of the batch is processed, then applied together: one delivery wait
+        # per stage for the whole batch, not one per partition (each is a broker round trip).
+        async with contextlib.AsyncExitStack() as locks:
+            for partition in sorted(by_partition):
+                await locks.enter_async_context(self._partition_lock(partition))
+            steps = []
+            for partition in sorted(by_partition):
+                proc = self._processor(partition)
+                with partition_context(partition):
+                    steps.append((proc, proc.process(by_partition[partition])))
+            await self._apply_joins(steps)
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
         """Serialises a partition's (process, apply) steps between the join agent and the timer.
@@ -373,7 +394,7 @@ class DriftlineApp:
         with partition_context(partition):
             for k, v in self.merge_table.data.items():
                 k = bytes(k)
-                if not v or k[:2] not in (b"w:", b"a:", b"r:"):  # changelog markers, deletions
+                if not v or k[:2] not in (b"w:", b"a:", b"r:", b"o:"):  # changelog markers, deletions
                     continue
                 d = orjson.loads(v)
                 if d.get("partition") != partition:
@@ -385,26 +406,35 @@ class DriftlineApp:
                     merger.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
                 elif k.startswith(b"r:"):
                     merger.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
+                elif k.startswith(b"o:"):
+                    merger.next_offset = int(d["next"])
         self.mergers[partition] = merger
         return merger
 
     async def _merge_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.05):
-            by_partition: dict[int, list[Any]] = {}
-            for ev in events:
-                by_partition.setdefault(ev.message.partition, []).append(ev.message.value)
-            now = time.time()
-            for partition, values in by_partition.items():
-                async with self._merge_lock(partition):
-                    merger = self._merger(partition)
-                    out = MergeOutput()
-                    for raw in values:
-                        try:
-                            merger.on_partial(orjson.loads(raw), now, out)
-                        except Exception:  # our own topic; a bad record is logged, never fatal
-                            log.exception("bad partial record", extra={"partition": partition})
-                    merger.tick(now, out)
-                    await self._apply_merge(partition, merger, out)
+            with self._halt_on_error("merge agent"):
+                await self._merge_batch(events)
+
+    async def _merge_batch(self, events: Any) -> None:
+        by_partition: dict[int, list[Any]] = {}
+        for ev in events:
+            by_partition.setdefault(ev.message.partition, []).append(ev.message)
+        now = time.time()
+        for partition, messages in by_partition.items():
+            async with self._merge_lock(partition):
+                merger = self._merger(partition)
+                out = MergeOutput()
+                for m in messages:
+                    if m.offset < merger.next_offset:  # applied before a restart or rewind
+                        continue
+                    try:
+                        merger.on_partial(orjson.loads(m.value), now, out)
+                    except Exception:  # our own topic; a bad record is logged, never fatal
+                        log.exception("bad partial record", extra={"partition": partition})
+                merger.next_offset = max(merger.next_offset, messages[-1].offset + 1)
+                merger.tick(now, out)
+                await self._apply_merge(partition, merger, out, offsets=True)
 
     def _merge_lock(self, partition: int) -> asyncio.Lock:
         """What ``_partition_lock`` is to the join stage, for a partials partition: the merge
@@ -415,7 +445,8 @@ class DriftlineApp:
             lock = self._merge_locks[partition] = asyncio.Lock()
         return lock
 
-    async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput) -> None:
+    async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput, *,
+                           offsets: bool = False) -> None:
         # Outputs first, delivered, then the state that records them: a crash in between
         # re-sends them with the same ids (alert_id, event_id, window revision), never loses them.
         for m in out.metrics:
@@ -451,7 +482,10 @@ class DriftlineApp:
                 if rb is not None:
                     self._merge_set(partition, b"r:" + model.encode(),
                                     orjson.dumps({"partition": partition, "model_id": model, "b": rb.to_state()}))
-        if out.changed_windows or out.dropped_windows or out.changed_models or out.changed_builders:
+            if offsets:  # last: a crash leaves a prefix, so a recorded offset's effects are recorded too
+                self._merge_set(partition, b"o:%d" % partition,
+                                orjson.dumps({"partition": partition, "next": merger.next_offset}))
+        if offsets or out.changed_windows or out.dropped_windows or out.changed_models or out.changed_builders:
             await self.merge_changelog().flush()
 
     # ---- references from the first hours --------------------------------------------------------
@@ -495,6 +529,10 @@ class DriftlineApp:
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
+        with self._halt_on_error("timer"):
+            await self._tick_step()
+
+    async def _tick_step(self) -> None:
         # Processors and mergers load their state from the tables: never before recovery ends.
         if self.app.rebalancing or self.app.in_recovery:
             return
@@ -558,6 +596,50 @@ class DriftlineApp:
             elif tp.topic == self.topics["partials"]:
                 async with self._merge_lock(tp.partition):
                     self.mergers.pop(tp.partition, None)
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Make the consumer's seek to committed offsets (after table recovery) end at our state."""
+        consumer = self.app.consumer
+        if getattr(consumer, "_driftline_seek", False):
+            return
+        seek_to_committed = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await seek_to_committed()
+            await self._resume_from_state()
+
+        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+        consumer._driftline_seek = True  # type: ignore[attr-defined]
+
+    async def _resume_from_state(self) -> None:
+        """Rewind each input partition whose committed offset is past what our state has applied.
+
+        Offsets and state together: the join stage's partition records and the merge stage's
+        ``o:`` records say which input offsets their effects include; faust's committed offset is
+        only where reading may start. faust acks a whole ``take_events`` batch when its generator
+        closes, also when the agent was cancelled or crashed mid-batch, and may then commit offsets
+        whose effects never reached the changelog. Reading again from the state's position
+        re-applies them once (the join skips offsets it applied; the merge skips partial ids).
+        """
+        consumer = self.app.consumer
+        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        rewinds: dict[Any, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic in kinds:
+                want = self._processor(tp.partition).applied[kinds[tp.topic]] + 1
+            elif tp.topic == self.topics["partials"]:
+                want = self._merger(tp.partition).next_offset
+            else:
+                continue
+            committed = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # set by the seek to committed
+            if committed is not None and want < committed:
+                rewinds[tp] = want
+                log.warning("committed offset is past the applied state: reading again from there",
+                            extra={"topic": tp.topic, "partition": tp.partition, "committed": committed,
+                                   "resume": want})
+        if rewinds:
+            await consumer.seek_wait(rewinds)
+            self.metrics.count({"offset_rewinds": len(rewinds)})
 
     def _update_gauges(self) -> None:
         with contextlib.suppress(Exception):

@@ -115,6 +115,9 @@ class WindowMerger:
         self.engines: dict[str, AlertEngine] = {}
         self.seen_alarms: dict[str, list[str]] = {}
         self.builders: dict[str, ReferenceBuilder] = {}  # model_id -> first-hours reference in progress
+        # The partials offset after the last message applied (kept with the state in the merge
+        # table; the consumer resumes here, not at the committed offset: ``streams.app``).
+        self.next_offset = 0
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
 
     def engine(self, model_id: str) -> AlertEngine:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -262,5 +263,87 @@ def test_rocksdb_store_recovers_pending_after_kill(bootstrap: str, topic_prefix:
                 sdk.log_label(f"k{i}", 1, timestamp=now + i * 0.01 + 1)
         worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) == n, 60, "joins")
         assert worker.health()["pending_predictions"] == 0
+    finally:
+        worker.stop()
+
+
+
+# Run in the worker before the CLI: from the first "boom" outcome on, the join stage applies
+# nothing more, and the merge stage never applies anything, while faust goes on acking and
+# committing the batches (what happens when an agent is cancelled or crashes mid-batch).
+STUCK_APPLY = """
+import streams.app as A
+_join, _dead = A.DriftlineApp._apply_joins, []
+async def _apply_joins(self, steps):
+    if _dead or any(o["prediction_id"].startswith("boom") for _, r in steps for o in r.outcomes):
+        _dead.append(1)
+        return
+    await _join(self, steps)
+async def _apply_merge(self, *args, **kwargs):
+    return
+A.DriftlineApp._apply_joins = _apply_joins
+A.DriftlineApp._apply_merge = _apply_merge
+"""
+
+
+def _committed_at_end(bootstrap: str, group: str, topics: list[str]) -> bool:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in c.list_topics(t, timeout=10).topics[t].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+        for tp in tps:
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and committed[(tp.topic, tp.partition)] < high:
+                return False
+        return True
+    finally:
+        c.close()
+
+
+def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_prefix: str, tmp_path: Path,
+                                                          consume: Any) -> None:
+    """The worker resumes each input partition where its state says, not where the group committed.
+
+    First life: the join stage applies the "a" pairs, then nothing from the first "boom" outcome
+    on; the merge stage applies nothing; faust commits every offset all the same. SIGKILL, restart
+    without the fault: the "boom" pairs are read again and joined once, the "a" partials are read
+    again and merged, and no applied input is read twice."""
+    worker = Worker(bootstrap, topic_prefix, tmp_path, sink=False, prelude=STUCK_APPLY).start()
+    group, now = worker.env["DRIFTLINE_APP_ID"], time.time() - 600
+    inputs = [f"{topic_prefix}{t}" for t in ("predictions", "labels", "partials")]
+    try:
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(20):
+                sdk.log_prediction(f"a{i}", "m", {"label": 1, "score": 0.9}, timestamp=now + i)
+                sdk.log_label(f"a{i}", 1, timestamp=now + i + 1)
+        worker.wait_for(lambda: worker.health()["counters"].get("joins", 0) == 20, 60, "the first joins")
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for i in range(30):
+                sdk.log_prediction(f"boom{i}", "m", {"label": 0, "score": 0.2}, timestamp=now + 100 + i)
+                sdk.log_label(f"boom{i}", 1, timestamp=now + 101 + i)
+        worker.wait_for(lambda: _committed_at_end(bootstrap, group, inputs), 60, "every offset committed")
+        assert worker.health()["counters"]["joins"] == 20
+        worker.kill(signal.SIGKILL)
+        worker.prelude = ""
+        worker.start()
+        h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins", 0) == 30 and h, 60,
+                            "the input committed past the state, joined")
+        assert h["counters"].get("offset_rewinds", 0) >= 2  # join input and partials
+        assert h["counters"].get("replayed_skipped", 0) == 0  # rewound to the state, not before it
+
+        def labeled_total() -> int:
+            latest: dict[tuple[str, float], tuple[int, int]] = {}
+            for m in consume(f"{topic_prefix}metrics", 10**9, timeout=3):
+                v = orjson.loads(m.value())
+                key = (v["segment"], v["window_start"])
+                if v["segment"] == "" and v["revision"] >= latest.get(key, (-1, 0))[0]:
+                    latest[key] = (v["revision"], v["labeled_count"])
+            return sum(n for _, n in latest.values())
+
+        worker.wait_for(lambda: labeled_total() == 50, 60, "windows holding all 50 labels")
+        time.sleep(2.0)
+        assert worker.health()["counters"]["joins"] == 30
     finally:
         worker.stop()
