@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -36,7 +37,7 @@ from faust.streams import _current_event
 
 from detectors.profile import Profile
 from streams.baseline_cmd import ReferenceBuilder
-from streams.changelog import ChangelogWriter
+from streams.changelog import ChangelogWriter, read_range
 from streams.merge import MergeOutput, WindowMerger
 from streams.models import ModelsConfig
 from streams.observe import PipelineMetrics
@@ -75,6 +76,15 @@ def _shorten_fetch_wait() -> None:
     thread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     thread._driftline_fetch_wait = True  # type: ignore[attr-defined]
 OUTCOMES_PER_ENVELOPE = 1000
+
+
+class Record(NamedTuple):
+    """A record read outside faust (``read_range``), shaped like the faust message fields we use."""
+
+    topic: str
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
 class _PartitionEvent:
@@ -310,9 +320,39 @@ class DriftlineApp:
             steps = []
             for partition in sorted(by_partition):
                 proc = self._processor(partition)
+                msgs = by_partition[partition]
+                for topic, kind in kinds.items():
+                    msgs = await self._with_skipped(topic, partition, proc.applied[kind] + 1, msgs,
+                                                    functools.partial(Message, kind, topic, partition))
                 with partition_context(partition):
-                    steps.append((proc, proc.process(by_partition[partition])))
+                    steps.append((proc, proc.process(msgs)))
             await self._apply_joins(steps)
+
+    async def _with_skipped(self, topic: str, partition: int, expected: int, messages: list[Any],
+                            make: Callable[[int, bytes | None, bytes | None], Any]) -> list[Any]:
+        """``messages`` with the records of ``topic[partition]`` that faust skipped put back in place.
+
+        faust's consumer can drop fetched records while flow stops or a partition is paused
+        (``Consumer.getmany``) and then counts the offsets it skipped as acked, so they would be
+        committed unprocessed. From ``expected`` (the state's next offset) on, every offset of the
+        partition must arrive in order; a jump is read again here with a separate consumer.
+        """
+        out: list[Any] = []
+        for m in messages:
+            if m.topic == topic and m.offset > expected >= 0:
+                loop = asyncio.get_running_loop()
+                missing = await loop.run_in_executor(None, read_range, self.settings.bootstrap, topic, partition,
+                                                     expected, m.offset, self.settings.kafka)
+                if missing:
+                    log.warning("records skipped by the consumer, read again",
+                                extra={"topic": topic, "partition": partition, "from": expected, "to": m.offset - 1,
+                                       "records": len(missing)})
+                    self.metrics.count({"skipped_records_reread": len(missing)})
+                out += [make(*rec) for rec in missing]
+            if m.topic == topic:
+                expected = max(expected, m.offset + 1)
+            out.append(m)
+        return out
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
         """Serialises a partition's (process, apply) steps between the join agent and the timer.
@@ -425,6 +465,9 @@ class DriftlineApp:
             async with self._merge_lock(partition):
                 merger = self._merger(partition)
                 out = MergeOutput()
+                topic = self.topics["partials"]
+                messages = await self._with_skipped(topic, partition, merger.next_offset, messages,
+                                                    functools.partial(Record, topic))
                 for m in messages:
                     if m.offset < merger.next_offset:  # applied before a restart or rewind
                         continue

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 MARKER_KEY = b"\x00hw"
 
@@ -95,3 +95,35 @@ class ChangelogWriter:
 
     def close(self) -> None:
         self._producer.flush(10)
+
+
+def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,
+               client_config: Mapping[str, Any] | None = None, timeout: float = 30.0) -> list[tuple[int, bytes | None, bytes | None]]:
+    """``(offset, key, value)`` of the records of ``topic[partition]`` in ``[start, end)``.
+
+    ``end`` must be an offset that exists (a record already read): reading stops there. Offsets
+    without a record (retention, compaction, transaction markers) are simply absent. Blocking:
+    run it in an executor.
+    """
+    import time
+    import uuid
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"driftline-gap-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", **dict(client_config or {})})
+    out: list[tuple[int, bytes | None, bytes | None]] = []
+    try:
+        c.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise KafkaException(f"{topic}[{partition}]: records {start}..{end - 1} not read in {timeout:.0f}s")
+            m = c.poll(0.5)
+            if m is None or m.error() is not None:
+                continue
+            offset = int(m.offset() or 0)
+            if offset >= end:
+                return out
+            if offset >= start:
+                out.append((offset, m.key(), m.value()))
+    finally:
+        c.close()

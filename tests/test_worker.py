@@ -347,3 +347,58 @@ def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_p
         assert worker.health()["counters"]["joins"] == 30
     finally:
         worker.stop()
+
+
+# Run in the worker before the CLI: the agents never see the first prediction with "skipme" in
+# it, nor the fifth partials record: what faust's consumer does when it drops fetched records
+# (flow stopped, partition paused) and counts their offsets as acked.
+SKIPPED_RECORDS = """
+import streams.app as A
+_join, _merge, _seen = A.DriftlineApp._join_batch, A.DriftlineApp._merge_batch, []
+def _keep(e, what):
+    m = e.message
+    if what not in _seen and (m.topic.endswith("predictions") and b"skipme" in m.value if what == "p" else m.offset == 4):
+        _seen.append(what)
+        return False
+    return True
+async def _join_batch(self, events):
+    await _join(self, [e for e in events if _keep(e, "p")])
+async def _merge_batch(self, events):
+    await _merge(self, [e for e in events if _keep(e, "m")])
+A.DriftlineApp._join_batch = _join_batch
+A.DriftlineApp._merge_batch = _merge_batch
+"""
+
+
+def test_records_the_consumer_skipped_are_read_again(bootstrap: str, topic_prefix: str, tmp_path: Path,
+                                                     consume: Any) -> None:
+    """A record faust never hands to an agent is noticed at the next offset of its partition
+    and read again with a separate consumer: the prediction still joins, the partial is merged."""
+    worker = Worker(bootstrap, topic_prefix, tmp_path, sink=False, prelude=SKIPPED_RECORDS).start()
+    now = time.time() - 600
+    try:
+        ids = [f"skipme{i}" if i == 10 else f"s{i}" for i in range(80)]
+        with DriftlineProducer(bootstrap, topic_prefix=topic_prefix) as sdk:
+            for part in (ids[:40], ids[40:]):  # the second flush: later records in every partition
+                for i, pid in enumerate(part):
+                    sdk.log_prediction(pid, "m", {"label": 1, "score": 0.9}, timestamp=now + i)
+                sdk.flush()
+            for i, pid in enumerate(ids):
+                sdk.log_label(pid, 1, timestamp=now + i % 40 + 1)
+        h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins", 0) == 80 and h, 60, "80 joins")
+        assert h["counters"]["skipped_records_reread"] == 2  # the prediction and the partial
+        assert h["pending_predictions"] == 0
+        worker.wait_for(lambda: worker.health()["open_windows"] == 0, 60, "windows closed")
+
+        def labeled_total() -> int:
+            latest: dict[tuple[str, float], tuple[int, int]] = {}
+            for m in consume(f"{topic_prefix}metrics", 10**9, timeout=3):
+                v = orjson.loads(m.value())
+                key = (v["segment"], v["window_start"])
+                if v["segment"] == "" and v["revision"] >= latest.get(key, (-1, 0))[0]:
+                    latest[key] = (v["revision"], v["labeled_count"])
+            return sum(n for _, n in latest.values())
+
+        worker.wait_for(lambda: labeled_total() == 80, 60, "windows holding all 80 labels")
+    finally:
+        worker.stop()
