@@ -347,12 +347,6 @@ def test_sigkill_five_times_equals_uninterrupted_run(
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: in about 1 run of 4 (also before this stop's changes) the survivor-and-return run "
-    "ends with fewer labels in a window, or one drift event fewer, than the uninterrupted run; "
-    "not yet explained (README Guarantees)",
-)
 def test_two_workers_one_killed_and_restarted_equals_uninterrupted_run(
     bootstrap: str, tmp_path: Path
 ) -> None:
