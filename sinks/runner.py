@@ -52,6 +52,9 @@ class SinkRunner:
         Consumer group.
     batch_rows, batch_seconds : int, float
         Flush when this many messages are buffered or this long after the first one.
+    batch_bytes : int
+        Also flush once the buffered message values add up to this many bytes: one outcome
+        envelope holds up to 1,000 rows, so a message count says little about a batch's size.
     max_buffer_rows : int
         While this many messages wait for an outage to end, partitions are paused.
     client_config : dict, optional
@@ -69,6 +72,7 @@ class SinkRunner:
         group_id: str = "driftline-sink",
         batch_rows: int = 20000,
         batch_seconds: float = 1.0,
+        batch_bytes: int = 8 << 20,
         max_buffer_rows: int = 200000,
         client_config: dict[str, Any] | None = None,
         jobs: Sequence[Job] = (),
@@ -79,6 +83,10 @@ class SinkRunner:
             raise ValueError("batch_rows must be >= 1 and max_buffer_rows >= batch_rows")
         if batch_seconds <= 0:
             raise ValueError("batch_seconds: must be > 0")
+        if batch_bytes < 1:
+            raise ValueError("batch_bytes: must be >= 1")
+        self.batch_bytes = batch_bytes
+        self._pending_bytes = 0
         if any(interval <= 0 for interval, _ in jobs):
             raise ValueError("jobs: every interval must be > 0")
         self.jobs = list(jobs)
@@ -186,6 +194,7 @@ class SinkRunner:
                 now = time.monotonic()
                 due = self._pending and (
                     len(self._pending) >= self.batch_rows
+                    or self._pending_bytes >= self.batch_bytes
                     or (self._first_at is not None and now - self._first_at >= self.batch_seconds)
                 )
                 if due and now >= self._retry_at:
@@ -250,6 +259,7 @@ class SinkRunner:
             value = None
         if not self._pending:
             self._first_at = time.monotonic()
+        self._pending_bytes += len(m.value() or b"")
         self._pending.append((m.topic(), m.partition(), m.offset(), value))
         if len(self._pending) >= self.max_buffer_rows and not self._paused:
             self._pause(True)
@@ -282,7 +292,7 @@ class SinkRunner:
             if len(batch) >= self.max_buffer_rows and not self._paused:
                 self._pause(True)
             return
-        self._pending, self._first_at, self._backoff = [], None, 0.0
+        self._pending, self._first_at, self._backoff, self._pending_bytes = [], None, 0.0, 0
         offsets = [
             TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in self._assigned
         ]
@@ -351,6 +361,8 @@ class SinkRunner:
         if self._pending:
             # not written: the next owner re-reads them from the committed offset
             self._pending = [p for p in self._pending if (p[0], p[1]) not in revoked]
+            if not self._pending:
+                self._pending_bytes = 0
             with self._lock:
                 self._stats["buffered_rows"] = len(self._pending)
         self._assigned -= revoked
