@@ -76,6 +76,7 @@ def _shorten_fetch_wait() -> None:
     thread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     thread._driftline_fetch_wait = True  # type: ignore[attr-defined]
 OUTCOMES_PER_ENVELOPE = 1000
+APPLY_AT = 50_000  # processed partitions are applied together until they hold this many outcomes + writes
 
 
 class Record(NamedTuple):
@@ -317,7 +318,8 @@ class DriftlineApp:
         async with contextlib.AsyncExitStack() as locks:
             for partition in sorted(by_partition):
                 await locks.enter_async_context(self._partition_lock(partition))
-            steps = []
+            steps: list[tuple[PartitionProcessor, BatchResult]] = []
+            held = 0  # outcomes and table writes processed but not applied yet
             for partition in sorted(by_partition):
                 proc = self._processor(partition)
                 msgs = by_partition[partition]
@@ -325,8 +327,14 @@ class DriftlineApp:
                     msgs = await self._with_skipped(topic, partition, proc.applied[kind] + 1, msgs,
                                                     functools.partial(Message, kind, topic, partition))
                 with partition_context(partition):
-                    steps.append((proc, proc.process(msgs)))
-            await self._apply_joins(steps)
+                    res = proc.process(msgs)
+                steps.append((proc, res))
+                held += len(res.outcomes) + len(res.sets) + len(res.deletes)
+                if held >= APPLY_AT:  # a batch of large envelopes: bound what waits in memory
+                    await self._apply_joins(steps)
+                    steps, held = [], 0
+            if steps:
+                await self._apply_joins(steps)
 
     async def _with_skipped(self, topic: str, partition: int, expected: int, messages: list[Any],
                             make: Callable[[int, bytes | None, bytes | None], Any]) -> list[Any]:
