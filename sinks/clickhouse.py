@@ -216,17 +216,17 @@ _ONE_BLOCK = {  # the whole chunk in one block: a row that fails to parse leaves
 }  # fmt: skip
 
 
-def raw_outcomes_sql(database: str, path: str) -> str:
-    """The INSERT ... SELECT that loads a file of outcome envelopes (see ``_RAW_SCHEMA``)."""
+def raw_outcomes_sql(database: str) -> str:
+    """The INSERT ... SELECT that loads a file of outcome envelopes (see ``_RAW_SCHEMA``).
+
+    Constant text but for the (validated) database name: the file's path and its schema are
+    bound parameters (``path``, ``schema``), and the rows are in the file, never in the SQL.
+    """
     select = ", ".join(_RAW_SELECT.get(c, f"e.{c}") for c in COLUMNS["outcomes"])
     names = ", ".join(COLUMNS["outcomes"] + SOURCE_COLUMNS)
-    src = f"file({_quote(path)}, 'JSONEachRow', {_quote(_RAW_SCHEMA)})"
-    return (f"INSERT INTO {database}.outcomes ({names}) SELECT {select}, _topic, _partition, _offset "
-            f"FROM (SELECT _topic, _partition, _offset, arrayJoin(events) AS e FROM {src})")
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (f"INSERT INTO {validate_database(database)}.outcomes ({names}) "
+            f"SELECT {select}, _topic, _partition, _offset FROM (SELECT _topic, _partition, _offset, "
+            "arrayJoin(events) AS e FROM file({path:String}, 'JSONEachRow', {schema:String}))")
 
 
 def _chunks_by_bytes(items: list[Any], limit: int) -> list[list[Any]]:
@@ -459,7 +459,7 @@ class ClickHouseSink(Sink):
                     # chdb reports no written rows for INSERT ... SELECT through clickhouse-connect:
                     # count the outcome objects by their key (JSON escapes a quote inside a string)
                     rows += raw.count(b'"prediction_id":')
-            self.client.command(raw_outcomes_sql(self.database, path),
+            self.client.command(raw_outcomes_sql(self.database), parameters={"path": path, "schema": _RAW_SCHEMA},
                                 settings={**_ONE_BLOCK, "insert_deduplication_token": token})
             self._stats["inserts"] += 1
             self._stats["rows_written"]["outcomes"] += rows

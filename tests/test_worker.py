@@ -286,6 +286,17 @@ A.DriftlineApp._apply_merge = _apply_merge
 """
 
 
+def labeled_total(consume: Any, topic_prefix: str) -> int:
+    """Labels in the newest revision of every whole-model window on the metrics topic."""
+    latest: dict[tuple[str, float], tuple[int, int]] = {}
+    for m in consume(f"{topic_prefix}metrics", 10**9, timeout=3):
+        v = orjson.loads(m.value())
+        key = (v["segment"], v["window_start"])
+        if v["segment"] == "" and v["revision"] >= latest.get(key, (-1, 0))[0]:
+            latest[key] = (v["revision"], v["labeled_count"])
+    return sum(n for _, n in latest.values())
+
+
 def _committed_at_end(bootstrap: str, group: str, topics: list[str]) -> bool:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -333,16 +344,7 @@ def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_p
         assert h["counters"].get("offset_rewinds", 0) >= 2  # join input and partials
         assert h["counters"].get("replayed_skipped", 0) == 0  # rewound to the state, not before it
 
-        def labeled_total() -> int:
-            latest: dict[tuple[str, float], tuple[int, int]] = {}
-            for m in consume(f"{topic_prefix}metrics", 10**9, timeout=3):
-                v = orjson.loads(m.value())
-                key = (v["segment"], v["window_start"])
-                if v["segment"] == "" and v["revision"] >= latest.get(key, (-1, 0))[0]:
-                    latest[key] = (v["revision"], v["labeled_count"])
-            return sum(n for _, n in latest.values())
-
-        worker.wait_for(lambda: labeled_total() == 50, 60, "windows holding all 50 labels")
+        worker.wait_for(lambda: labeled_total(consume, topic_prefix) == 50, 60, "windows holding all 50 labels")
         time.sleep(2.0)
         assert worker.health()["counters"]["joins"] == 30
     finally:
@@ -390,15 +392,6 @@ def test_records_the_consumer_skipped_are_read_again(bootstrap: str, topic_prefi
         assert h["pending_predictions"] == 0
         worker.wait_for(lambda: worker.health()["open_windows"] == 0, 60, "windows closed")
 
-        def labeled_total() -> int:
-            latest: dict[tuple[str, float], tuple[int, int]] = {}
-            for m in consume(f"{topic_prefix}metrics", 10**9, timeout=3):
-                v = orjson.loads(m.value())
-                key = (v["segment"], v["window_start"])
-                if v["segment"] == "" and v["revision"] >= latest.get(key, (-1, 0))[0]:
-                    latest[key] = (v["revision"], v["labeled_count"])
-            return sum(n for _, n in latest.values())
-
-        worker.wait_for(lambda: labeled_total() == 80, 60, "windows holding all 80 labels")
+        worker.wait_for(lambda: labeled_total(consume, topic_prefix) == 80, 60, "windows holding all 80 labels")
     finally:
         worker.stop()
