@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds-long; no Quix install")
     p.add_argument("--size", type=int, default=None,
-                   help="predictions per scenario (each labelled: 2x input events); default 50000, smoke 2000")
+                   help="predictions per scenario (each labelled: 2x input events); default 50000, smoke 10000: enough CPU for the 10 ms clock tick")
     p.add_argument("--pending", type=int, default=None, help="scenario 4 pending predictions (default 100000; the RSS target is for 1M: the report extrapolates per pending prediction)")
     p.add_argument("--scenarios", default=None,
                    help=f"comma list of {','.join(ALL)} (default all; smoke: {','.join(SMOKE)})")
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (worker logs, chdb)")
     a = p.parse_args(argv)
     smoke = a.smoke
-    a.size = a.size or (2_000 if smoke else 50_000)
+    a.size = a.size or (10_000 if smoke else 50_000)
     a.pending = a.pending or (3_000 if smoke else 100_000)
     a.naive_time_box = a.naive_time_box or (8.0 if smoke else 60.0)
     a.sdk_calls = a.sdk_calls or (20_000 if smoke else 200_000)
