@@ -346,6 +346,7 @@ class DriftlineApp:
         partition must arrive in order; a jump is read again here with a separate consumer.
         """
         out: list[Any] = []
+        after = 0  # where the records read again go: after this topic's previous record in the batch
         for m in messages:
             if m.topic == topic and m.offset > expected >= 0:
                 loop = asyncio.get_running_loop()
@@ -356,10 +357,11 @@ class DriftlineApp:
                                 extra={"topic": topic, "partition": partition, "from": expected, "to": m.offset - 1,
                                        "records": len(missing)})
                     self.metrics.count({"skipped_records_reread": len(missing)})
-                out += [make(*rec) for rec in missing]
+                out[after:after] = [make(*rec) for rec in missing]
+            out.append(m)
             if m.topic == topic:
                 expected = max(expected, m.offset + 1)
-            out.append(m)
+                after = len(out)
         return out
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
