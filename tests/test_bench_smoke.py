@@ -33,7 +33,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for key in ("s1", "s2"):
         assert r[key]["events"] == 2 * size  # every prediction labelled
         assert r[key]["joins"] == size
-        assert r[key]["events_per_s"] > 0 and r[key]["cpu_us_per_event"] > 0 and r[key]["peak_rss_mb"] > 0
+        # A smoke input can be processed before the bench's first poll, within /proc's 10 ms CPU
+        # tick: the CPU figure is reported but may read 0 at this size (full runs measure it).
+        assert r[key]["events_per_s"] > 0 and r[key]["cpu_us_per_event"] >= 0 and r[key]["peak_rss_mb"] > 0
     assert r["s5"]["rows"] == size and r["s5"]["rows_per_s"] > 0
     assert r["naive"]["events"] > 0
     assert r["sdk"]["broker_down"]["median_us"] < 1000  # never blocks on the closed port
