@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 import pytest
-from worker_harness import Worker
+from worker_harness import Worker, committed_caught_up
 
 from streams.sdk import DriftlineProducer
 from streams.simulate import FleetSimulator
@@ -82,24 +82,6 @@ def simulated_input() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for kind, ev in sim.events():
         (preds if kind == "prediction" else labels).append(ev)
     return preds, labels
-
-
-def committed_caught_up(bootstrap: str, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every offset of ``topic`` (all its input processed)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = [TopicPartition(topic, p) for p in parts]
-        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
-        for p in parts:
-            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > 0 and committed.get(p, -1) < high:
-                return False
-        return True
-    finally:
-        c.close()
 
 
 class Feeder(threading.Thread):

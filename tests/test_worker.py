@@ -15,7 +15,7 @@ import orjson
 import pytest
 from river.drift import ADWIN
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from worker_harness import Worker
+from worker_harness import Worker, committed_caught_up
 
 from schemas.partitioning import partition_for
 from streams.sdk import DriftlineProducer
@@ -297,22 +297,6 @@ def labeled_total(consume: Any, topic_prefix: str) -> int:
     return sum(n for _, n in latest.values())
 
 
-def _committed_at_end(bootstrap: str, group: str, topics: list[str]) -> bool:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in c.list_topics(t, timeout=10).topics[t].partitions]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
-        for tp in tps:
-            _, high = c.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and committed[(tp.topic, tp.partition)] < high:
-                return False
-        return True
-    finally:
-        c.close()
-
-
 def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_prefix: str, tmp_path: Path,
                                                           consume: Any) -> None:
     """The worker resumes each input partition where its state says, not where the group committed.
@@ -334,7 +318,8 @@ def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_p
             for i in range(30):
                 sdk.log_prediction(f"boom{i}", "m", {"label": 0, "score": 0.2}, timestamp=now + 100 + i)
                 sdk.log_label(f"boom{i}", 1, timestamp=now + 101 + i)
-        worker.wait_for(lambda: _committed_at_end(bootstrap, group, inputs), 60, "every offset committed")
+        worker.wait_for(lambda: all(committed_caught_up(bootstrap, group, t) for t in inputs), 60,
+                        "every offset committed")
         assert worker.health()["counters"]["joins"] == 20
         worker.kill(signal.SIGKILL)
         worker.prelude = ""

@@ -133,3 +133,21 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def committed_caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every offset of ``topic`` (all its input processed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in parts]
+        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
+        for p in parts:
+            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > 0 and committed.get(p, -1) < high:
+                return False
+        return True
+    finally:
+        c.close()
