@@ -150,3 +150,22 @@ def test_adwin_estimates_equal_river_estimation(
     alarms = _feed_random_chunks(DetectorBank({"adwin": {}}), stream, 5)
     got = [(a.position, a.estimate_before, a.estimate_after) for a in alarms]
     assert got == _direct_estimates(stream) and got
+
+
+def test_detectors_load_without_river_drift_init_and_river_still_works_for_others() -> None:
+    """A fresh interpreter: building a bank must not import scipy/sklearn/pandas through
+    ``river.drift/__init__``, and a later ``from river.drift import KSWIN`` must still work."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from detectors import DetectorBank\n"
+        "bank = DetectorBank({'adwin': {}, 'ddm': {}, 'eddm': {}})\n"
+        "bank.update_many([0.0, 1.0, 0.0, 1.0])\n"
+        "print(sorted(m for m in ('sklearn', 'pandas', 'river.drift.kswin') if m in sys.modules))\n"
+        "from river.drift import KSWIN, ADWIN\n"
+        "print(KSWIN.__name__, ADWIN is type(bank.detectors['adwin']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "KSWIN True"]
