@@ -110,10 +110,10 @@ def _raw_store(table: Any) -> Any:
     return raw if isinstance(raw, dict) else store
 
 
-def _store_getter(table: Any) -> Callable[[str], bytes | None]:
+def _store_getter(table: Any) -> Callable[[bytes], bytes | None]:
     """``key -> value`` over a faust table's store (``_raw_store``)."""
-    get = _raw_store(table).get
-    return lambda k: get(k.encode())  # type: ignore[no-any-return]
+    get: Callable[[bytes], bytes | None] = _raw_store(table).get
+    return get
 
 
 @contextlib.contextmanager
@@ -237,14 +237,12 @@ class DriftlineApp:
                 max_series=s.max_series, max_models=s.max_models,
                 store_get=_store_getter(table), references=self.references,
             )
-            proc.load_state(table.data.get(proc.state_key().encode()))
-            proc.rebuild_index(
-                (k.decode(), v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None
-            )
+            proc.load_state(table.data.get(proc.state_key()))
+            proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
             # Deletes listed by the last partition record that the changelog may have lost.
             for key in proc.last_deleted:
-                if table.data.get(key.encode()) is not None:
-                    self._join_del(partition, key.encode())
+                if table.data.get(key) is not None:
+                    self._join_del(partition, key)
         self.processors[partition] = proc
         log.info("partition processor ready", extra={"partition": partition, "pending": proc.pending_count,
                                                      "open_windows": len(proc.windows), "outbox": len(proc.outbox)})
@@ -407,10 +405,10 @@ class DriftlineApp:
             p = proc.partition
             with partition_context(p):
                 for set_key, value in res.sets.items():
-                    self._join_set(p, set_key.encode(), value)
-                self._join_set(p, proc.state_key().encode(), res.state)
+                    self._join_set(p, set_key, value)  # the key object the expiry index holds
+                self._join_set(p, proc.state_key(), res.state)
                 for del_key in res.deletes:
-                    self._join_del(p, del_key.encode())
+                    self._join_del(p, del_key)
         # Before the batch's offsets can be committed (and before its partials leave): the
         # partition record holding an outbox must be durable before the partials leave, or a
         # replay could reuse their ids for other content.

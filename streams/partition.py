@@ -86,9 +86,9 @@ class Message:
 
 @dataclass
 class BatchResult:
-    sets: dict[str, bytes] = field(default_factory=dict)
+    sets: dict[bytes, bytes] = field(default_factory=dict)
     state: bytes = b""
-    deletes: list[str] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
     dlq: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     partials: list[dict[str, Any]] = field(default_factory=list)
@@ -109,7 +109,7 @@ class PartitionProcessor:
         max_pending: int = 5_000_000,
         max_series: int = 10_000,
         max_models: int = 1_000,
-        store_get: Callable[[str], bytes | None],
+        store_get: Callable[[bytes], bytes | None],
         clock: Callable[[], float] = time.time,
         references: dict[str, Profile] | None = None,
     ) -> None:
@@ -137,7 +137,7 @@ class PartitionProcessor:
         self.tasks: dict[str, str] = {}
         self.outbox: list[dict[str, Any]] = []
         self.seq = 0
-        self.last_deleted: list[str] = []
+        self.last_deleted: list[bytes] = []
         self.expiry = ExpiryIndex()
         self.pending_count = 0
         self._compact_at = MIN_EXPIRY_COMPACT
@@ -149,8 +149,8 @@ class PartitionProcessor:
         self.input_seen = False  # any message read since this processor was created
 
     # ---- state -------------------------------------------------------------------------
-    def state_key(self) -> str:
-        return f"s:{self.partition}"
+    def state_key(self) -> bytes:
+        return b"s:%d" % self.partition
 
     def dump_state(self) -> bytes:
         return orjson.dumps(
@@ -164,7 +164,7 @@ class PartitionProcessor:
                 "tasks": self.tasks,
                 "outbox": self.outbox,
                 "seq": self.seq,
-                "last_deleted": self.last_deleted,
+                "last_deleted": [k.decode() for k in self.last_deleted],
             }
         )
 
@@ -201,18 +201,23 @@ class PartitionProcessor:
         self.tasks = d["tasks"]
         self.outbox = d["outbox"]
         self.seq = d["seq"]
-        self.last_deleted = d["last_deleted"]
+        self.last_deleted = [k.encode() for k in d["last_deleted"]]
 
-    def rebuild_index(self, records: Iterable[tuple[str, bytes]]) -> None:
-        """Rebuild the expiry index from this partition's waiting records after recovery."""
+    def rebuild_index(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild the expiry index from this partition's waiting records after recovery.
+
+        ``records`` should yield the store's own key objects: the index keeps them, not copies.
+        """
         self.expiry.clear()
         self.pending_count = 0
         for key, raw in records:
-            rec = decode_prediction(raw) if key.startswith("p:") else decode_label(raw)
-            if rec.partition != self.partition:
+            if not raw.startswith(self._own):
                 continue
+            pid = key[2:].decode()
+            waiting = key.startswith(b"p:")
+            rec = decode_prediction(raw, pid) if waiting else decode_label(raw, pid)
             self.expiry.add(rec.expires_at, key)
-            self.pending_count += key.startswith("p:")
+            self.pending_count += waiting
         self._compact_at = len(self.expiry) + MIN_EXPIRY_COMPACT
 
     # ---- batch processing ----------------------------------------------------------------
@@ -220,7 +225,7 @@ class PartitionProcessor:
         """Apply a batch of this partition's messages (in log order per topic)."""
         res = BatchResult()
         self._res = res
-        self._overlay: dict[str, bytes | None] = {}
+        self._overlay: dict[bytes, bytes | None] = {}
         self._joins: dict[tuple[str, str], list[tuple[Prediction, Label, int]]] = {}
         self._pbuf: dict[WindowPartial, tuple[list[float], list[float]]] = {}
         self._obuf: dict[WindowPartial, tuple[list[Any], list[Any], list[float], list[float]]] = {}
@@ -331,7 +336,7 @@ class PartitionProcessor:
         c = self._res.counters
         c[name] = c.get(name, 0) + n
 
-    def _lookup(self, key: str) -> bytes | None:
+    def _lookup(self, key: bytes) -> bytes | None:
         if key in self._overlay:
             return self._overlay[key]
         raw = self._get(key)
@@ -401,11 +406,12 @@ class PartitionProcessor:
         cfg = self._model(msg, p.model_id, p.task, p)
         if cfg is None:
             return
-        key = "p:" + p.prediction_id
+        pid = p.prediction_id.encode()
+        key = b"p:" + pid
         ws = window_start(p.timestamp, self.window_seconds)
         existing = self._lookup(key)
         if existing is not None:
-            rec = decode_prediction(existing)
+            rec = decode_prediction(existing, p.prediction_id)
             if (rec.partition, rec.offset) != (msg.partition, msg.offset):
                 self._count("duplicate_predictions")
                 for sk in self._series(cfg, p, ws):
@@ -442,10 +448,11 @@ class PartitionProcessor:
                     self._buffer_cbpe(w, p)
         if closed:
             self._count("late_predictions")
-        early_raw = self._lookup("l:" + p.prediction_id)
+        lkey = b"l:" + pid
+        early_raw = self._lookup(lkey)
         if early_raw is not None:
-            self._overlay["l:" + p.prediction_id] = None
-            early = decode_label(early_raw).label
+            self._overlay[lkey] = None
+            early = decode_label(early_raw, p.prediction_id).label
             if not self._kind_mismatch(msg, p, early):
                 self._join(cfg, p, early, msg)
             return
@@ -457,15 +464,16 @@ class PartitionProcessor:
             self._evict(self.pending_count - self.max_pending)
 
     def _on_label(self, msg: Message, lab: Label) -> None:
-        key = "p:" + lab.prediction_id
+        pid = lab.prediction_id.encode()
+        key = b"p:" + pid
         raw = self._lookup(key)
         if raw is None:
             if lab.prediction_id in self.recent_joined:
                 self._count("duplicate_labels")
                 return
-            lkey = "l:" + lab.prediction_id
+            lkey = b"l:" + pid
             existing = self._lookup(lkey)
-            if existing is not None and decode_label(existing)[:2] != (msg.partition, msg.offset):
+            if existing is not None and decode_label(existing, lab.prediction_id)[:2] != (msg.partition, msg.offset):
                 self._count("duplicate_labels")
                 return
             wait = (self.models.for_model(lab.model_id or "") or self.models.defaults).early_label_wait_s
@@ -473,7 +481,7 @@ class PartitionProcessor:
             self.expiry.add(lab.timestamp + wait, lkey)
             self._count("early_labels")
             return
-        rec = decode_prediction(raw)
+        rec = decode_prediction(raw, lab.prediction_id)
         cfg = self.models.for_model(rec.pred.model_id) or self.models.defaults
         if self._kind_mismatch(msg, rec.pred, lab):
             return
@@ -601,18 +609,18 @@ class PartitionProcessor:
                                     "drift_event": dict(event), "severity": severity, "reason": d.reason})
 
     def _expire(self) -> None:
-        due = self.expiry.pop_due(self.watermark, EXPIRE_PER_BATCH)
-        for expires_at, key in due:
+        for key in self.expiry.pop_due(self.watermark, EXPIRE_PER_BATCH):
             raw = self._lookup(key)
             if raw is None:
                 continue
-            if key.startswith("p:"):
-                rec = decode_prediction(raw)
-                if rec.expires_at != expires_at:
+            pid = key[2:].decode()
+            if key.startswith(b"p:"):
+                rec = decode_prediction(raw, pid)
+                if rec.expires_at > self.watermark:  # rewritten since: its own entry is indexed
                     continue
                 self._expire_prediction(rec)
             else:
-                if decode_label(raw).expires_at != expires_at:
+                if decode_label(raw, pid).expires_at > self.watermark:
                     continue
                 self._count("orphan_labels")
             self._overlay[key] = None
@@ -637,30 +645,26 @@ class PartitionProcessor:
         """
         if len(self.expiry) < self._compact_at:
             return
-        entries = self.expiry.pop_oldest(len(self.expiry))  # ascending: re-adding keeps heap order cheap
-        for expires_at, key in entries:
-            if self._lookup(key) is not None:
-                self.expiry.add(expires_at, key)
+        self.expiry.keep_only(lambda key: self._lookup(key) is not None)
         self._compact_at = 2 * len(self.expiry) + MIN_EXPIRY_COMPACT
 
     def _evict(self, n: int) -> None:
         """Evict the ``n`` waiting predictions that expire first (counted ``pending_evicted``).
 
-        Index entries are popped one at a time: stale ones (joined or rewritten records) are
-        dropped, early labels' entries are put back, so nothing live leaves the index.
+        Index entries are popped one at a time: stale ones (joined records) are dropped, early
+        labels' entries are put back, so nothing live leaves the index.
         """
-        keep: list[tuple[float, str]] = []
+        keep: list[tuple[float, bytes]] = []
         while n > 0 and len(self.expiry):
-            expires_at, key = self.expiry.pop_oldest(1)[0]
+            key = self.expiry.pop_oldest(1)[0]
             raw = self._lookup(key)
             if raw is None:
                 continue
-            if not key.startswith("p:"):
-                keep.append((expires_at, key))
+            pid = key[2:].decode()
+            if not key.startswith(b"p:"):
+                keep.append((decode_label(raw, pid).expires_at, key))
                 continue
-            rec = decode_prediction(raw)
-            if rec.expires_at != expires_at:  # a rewritten record: its own entry is still indexed
-                continue
+            rec = decode_prediction(raw, pid)
             self._expire_prediction(rec)
             self._overlay[key] = None
             self._count("pending_evicted")

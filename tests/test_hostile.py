@@ -393,7 +393,7 @@ def expected_reasons(items: list[tuple[str, bytes, bytes | None, list[str]]]) ->
 def test_corpus_in_the_processor() -> None:
     """One partition, no broker: each bad message's reasons, nothing else; good events join."""
     models = parse_models_config(yaml.safe_load(MODELS_YAML))
-    store: dict[str, bytes] = {}
+    store: dict[bytes, bytes] = {}
     proc = PartitionProcessor(0, models, store_get=store.get)
     offsets = {"prediction": 0, "label": 0}
     reasons: list[str] = []
@@ -599,7 +599,7 @@ def _envelopes(n_env: int, bad_share: float, now: float) -> list[tuple[str, byte
 
 
 def _events_per_second(msgs: list[tuple[str, bytes]], models: ModelsConfig) -> tuple[float, int]:
-    store: dict[str, bytes] = {}
+    store: dict[bytes, bytes] = {}
     proc = PartitionProcessor(0, models, store_get=store.get)
     offsets = {"prediction": 0, "label": 0}
     dlq = 0
@@ -750,7 +750,7 @@ batches = st.lists(
 def test_process_never_raises_and_rejects_into_the_dlq(
     batch: list[tuple[str, bytes | None]],
 ) -> None:
-    store: dict[str, bytes] = {}
+    store: dict[bytes, bytes] = {}
     proc = PartitionProcessor(0, PROP_MODELS, store_get=store.get)
     offsets = {"prediction": 0, "label": 0}
     msgs = []
@@ -804,7 +804,7 @@ def test_non_finite_numbers_from_any_producer_never_reach_the_windows(xs: list[f
     """NaN/Infinity as literals (Python's json writes them) are malformed JSON, never numbers."""
     import json
 
-    store: dict[str, bytes] = {}
+    store: dict[bytes, bytes] = {}
     proc = PartitionProcessor(0, PROP_MODELS, store_get=store.get)
     ev = _pred("n", time.time(), score=xs[0])
     ev["latency_ms"] = xs[-1]

@@ -39,7 +39,7 @@ class Runner:
     """A processor plus its join table (a dict); outputs are counted, not kept."""
 
     def __init__(self, models: ModelsConfig, **kw: Any) -> None:
-        self.store: dict[str, bytes] = {}
+        self.store: dict[bytes, bytes] = {}
         self.proc = PartitionProcessor(
             0, models, store_get=self.store.get, clock=lambda: CLOCK, **kw
         )
@@ -64,7 +64,7 @@ class Runner:
             self.counters[k] = self.counters.get(k, 0) + n
 
     def waiting(self) -> int:
-        return sum(k.startswith("p:") for k in self.store)
+        return sum(k.startswith(b"p:") for k in self.store)
 
 
 def preds(

@@ -27,15 +27,15 @@ CLOCK = 2.0e9  # the processors' wall clock: far ahead, so it never caps the wat
 
 def write_sequence(
     proc: PartitionProcessor, res: BatchResult
-) -> list[tuple[str, str, bytes | None]]:
+) -> list[tuple[str, bytes, bytes | None]]:
     """The table writes of one batch in the order ``streams.app._apply_join`` makes them."""
-    seq: list[tuple[str, str, bytes | None]] = [("set", k, v) for k, v in res.sets.items()]
+    seq: list[tuple[str, bytes, bytes | None]] = [("set", k, v) for k, v in res.sets.items()]
     seq.append(("set", proc.state_key(), res.state))
     seq += [("del", k, None) for k in res.deletes]
     return seq
 
 
-def apply_writes(store: dict[str, bytes], writes: Iterable[tuple[str, str, bytes | None]]) -> None:
+def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[str, bytes, bytes | None]]) -> None:
     for op, key, value in writes:
         if op == "set":
             assert value is not None
@@ -45,12 +45,12 @@ def apply_writes(store: dict[str, bytes], writes: Iterable[tuple[str, str, bytes
 
 
 def recover(
-    partition: int, models: ModelsConfig, store: dict[str, bytes], **kw: Any
+    partition: int, models: ModelsConfig, store: dict[bytes, bytes], **kw: Any
 ) -> PartitionProcessor:
     """A processor rebuilt from the persisted table, as ``streams.app._processor`` does."""
     proc = PartitionProcessor(partition, models, store_get=store.get, clock=lambda: CLOCK, **kw)
     proc.load_state(store.get(proc.state_key()))
-    proc.rebuild_index((k, v) for k, v in store.items() if k[:2] in ("p:", "l:"))
+    proc.rebuild_index((k, v) for k, v in store.items() if k[:2] in (b"p:", b"l:"))
     for key in proc.last_deleted:  # deletes the changelog may have lost
         store.pop(key, None)
     return proc
@@ -63,7 +63,7 @@ class Harness:
         self.partition = partition
         self.models = models
         self.kw = kw
-        self.store: dict[str, bytes] = {}
+        self.store: dict[bytes, bytes] = {}
         self.proc = recover(partition, models, self.store, **kw)
         self.partials: list[dict[str, Any]] = []
         self.outcomes: list[dict[str, Any]] = []
@@ -165,11 +165,11 @@ BINARY = ModelsConfig(models={"m": ModelConfig(task="binary", segment_keys=("cou
 def test_label_before_prediction_joins() -> None:
     h, f = Harness(0, BINARY), Feed()
     h.process(f.events("label", [label("a", T0 + 5)]))
-    assert h.counters.get("early_labels") == 1 and "l:a" in h.store
+    assert h.counters.get("early_labels") == 1 and b"l:a" in h.store
     h.process(f.events("prediction", [pred("a", T0 + 1)]))
     assert h.counters.get("joins") == 1
     assert [o["prediction_id"] for o in h.outcomes] == ["a"]
-    assert "l:a" not in h.store and "p:a" not in h.store
+    assert b"l:a" not in h.store and b"p:a" not in h.store
     h.close_idle()
     m = merge_all(h.partials, BINARY)[("m", "v1", "", T0)]["metrics"]
     assert m["labeled_count"] == 1 and m["prediction_count"] == 1 and m["accuracy"] == 1.0
@@ -178,7 +178,25 @@ def test_label_before_prediction_joins() -> None:
 def test_label_before_prediction_in_one_batch() -> None:
     h, f = Harness(0, BINARY), Feed()
     h.process(f.events("label", [label("a", T0 + 5)]) + f.events("prediction", [pred("a", T0 + 1)]))
-    assert h.counters.get("joins") == 1 and not [k for k in h.store if k[:2] in ("p:", "l:")]
+    assert h.counters.get("joins") == 1 and not [k for k in h.store if k[:2] in (b"p:", b"l:")]
+
+
+def test_waiting_records_written_by_the_previous_version_still_join() -> None:
+    """Records of the previous format (the id inside the value) left in a changelog by an
+    older worker are read after an upgrade: the label joins its prediction, and an early
+    label joins the prediction that follows it."""
+    h, f = Harness(0, BINARY), Feed()
+    expires = T0 + 7 * 86400
+    h.store[b"p:old"] = orjson.dumps(
+        [0, 900, expires, "old", "m", "v1", T0 + 1, "binary", 1, 0.9, None, None, 12.0, {"country": "FR"}]
+    )
+    h.store[b"l:early"] = orjson.dumps([0, 901, T0 + 3600, "early", "m", T0 + 2, 0, None, None])
+    h.proc = recover(0, BINARY, h.store)
+    assert h.proc.pending_count == 1 and len(h.proc.expiry) == 2
+    h.process(f.events("label", [label("old", T0 + 5)]) + f.events("prediction", [pred("early", T0 + 3)]))
+    assert h.counters.get("joins") == 2 and not [k for k in h.store if k[:2] in (b"p:", b"l:")]
+    got = {o["prediction_id"]: (o["y_true"], o["y_pred"], o["score"], o["segments"]) for o in h.outcomes}
+    assert got == {"old": ("1", "1", 0.9, {"country": "FR"}), "early": ("0", "1", 0.8, {"country": "DE"})}
 
 
 def test_duplicate_prediction_counted_not_double_counted() -> None:
@@ -214,14 +232,14 @@ def test_orphan_label_expires_after_early_label_wait() -> None:
     models = ModelsConfig(models={"m": ModelConfig(task="binary", early_label_wait_s=100.0)})
     h, f = Harness(0, models), Feed()
     h.process(f.events("label", [label("ghost", T0 + 10)]))
-    assert "l:ghost" in h.store
+    assert b"l:ghost" in h.store
     h.process(f.events("prediction", [pred("x", T0 + 109)]))  # watermark T0 + 109 < T0 + 110
-    assert "orphan_labels" not in h.counters and "l:ghost" in h.store
+    assert "orphan_labels" not in h.counters and b"l:ghost" in h.store
     h.process(f.events("prediction", [pred("y", T0 + 110)]))
-    assert h.counters["orphan_labels"] == 1 and "l:ghost" not in h.store
+    assert h.counters["orphan_labels"] == 1 and b"l:ghost" not in h.store
     # The prediction arriving after the label expired waits for a new label.
     h.process(f.events("prediction", [pred("ghost", T0 + 111)]))
-    assert h.counters.get("joins", 0) == 0 and "p:ghost" in h.store
+    assert h.counters.get("joins", 0) == 0 and b"p:ghost" in h.store
 
 
 def test_unlabeled_prediction_expires_after_label_horizon() -> None:
@@ -229,9 +247,9 @@ def test_unlabeled_prediction_expires_after_label_horizon() -> None:
     h, f = Harness(0, models), Feed()
     h.process(f.events("prediction", [pred("a", T0 + 1)]))
     h.process(f.events("prediction", [pred("b", T0 + 120)]))  # event-time watermark T0 + 120 < 121
-    assert "unlabeled_expired" not in h.counters and "p:a" in h.store
+    assert "unlabeled_expired" not in h.counters and b"p:a" in h.store
     h.process(f.events("prediction", [pred("c", T0 + 121)]))
-    assert h.counters["unlabeled_expired"] == 1 and "p:a" not in h.store
+    assert h.counters["unlabeled_expired"] == 1 and b"p:a" not in h.store
     assert h.proc.pending_count == 2
     # A label after expiry is an early label now (it may never join).
     h.process(f.events("label", [label("a", T0 + 200)]))
@@ -282,7 +300,7 @@ def test_bad_input_goes_to_dlq_with_reason() -> None:
     for d in h.dlq:
         assert d["topic"] in ("predictions", "labels") and d["partition"] == 0
     # The good events of the mixed envelope were processed.
-    assert {"p:g1", "p:g2", "p:a", "p:r1"} <= set(h.store)
+    assert {b"p:g1", b"p:g2", b"p:a", b"p:r1"} <= set(h.store)
     assert h.counters["dlq_label_kind_mismatch"] == 2
     # The mismatched labels did not consume the waiting predictions.
     h.process(
@@ -301,7 +319,7 @@ def test_task_learned_from_first_prediction_when_unconfigured() -> None:
 def test_poison_event_does_not_stop_partition() -> None:
     h, f = Harness(0, BINARY), Feed()
     h.process(f.events("prediction", [pred("a", T0 + 1)]))
-    h.store["p:b"] = b"[0,2]"  # a corrupt waiting record (of this partition)
+    h.store[b"p:b"] = b"[0,2]"  # a corrupt waiting record (of this partition)
     h.process(f.events("label", [label("b", T0 + 2), label("a", T0 + 2)]))
     assert [d["reason"] for d in h.dlq] == ["processing_error"]
     assert h.counters["joins"] == 1
@@ -446,7 +464,7 @@ def test_crash_with_every_prefix_of_writes(
     assert tried > 10
 
 
-def _restarted(ref: Harness, store: dict[str, bytes]) -> Harness:
+def _restarted(ref: Harness, store: dict[bytes, bytes]) -> Harness:
     h = Harness(0, REPLAY_MODELS, allowed_lateness=10.0)
     h.store = store
     h.restart()
