@@ -38,6 +38,7 @@ from faust.streams import _current_event
 from detectors.profile import Profile
 from streams.baseline_cmd import ReferenceBuilder
 from streams.changelog import ChangelogWriter, read_range
+from streams.malloc import FreeMemoryReleaser
 from streams.merge import MergeOutput, WindowMerger
 from streams.models import ModelsConfig
 from streams.observe import PipelineMetrics
@@ -150,6 +151,7 @@ class DriftlineApp:
         self._join_raw: Any = None
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
+        self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
         self._next_reference_check = 0.0
         self.app = self._build_app()
@@ -622,6 +624,7 @@ class DriftlineApp:
                 if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
                     await self._apply_merge(partition, merger, out)
         self._update_gauges()
+        self._releaser.maybe_release(now)
 
     def _ensure_assigned(self) -> None:
         """Create processors for assigned partitions that have seen no message yet, so

@@ -82,13 +82,15 @@ def _reset_local_tables(settings: Settings) -> None:
 def run_worker(settings: Settings) -> int:
     import faust
 
+    from detectors.drift import river_detector_classes
     from streams.app import DriftlineApp
+    from streams.malloc import tune_allocator
+
+    tune_allocator()
 
     models = load_models_config(settings.config_path)
-    # river (and the scipy/sklearn it pulls in) costs ~1-2 s of CPU to import; import it before the
-    # group join, not inside the first batch that creates a detector.
-    import river.drift  # noqa: F401
-    import river.drift.binary  # noqa: F401
+    # Import river's detectors before the group join, not inside the first batch that creates one.
+    river_detector_classes()
 
     # The join stage allocates a few objects per event and keeps a million-entry table; with
     # the default thresholds (700 allocations) the cyclic collector ran so often that it showed
