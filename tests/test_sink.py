@@ -246,6 +246,33 @@ def test_raw_outcomes_with_a_bad_event_take_the_column_path(sink: ClickHouseSink
     assert st["raw_fallbacks"] == 1 and count(sink, "outcomes") == st["rows_written"]["outcomes"] == 24
 
 
+def test_raw_outcomes_of_several_partitions_go_in_one_insert_and_each_once(sink: ClickHouseSink) -> None:
+    """Envelopes of three partitions: one insert; a bad event in one partition sends the whole
+    insert down the column path, which writes every partition's good rows once; a replay of
+    the batch writes nothing; each partition resumes after its own last offset."""
+    outs = MSGS["outcomes"][:60]
+    for part in range(3):
+        for i, env in enumerate(envelopes(outs[part * 20 : part * 20 + 20], 10)):
+            sink.add("driftline.outcomes", part, 100 * part + i, env)
+    sink.flush()
+    st = sink.stats()
+    assert (st["inserts"], st["raw_fallbacks"], st["rows_written"]["outcomes"]) == (1, 0, 60)
+    assert count(sink, "outcomes") == 60
+    more = MSGS["outcomes"][60:80]
+    sink.add("driftline.outcomes", 0, 2, envelopes(more[:10], 10)[0])
+    sink.add("driftline.outcomes", 1, 102, orjson.dumps({"events": [{**more[10], "score": "high"}, *more[11:20]]}))
+    sink.flush()
+    st = sink.stats()
+    assert (st["raw_fallbacks"], st["invalid"]) == (1, 1)
+    assert count(sink, "outcomes") == st["rows_written"]["outcomes"] == 79
+    for part, off in [(0, 0), (0, 2), (1, 102), (2, 200)]:  # the same messages again: skipped
+        sink.add("driftline.outcomes", part, off, envelopes(outs[:10], 10)[0])
+    sink.flush()
+    assert count(sink, "outcomes") == 79 and sink.stats()["skipped_replayed"] == 4
+    assert sink.resume_offsets() == {("driftline.outcomes", 0): 3, ("driftline.outcomes", 1): 103,
+                                     ("driftline.outcomes", 2): 202}
+
+
 def test_outcome_sampling_is_deterministic(tmp_path: Path) -> None:
     s = ClickHouseSink(dsn_for(tmp_path), outcome_sample_rate=0.25)
     s.setup()
