@@ -457,7 +457,7 @@ class PartitionProcessor:
                 self._join(cfg, p, early, msg)
             return
         expires = p.timestamp + cfg.label_horizon_s
-        self._overlay[key] = _exact(encode_prediction(msg.partition, msg.offset, expires, p))
+        self._overlay[key] = _exact(encode_prediction(msg.partition, msg.offset, cfg.label_horizon_s, p))
         self.expiry.add(expires, key)
         self.pending_count += 1
         if self.pending_count > self.max_pending:
