@@ -50,6 +50,9 @@ from streams.windows import SeriesKey
 log = logging.getLogger("driftline.worker")
 
 TICK_SECONDS = 0.25
+# Memory of each partition's RocksDB (one per table and partition): at most two 8 MB memtables
+# and a 16 MB block cache, so 32 MB. faust's defaults allow 3 x 64 MB and a 2 GB cache each.
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
 FETCH_MAX_WAIT_MS = 100
 
 
@@ -219,8 +222,11 @@ class DriftlineApp:
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
         self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
                                                           "comparisons")}
-        self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
-        self.merge_table = app.Table("merge", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
+        options = ROCKSDB_OPTIONS if s.store.startswith("rocksdb") else None
+        self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                                    options=options)
+        self.merge_table = app.Table("merge", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                                     options=options)
         app.agent(inputs, name="join")(self._join_agent)
         app.agent(self.partials_topic, name="merge")(self._merge_agent)
         app.timer(TICK_SECONDS)(self._tick)
