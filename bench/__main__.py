@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None,
                    help="predictions per scenario (each labelled: 2x input events); default 50000, smoke 10000: enough CPU for the 10 ms clock tick")
     p.add_argument("--pending", type=int, default=None, help="scenario 4 pending predictions (default 100000; the RSS target is for 1M: the report extrapolates per pending prediction)")
+    p.add_argument("--store", default="memory://",
+                   help="scenario 4's table store: memory:// (the RSS target) or rocksdb:// (its bound)")
     p.add_argument("--scenarios", default=None,
                    help=f"comma list of {','.join(ALL)} (default all; smoke: {','.join(SMOKE)})")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "1": ("s1", b.scenario1),
         "2": ("s2", b.scenario2),
         "3": ("s3", b.scenario3),
-        "4": ("s4", lambda: b.scenario4(a.pending)),
+        "4": ("s4", lambda: b.scenario4(a.pending, a.store)),
         "5": ("s5", b.scenario5),
         "latency": ("latency", lambda: b.latency(300.0 if a.smoke else 1000.0, a.latency_duration,
                                                   a.latency_duration / 2)),

@@ -198,14 +198,14 @@ class Bench:
         prefix, fill = self._fill("s3", single_event=False)
         return self._run_workers(prefix, fill, 2, "s3")
 
-    def scenario4(self, pending: int) -> dict[str, Any]:
+    def scenario4(self, pending: int, store: str = "memory://") -> dict[str, Any]:
         from streams.simulate import generate
 
         self.p.update(f"  generating {pending:,} predictions for the pending test ...", force=True)
         preds, labels = generate(pending, seed=44, missing_label_rate=0.0)
         prefix, fill = self._fill("s4", single_event=False, preds=preds)
         w = WorkerProc(self.bootstrap, prefix, self.tmp, app_id=f"bench-s4-{uuid.uuid4().hex[:6]}",
-                       partitions=self.partitions, name="s4-w0")
+                       partitions=self.partitions, name="s4-w0", extra_env={"DRIFTLINE_STORE": store})
         try:
             w.start()
             t_start = time.monotonic()
@@ -249,7 +249,7 @@ class Bench:
             cpu = cpu_seconds(w.pid) - cpu0
             t0 = first.get("t0", t_prod)
             res = {
-                "pending": pending, "rss_mb_all_pending": rss_pending, "peak_rss_mb_all_pending": hwm_pending,
+                "pending": pending, "store": store, "rss_mb_all_pending": rss_pending, "peak_rss_mb_all_pending": hwm_pending,
                 "peak_rss_mb": peak_rss_mb(w.pid), "labels": len(labels),
                 "join_elapsed_s": round(t1 - t0, 3), "joins_per_s": len(labels) / (t1 - t0),
                 "from_produce_start_s": round(t1 - t_prod, 3),
