@@ -190,6 +190,34 @@ def test_label_from_independent_java_partitioned_client_joins(bootstrap: str, to
         worker.stop()
 
 
+def test_a_partition_batch_larger_than_one_step_joins_across_its_steps(bootstrap: str, topic_prefix: str,
+                                                                       tmp_path: Path) -> None:
+    """A batch is processed in steps of ``STEP_LABEL_BYTES`` of labels per partition (one label
+    message per step here): labels in a later step join predictions of an earlier one, and
+    predictions in a later step join early labels of an earlier one, each exactly once."""
+    n = 3000
+    now = time.time() - 3600
+    with DriftlineProducer(bootstrap, topic_prefix=topic_prefix, max_events_per_envelope=50) as sdk:
+        for i in range(n):
+            sdk.log_prediction(f"s-{i}", "m", {"label": 1, "score": 0.8}, timestamp=now + i * 0.01)
+        sdk.flush()
+        for i in range(n):
+            sdk.log_label(f"s-{i}", i % 2, timestamp=now + i * 0.01 + 1)
+    # Everything is in the topics before the worker starts: its first batches are large.
+    worker = Worker(bootstrap, topic_prefix, tmp_path, prelude="import streams.app as A\nA.STEP_LABEL_BYTES = 1")
+    try:
+        worker.start()
+        h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins", 0) >= n and h, 60, "the joins")
+        worker.wait_idle()
+        h = worker.health()
+        assert h["counters"]["joins"] == n and h["pending_predictions"] == 0
+        labelled = worker.query("SELECT sum(value) AS n FROM driftline.metrics_latest "
+                                "WHERE model_id = 'm' AND metric = 'labeled_count' AND segment = ''")
+        assert labelled[0]["n"] == n
+    finally:
+        worker.stop()
+
+
 def test_bad_input_goes_to_dlq_with_reason(bootstrap: str, topic_prefix: str, tmp_path: Path, consume) -> None:
     from confluent_kafka import Producer
 
