@@ -700,7 +700,9 @@ def test_poison_event_goes_to_dlq_and_partition_keeps_flowing(
                             weigh=lambda m: len(orjson.loads(m.value())["events"]))
         outcomes = {o["prediction_id"] for m in envelopes for o in orjson.loads(m.value())["events"]}
         assert outcomes == set(ids) - {"poison-1"}  # its partition kept flowing past it
-        h = w.health()
+        # Counted once the batch's changelog is durable, a moment after its outcomes left.
+        h = w.wait_for(lambda: (h := w.health())["counters"].get("dlq_processing_error") and h, 30,
+                       "the dead letter counted")
         assert h["counters"]["dlq_processing_error"] == 1
         assert h["status"] == "ok"
         assert w.proc is not None and w.proc.poll() is None
