@@ -7,7 +7,8 @@ comes back as a ``(Rejection, raw)`` pair for the dead-letter topic.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -21,6 +22,7 @@ __all__ = [
     "decode_message",
     "encode_envelope",
     "encode_event",
+    "split_by_size",
 ]
 
 #: Most events one envelope may carry; a longer envelope is rejected whole (``bad_envelope``).
@@ -29,6 +31,28 @@ MAX_EVENTS = 10_000
 MAX_MESSAGE_BYTES = 1_048_576
 #: How much of a bad message travels beside its rejection.
 MAX_RAW_BYTES = 1_024
+
+T = TypeVar("T")
+
+
+def split_by_size(items: Sequence[T], limit: int, size: Callable[[T], int]) -> list[list[T]]:
+    """Consecutive runs of ``items`` whose sizes add up to at most ``limit`` (one item at least).
+
+    >>> split_by_size([b"abc", b"de", b"fghij", b"k"], 5, len)
+    [[b'abc', b'de'], [b'fghij'], [b'k']]
+    >>> split_by_size([], 5, len)
+    [[]]
+    """
+    runs: list[list[T]] = [[]]
+    total = 0
+    for it in items:
+        n = size(it)
+        if runs[-1] and total + n > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(it)
+        total += n
+    return runs
 
 
 def _raw_prefix(value: object) -> object:

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from schemas.codec import split_by_size
 from sinks.base import Sink, SinkBackpressureError, SinkBatch, SinkItem
 from sinks.migrations import migrate, validate_database, validate_retention_days
 
@@ -234,19 +235,6 @@ def raw_outcomes_sql(database: str) -> str:
     return (f"INSERT INTO {validate_database(database)}.outcomes ({names}) "
             f"SELECT {select}, _topic, _partition, _offset FROM (SELECT _topic, _partition, _offset, "
             "arrayJoin(events) AS e FROM file({path:String}, 'JSONEachRow', {schema:String}))")
-
-
-def _chunks_by_bytes(items: list[Any], limit: int) -> list[list[Any]]:
-    """Consecutive runs of ``items`` whose raw values add up to at most ``limit`` bytes (one item at least)."""
-    chunks: list[list[Any]] = [[]]
-    size = 0
-    for it in items:
-        if chunks[-1] and size + len(it.value) > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(it)
-        size += len(it.value)
-    return chunks
 
 
 def _write_envelopes(f: BinaryIO, head: bytes, items: list[Any]) -> int:
@@ -461,7 +449,7 @@ class ClickHouseSink(Sink):
             self._next_offset[(topic, partition)] = fresh[-1].offset + 1
         # One insert for all partitions: each insert costs ClickHouse a part and a commit, and
         # eight small ones per batch took as long as the rows themselves.
-        for chunk in _chunks_by_bytes(raw, RAW_CHUNK_BYTES) if raw else []:
+        for chunk in split_by_size(raw, RAW_CHUNK_BYTES, lambda it: len(it.value)) if raw else []:
             self._write_raw_outcomes(chunk)
 
     def _write_raw_outcomes(self, items: list[Any]) -> None:

@@ -36,6 +36,7 @@ import orjson
 from faust.streams import _current_event
 
 from detectors.profile import Profile
+from schemas.codec import split_by_size
 from streams.baseline_cmd import ReferenceBuilder
 from streams.changelog import ChangelogWriter, read_range
 from streams.malloc import FreeMemoryReleaser
@@ -82,9 +83,16 @@ def _shorten_fetch_wait() -> None:
 OUTCOMES_PER_ENVELOPE = 1000
 APPLY_AT = 50_000  # processed partitions are applied together until they hold this many outcomes + writes
 # A partition's messages of one batch are processed (and applied) in steps of at most this many
-# bytes of labels (``_steps``): a batch of 2,000 label envelopes (a million labels) was one step
-# per partition, and the worker peaked at 1.9 GB of RSS (bench scenario 4).
+# bytes of labels: a batch of 2,000 label envelopes (a million labels) was one step per
+# partition, and the worker peaked at 1.9 GB of RSS (bench scenario 4). Labels are what make a
+# step's outcomes, the memory it holds until applied; predictions only add waiting records, which
+# stay anyway: cutting their runs too (an apply per 4 MB of predictions) raised the RSS at rest
+# with a million waiting from ~385 to ~485 MB (the extra in live malloc'd blocks, not traced).
 STEP_LABEL_BYTES = 4 << 20
+
+
+def _label_bytes(m: Message) -> int:
+    return len(m.value or b"") if m.kind == "label" else 0
 
 
 class Record(NamedTuple):
@@ -105,31 +113,6 @@ class _PartitionEvent:
         self.message = SimpleNamespace(partition=partition)
 
 
-def _steps(msgs: list[Message], label_bytes: int) -> list[list[Message]]:
-    """Consecutive runs of ``msgs`` holding at most ``label_bytes`` of label messages each (one
-    message at least).
-
-    Labels are what make a step's outcomes, the memory it holds until applied. Predictions
-    only add waiting records, which stay anyway: cutting their runs too (an apply per 4 MB of
-    predictions) raised the worker's RSS at rest with a million waiting from ~385 to ~485 MB
-    (bench scenario 4; the extra is in live malloc'd blocks, not traced further).
-
-    >>> m = [Message(k, "t", 0, i, None, b"x" * 3) for i, k in enumerate(["label"] * 4 + ["prediction"] * 3)]
-    >>> [[x.offset for x in c] for c in _steps(m, 6)]
-    [[0, 1], [2, 3, 4, 5, 6]]
-    """
-    steps: list[list[Message]] = [[]]
-    size = 0
-    for m in msgs:
-        n = len(m.value or b"") if m.kind == "label" else 0
-        if steps[-1] and size + n > label_bytes:
-            steps.append([])
-            size = 0
-        steps[-1].append(m)
-        size += n
-    return steps
-
-
 def _raw_store(table: Any) -> Any:
     """A faust table's store, as the memory store's own dict when it is one.
 
@@ -141,12 +124,6 @@ def _raw_store(table: Any) -> Any:
     store = table.data
     raw = getattr(store, "data", None)
     return raw if isinstance(raw, dict) else store
-
-
-def _store_getter(table: Any) -> Callable[[bytes], bytes | None]:
-    """``key -> value`` over a faust table's store (``_raw_store``)."""
-    get: Callable[[bytes], bytes | None] = _raw_store(table).get
-    return get
 
 
 @contextlib.contextmanager
@@ -276,7 +253,7 @@ class DriftlineApp:
                 partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models,
-                store_get=_store_getter(table), references=self.references,
+                store_get=_raw_store(table).get, references=self.references,
             )
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
@@ -365,7 +342,7 @@ class DriftlineApp:
                 for topic, kind in kinds.items():
                     msgs = await self._with_skipped(topic, partition, proc.applied[kind] + 1, msgs,
                                                     functools.partial(Message, kind, topic, partition))
-                for j, chunk in enumerate(_steps(msgs, STEP_LABEL_BYTES)):
+                for j, chunk in enumerate(split_by_size(msgs, STEP_LABEL_BYTES, _label_bytes)):
                     if j and steps:  # the processor reads what its previous step wrote from the table
                         await self._apply_joins(steps)
                         steps, held = [], 0
