@@ -58,6 +58,26 @@ class AlertEngine:
         self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
         self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
         self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
+        self.judged: dict[str, int] = {}  # version|segment|window_start -> highest revision judged
+
+    def first_judgement(self, win: dict[str, Any]) -> bool:
+        """``True`` (and remembered) unless this window revision, or a later one, was judged.
+
+        After a crash the merge stage may emit a window again that the engine has already
+        judged (its state is recorded before the window's), possibly at an older revision
+        when the replayed partials fall into other batches: judging it again could resolve
+        or re-time an incident the alerts topic already carries.
+        """
+        key = f"{win['model_version']}|{win['segment']}|{float(win['window_start'])!r}"
+        revision = int(win.get("revision", 0))
+        if self.judged.get(key, -1) >= revision:
+            return False
+        self.judged[key] = revision
+        return True
+
+    def forget_window(self, model_version: str, segment: str, window_start: float) -> None:
+        """The merge stage dropped the window: its judgements need not be kept."""
+        self.judged.pop(f"{model_version}|{segment}|{float(window_start)!r}", None)
 
     # ---- entry points --------------------------------------------------------------------
     def on_alarm(self, cfg: ModelConfig, alarm: dict[str, Any], emitted_at: float) -> list[Alert]:
@@ -357,12 +377,14 @@ class AlertEngine:
         return f"{ctx['model_version']}|{ctx['segment']}|{rule}|{metric}"
 
     def to_state(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "active": self.active, "resolved_at": self.resolved_at, "history": self.history}
+        return {"model_id": self.model_id, "active": self.active, "resolved_at": self.resolved_at,
+                "history": self.history, "judged": self.judged}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> AlertEngine:
         eng = cls(d["model_id"])
         eng.active, eng.resolved_at, eng.history = d["active"], d["resolved_at"], d["history"]
+        eng.judged = d.get("judged", {})
         return eng
 
 

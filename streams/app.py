@@ -37,7 +37,6 @@ from faust.streams import _current_event
 
 from detectors.profile import Profile
 from schemas.codec import split_by_size
-from streams.baseline_cmd import ReferenceBuilder
 from streams.changelog import ChangelogWriter, read_range
 from streams.malloc import FreeMemoryReleaser
 from streams.merge import MergeOutput, WindowMerger
@@ -46,7 +45,6 @@ from streams.observe import PipelineMetrics
 from streams.partition import BatchResult, Message, PartitionProcessor
 from streams.settings import Settings, aiokafka_security
 from streams.topics import topic_names
-from streams.windows import SeriesKey
 
 log = logging.getLogger("driftline.worker")
 
@@ -463,26 +461,9 @@ class DriftlineApp:
         s = self.settings
         merger = WindowMerger(self.models, window_seconds=s.window_seconds, flush_interval=s.flush_interval,
                               references=self.references)
-        from streams.alerts import AlertEngine
-        from streams.merge import MergedWindow
-
         with partition_context(partition):
             for k, v in self.merge_table.data.items():
-                k = bytes(k)
-                if not v or k[:2] not in (b"w:", b"a:", b"r:", b"o:"):  # changelog markers, deletions
-                    continue
-                d = orjson.loads(v)
-                if d.get("partition") != partition:
-                    continue
-                if k.startswith(b"w:"):
-                    merger.windows[SeriesKey.decode(k[2:].decode())] = MergedWindow.from_state(d["w"])
-                elif k.startswith(b"a:"):
-                    merger.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
-                    merger.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
-                elif k.startswith(b"r:"):
-                    merger.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
-                elif k.startswith(b"o:"):
-                    merger.next_offset = int(d["next"])
+                merger.restore_record(bytes(k), v, partition)
         self.mergers[partition] = merger
         return merger
 
@@ -543,27 +524,14 @@ class DriftlineApp:
             await self.app.producer.flush()
         for ref in out.references:  # saved before the changelog records the builder as frozen
             self._save_reference(ref)
+        records = merger.state_records(partition, out, offsets=offsets)
         with partition_context(partition):
-            for key in out.changed_windows:
-                mw = merger.windows.get(key)
-                if mw is not None:
-                    self._merge_set(partition, b"w:" + key.encode().encode(),
-                                    orjson.dumps({"partition": partition, "w": mw.to_state()}))
-            for key in out.dropped_windows:
-                self._merge_del(partition, b"w:" + key.encode().encode())
-            for model in out.changed_models:
-                self._merge_set(partition, b"a:" + model.encode(),
-                                orjson.dumps({"partition": partition, "e": merger.engine(model).to_state(),
-                                              "seen": merger.seen_alarms.get(model, [])}))
-            for model in out.changed_builders:
-                rb = merger.builders.get(model)
-                if rb is not None:
-                    self._merge_set(partition, b"r:" + model.encode(),
-                                    orjson.dumps({"partition": partition, "model_id": model, "b": rb.to_state()}))
-            if offsets:  # last: a crash leaves a prefix, so a recorded offset's effects are recorded too
-                self._merge_set(partition, b"o:%d" % partition,
-                                orjson.dumps({"partition": partition, "next": merger.next_offset}))
-        if offsets or out.changed_windows or out.dropped_windows or out.changed_models or out.changed_builders:
+            for key, value in records:
+                if value is None:
+                    self._merge_del(partition, key)
+                else:
+                    self._merge_set(partition, key, value)
+        if records:
             await self.merge_changelog().flush()
 
     # ---- references from the first hours --------------------------------------------------------

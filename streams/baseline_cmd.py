@@ -225,19 +225,30 @@ class ReferenceBuilder:
         self.last_end: float | None = None
         self.frozen = False
         self._profile: Profile | None = None
+        self._sources: set[str] = set()  # ids of the partials added (until the freeze)
 
     def add(
-        self, window_start: float, window_end: float, profile: Profile, *, freeze: bool = True
+        self,
+        window_start: float,
+        window_end: float,
+        profile: Profile,
+        *,
+        freeze: bool = True,
+        source_id: str | None = None,
     ) -> bool:
         """Merge one window's profile; ``True`` when this window completed the reference.
 
         A window starting past the span only counts as time seen (for ``grace``). With
         ``freeze=False`` the caller freezes later with ``freeze_if_covered`` (the merge
         stage does so once per batch of partials, so one partition's window past the span
-        does not shut out the other partitions' partials of the same batch).
+        does not shut out the other partitions' partials of the same batch). A ``source_id``
+        seen before is not added again: after a crash the merge stage may replay a partial
+        its builder had already recorded.
         """
-        if self.frozen:
+        if self.frozen or (source_id is not None and source_id in self._sources):
             return False
+        if source_id is not None:
+            self._sources.add(source_id)
         if self.first_start is None or window_start < self.first_start + self.hours * 3600.0:
             if self._profile is None:
                 self._profile = Profile(profile.model_id, infer=True)
@@ -258,6 +269,7 @@ class ReferenceBuilder:
             # set at the freeze, so builders restored from older state get it too
             self._profile.source = "first_hours"
             self.frozen = True
+            self._sources.clear()
             return True
         return False
 
@@ -284,6 +296,7 @@ class ReferenceBuilder:
             "last_end": self.last_end,
             "frozen": self.frozen,
             "profile": None if self._profile is None else self._profile.to_state(),
+            "sources": sorted(self._sources),
         }
 
     @classmethod
@@ -291,4 +304,5 @@ class ReferenceBuilder:
         rb = cls(float(d["hours"]), int(d["bins"]), float(d.get("grace", 0.0)))
         rb.first_start, rb.last_end, rb.frozen = d["first_start"], d["last_end"], bool(d["frozen"])
         rb._profile = None if d["profile"] is None else Profile.from_state(d["profile"])
+        rb._sources = set(d.get("sources", ()))
         return rb

@@ -47,6 +47,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from detectors.comparison import Comparison, compare_binary, compare_proportions, compare_regression
 from detectors.datadrift import compare_profiles
 from detectors.fairness import GroupRates
@@ -120,6 +122,55 @@ class WindowMerger:
         self.next_offset = 0
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
 
+    # ---- state in the merge table -----------------------------------------------------------
+    def state_records(self, partition: int, out: MergeOutput, *, offsets: bool) -> list[tuple[bytes, bytes | None]]:
+        """The merge-table writes (value ``None``: delete) that record ``out``'s changes.
+
+        A crash may cut them anywhere, leaving a prefix, and the partials after the recorded
+        offset are then replayed (the outputs were sent before; replays send the same ids).
+        The order makes every prefix safe: alert engines first, since windows recorded
+        without their judgements would never be judged again (their replayed partials are
+        duplicates), while a judgement recorded without its window is skipped when the window
+        is emitted again (``AlertEngine.first_judgement``); reference builders next (they skip
+        a partial added before, by id); windows; the offset last, so whatever a recorded
+        offset covers is recorded too.
+        """
+        recs: list[tuple[bytes, bytes | None]] = []
+        for model in sorted(out.changed_models):
+            recs.append((b"a:" + model.encode(), orjson.dumps(
+                {"partition": partition, "e": self.engine(model).to_state(), "seen": self.seen_alarms.get(model, [])})))
+        for model in sorted(out.changed_builders):
+            rb = self.builders.get(model)
+            if rb is not None:
+                recs.append((b"r:" + model.encode(),
+                             orjson.dumps({"partition": partition, "model_id": model, "b": rb.to_state()})))
+        for key in sorted(out.changed_windows, key=_series_order):
+            mw = self.windows.get(key)
+            if mw is not None:
+                recs.append((b"w:" + key.encode().encode(), orjson.dumps({"partition": partition, "w": mw.to_state()})))
+        for key in sorted(out.dropped_windows, key=_series_order):
+            recs.append((b"w:" + key.encode().encode(), None))
+        if offsets:
+            recs.append((b"o:%d" % partition, orjson.dumps({"partition": partition, "next": self.next_offset})))
+        return recs
+
+    def restore_record(self, key: bytes, value: bytes, partition: int) -> None:
+        """Load one record of ``state_records`` (a restart); others' records and markers are skipped."""
+        if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:"):
+            return
+        d = orjson.loads(value)
+        if d.get("partition") != partition:
+            return
+        if key.startswith(b"w:"):
+            self.windows[SeriesKey.decode(key[2:].decode())] = MergedWindow.from_state(d["w"])
+        elif key.startswith(b"a:"):
+            self.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
+            self.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
+        elif key.startswith(b"r:"):
+            self.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
+        else:
+            self.next_offset = int(d["next"])
+
     def engine(self, model_id: str) -> AlertEngine:
         eng = self.engines.get(model_id)
         if eng is None:
@@ -137,7 +188,7 @@ class WindowMerger:
             return
         part = WindowPartial.from_state(msg["state"])
         if key.segment == "" and part.profile is not None and part.profile.infer:
-            self._build_reference(key, float(msg["window_end"]), part.profile, out)
+            self._build_reference(key, float(msg["window_end"]), part.profile, msg["pid"], out)
         if mw is None:
             mw = self.windows[key] = MergedWindow(part, first_seen=now)
         else:
@@ -149,7 +200,8 @@ class WindowMerger:
         mw.last_update = now
         out.changed_windows.add(key)
 
-    def _build_reference(self, key: SeriesKey, window_end: float, profile: Profile, out: MergeOutput) -> None:
+    def _build_reference(self, key: SeriesKey, window_end: float, profile: Profile, pid: str,
+                         out: MergeOutput) -> None:
         """Add an unbinned whole-model partial profile to the model's first-hours reference."""
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         hours = cfg.first_hours()
@@ -159,7 +211,7 @@ class WindowMerger:
         if rb is None:
             rb = self.builders[key.model_id] = ReferenceBuilder(hours, grace=self.window_seconds)
         if not rb.frozen:
-            rb.add(key.window_start, window_end, profile, freeze=False)  # frozen in ``tick``
+            rb.add(key.window_start, window_end, profile, freeze=False, source_id=pid)  # frozen in ``tick``
             out.changed_builders.add(key.model_id)
 
     def _freeze_references(self, out: MergeOutput) -> None:
@@ -192,7 +244,7 @@ class WindowMerger:
     def tick(self, now: float, out: MergeOutput) -> None:
         """Emit windows that are due; drop windows past their retention."""
         self._freeze_references(out)
-        for key in sorted(self.windows, key=lambda k: (k.window_start, k.model_id, k.model_version, k.segment)):
+        for key in sorted(self.windows, key=_series_order):
             mw = self.windows[key]
             if mw.dirty:
                 due = (now - mw.first_seen >= self.merge_wait) if mw.revision < 0 else (now - mw.last_emit >= self.flush_interval)
@@ -206,6 +258,9 @@ class WindowMerger:
             if not mw.dirty and self._expired(key, mw, now):
                 del self.windows[key]
                 out.dropped_windows.add(key)
+                if key.model_id in self.engines:
+                    self.engines[key.model_id].forget_window(key.model_version, key.segment, key.window_start)
+                    out.changed_models.add(key.model_id)
         self._compare(now, out)
 
     # ---- champion / challenger -----------------------------------------------------------------
@@ -262,6 +317,9 @@ class WindowMerger:
                            final=True, labeled_count=mw.partial.labeled, emitted_at=now)
         out.metrics.append(dict(msg))
         out.changed_windows.add(key)
+        out.changed_models.add(key.model_id)
+        if not self.engine(key.model_id).first_judgement(dict(msg)):  # judged before a crash
+            return
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, first=first)
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
@@ -270,7 +328,6 @@ class WindowMerger:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
             out.alerts += alerts
-        out.changed_models.add(key.model_id)
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                      counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
@@ -344,6 +401,10 @@ class WindowMerger:
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
+
+
+def _series_order(k: SeriesKey) -> tuple[float, str, str, str]:
+    return (k.window_start, k.model_id, k.model_version, k.segment)
 
 
 def fairness_metrics(key: str, rates: GroupRates) -> tuple[dict[str, float], dict[str, int]]:

@@ -18,7 +18,7 @@ from test_partition import T0, Feed, Harness, label, pred
 from schemas.messages import segment_string
 from schemas.partitioning import partition_for
 from streams.merge import MergedWindow, MergeOutput, WindowMerger
-from streams.models import ModelConfig, ModelsConfig
+from streams.models import ModelConfig, ModelsConfig, ThresholdRule
 from streams.simulate import generate
 from streams.windows import window_start
 
@@ -428,3 +428,116 @@ def test_equal_revisions_hold_equal_content_across_a_crash(seed: int) -> None:
         by_revision[k] = m
     last = max((m for m in sent_b if m["segment"] == ""), key=lambda m: m["revision"])
     assert last["revision"] == len(parts) - 1 and last["counts"]["accuracy"] == len(ids)
+
+
+# ---- a crash between the merge stage's state writes -------------------------------------
+
+ACCURACY_FLOOR = ModelsConfig(
+    models={"m": ModelConfig(task="binary", thresholds=(ThresholdRule("accuracy", min=0.5, min_count=1),))}
+)
+
+
+def _partials_with_a_bad_window(rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Windows 0-5 (3 has no traffic). Window 2 turns bad only through late labels: its
+    first revision has 4 right predictions, then 8 wrong ones come amid window 4's traffic, so
+    its revisions disagree. Window 4's labels come at once; the others' 1-90 s late."""
+    h, f = Harness(0, ACCURACY_FLOOR, window_seconds=W, allowed_lateness=5.0), Feed()
+    events: list[tuple[float, str, dict[str, Any]]] = []
+    for i in range(72):
+        ts, window = T0 + i * 5.0, i // 12
+        if window == 3:
+            continue
+        truth, delay = 1, float(rng.uniform(1.0, 90.0))
+        if window == 2:
+            truth, delay = (1, 0.5) if i % 12 < 4 else (0, T0 + 4 * W + float(rng.uniform(10.0, 40.0)) - ts)
+        elif window == 4:
+            delay = 0.5
+        events.append((ts, "prediction", pred(f"p{i}", ts, score=0.8, label=1)))
+        events.append((ts + delay, "label", label(f"p{i}", ts + delay, label=truth)))
+    events.sort(key=lambda e: e[0])
+    lo = 0
+    while lo < len(events):
+        hi = lo + int(rng.integers(1, 10))
+        for kind in ("prediction", "label"):
+            chunk = [ev for _, k, ev in events[lo:hi] if k == kind]
+            if chunk:
+                h.process(f.events(kind, chunk))
+        lo = hi
+    h.process(f.events("prediction", [pred("end", T0 + 20 * W)]))  # closes every window
+    return [orjson.loads(orjson.dumps(p)) for p in h.partials]
+
+
+def _merge_run(merger: WindowMerger, parts: list[dict[str, Any]], rng: np.random.Generator, now: float,
+               table: dict[bytes, bytes], on_batch: Any = None, max_batch: int = 3) -> tuple[list[dict[str, Any]], float]:
+    """The merge agent's loop over ``parts`` from ``merger.next_offset``: batches of random
+    size, outputs sent, then the state records written to ``table`` (``_apply_merge``)."""
+    sent: list[dict[str, Any]] = []
+    while merger.next_offset < len(parts) or now < 1e6:
+        out = MergeOutput()
+        batch = range(merger.next_offset, min(len(parts), merger.next_offset + int(rng.integers(1, max_batch + 1))))
+        for off in batch:
+            merger.on_partial(parts[off], now, out)
+        if batch:
+            merger.next_offset = batch[-1] + 1
+        now = now + float(rng.choice([0.3, 1.1, 2.5])) if merger.next_offset < len(parts) else 1e6
+        merger.tick(now, out)
+        sent += out.alerts
+        records = merger.state_records(0, out, offsets=True)
+        if on_batch is not None and on_batch(dict(table), records, list(sent), now):
+            return sent, now
+        for k, v in records:
+            if v is None:
+                table.pop(k, None)
+            else:
+                table[k] = v
+    return sent, now
+
+
+def _restored(table: dict[bytes, bytes]) -> WindowMerger:
+    # Every dirty window is emitted at the next tick, so windows are judged in the order of
+    # their partials whatever the batches (the alerts must not depend on replay timing).
+    merger = WindowMerger(ACCURACY_FLOOR, window_seconds=W, merge_wait=0.2, flush_interval=0.1)
+    for k, v in table.items():
+        merger.restore_record(k, v, 0)
+    return merger
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_crash_anywhere_in_the_merge_state_writes_raises_the_same_alerts(seed: int) -> None:
+    """``_apply_merge`` sends the outputs, then writes ``state_records`` one by one: a SIGKILL
+    may leave any prefix of them. For every batch and every cut, the restarted merge stage,
+    replaying the partials in other batches, must send exactly the uninterrupted run's alerts
+    (same ids, same detection times): never a second incident, nor a resolve by an older
+    revision of the window that fired."""
+    rng = np.random.default_rng(seed)
+    parts = _partials_with_a_bad_window(rng)
+    want, _ = _merge_run(_restored({}), parts, rng, 10.0, {})
+    fired = {a["alert_id"]: a for a in want if a["status"] == "firing"}
+    assert [a["window_end"] for a in fired.values() if a["kind"] == "threshold"] == [T0 + 3 * W]
+    assert [m for m in parts if m.get("window_start") == T0 + 2 * W][0]["type"] == "closed"
+    assert any(a["status"] == "resolved" and a["window_end"] == T0 + 5 * W for a in want)
+    expected = {(a["alert_id"], a["status"], a["detected_at"]) for a in want}
+
+    crashes: list[tuple[dict[bytes, bytes], list[tuple[bytes, bytes | None]], list[dict[str, Any]], float]] = []
+
+    def record(table: dict[bytes, bytes], records: list[Any], sent: list[dict[str, Any]], now: float) -> bool:
+        crashes.append((table, records, sent, now))
+        return False
+
+    _merge_run(_restored({}), parts, np.random.default_rng(seed + 100), 10.0, {}, on_batch=record)
+    cuts = 0
+    for table, records, sent, now in crashes:
+        for cut in range(len(records) + 1):
+            state = dict(table)
+            for k, v in records[:cut]:
+                if v is None:
+                    state.pop(k, None)
+                else:
+                    state[k] = v
+            for max_batch in (1, 3):  # one partial a batch: every revision is emitted
+                replayed, _ = _merge_run(_restored(state), parts, np.random.default_rng(cut), now + 5.0, dict(state),
+                                         max_batch=max_batch)
+                got = {(a["alert_id"], a["status"], a["detected_at"]) for a in sent + replayed}
+                assert got == expected, f"crash after {cut} of {len(records)} records, replay batches <= {max_batch}"
+            cuts += 1
+    assert cuts > len(crashes) > 5
