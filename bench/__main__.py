@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop the naive faust baseline after this many seconds and rate what it did (default 60)")
     p.add_argument("--sdk-calls", type=int, default=None, help="log_prediction calls timed (default 200000)")
     p.add_argument("--latency-duration", type=float, default=None, help="realtime run seconds (default 60)")
-    p.add_argument("--profile", action="store_true", help="py-spy the scenario-1 worker (needs py-spy in the venv)")
+    p.add_argument("--profile", nargs="?", const="1", default="",
+                   help="py-spy the workers of these scenarios (comma list of 1,2,3; bare --profile: 1); "
+                        "raw stacks in bench/profile-<scenario>.txt (needs py-spy in the venv)")
     p.add_argument("--no-progress", action="store_true", help="no live progress lines on stderr")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (worker logs, chdb)")
     a = p.parse_args(argv)
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.latency_duration = a.latency_duration or (6.0 if smoke else 60.0)
     a.scenarios = a.scenarios or ",".join(SMOKE if smoke else ALL)
     a.selected = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    a.profiled = tuple(f"s{s.strip()}" for s in a.profile.split(",") if s.strip())
+    if any(s not in ("s1", "s2", "s3") for s in a.profiled):
+        p.error(f"--profile takes scenarios 1, 2 and 3, not {a.profile!r}")
     bad = [s for s in a.selected if s not in ALL]
     if bad:
         p.error(f"unknown scenarios {bad}; choose from {ALL}")
@@ -81,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["broker_pid"] = broker.pid
     progress.log(f"bench: broker {broker.bootstrap}, temp {tmp}, size {a.size:,} predictions "
                  f"({2 * a.size:,} input events), scenarios {','.join(a.selected)}")
-    b = Bench(broker.bootstrap, tmp, a.size, progress, smoke=a.smoke, profile=a.profile,
-              timeout=120.0 if a.smoke else 900.0)
+    b = Bench(broker.bootstrap, tmp, a.size, progress, smoke=a.smoke, profile=a.profiled,
+              timeout=120.0 if a.smoke else 900.0, broker_pid=broker.pid)
     steps = {
         "1": ("s1", b.scenario1),
         "2": ("s2", b.scenario2),
@@ -117,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             progress.log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    if b.profile_result:
-        results["profile"] = b.profile_result
+    if b.profile_results:
+        results["profiles"] = b.profile_results
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["total_s"] = round(time.monotonic() - t_all, 1)
     results["targets"] = evaluate(results["results"])

@@ -96,14 +96,18 @@ def render(res: dict[str, Any]) -> str:
         L.append(f"{name:<44} {_num(d.get(rate)):>11} {_num(d.get(cpu), 1):>10} {_num(d.get('peak_rss_mb')):>12} "
                  f"{_num(d.get('elapsed_s', d.get('join_elapsed_s')), 2):>10}  {note}")
 
+    def cores(d: dict[str, Any]) -> str:
+        return f"; cores: workers {_num(d.get('cpu_cores_used'), 2)}, broker {_num(d.get('broker_cores_used'), 2)}"
+
     if "s1" in r:
         row("1 envelopes (~500 ev/msg), 8 parts, 1 worker", r["s1"],
-            note=f"{r['s1'].get('kafka_messages', 0):,} Kafka msgs")
+            note=f"{r['s1'].get('kafka_messages', 0):,} Kafka msgs" + cores(r["s1"]))
     if "s2" in r:
-        row("2 single-event messages, 1 worker", r["s2"])
+        row("2 single-event messages, 1 worker", r["s2"], note=cores(r["s2"])[2:])
     if "s3" in r:
-        each = r["s3"].get("messages_each")
-        row("3 envelopes, 2 workers (sum)", r["s3"], note=f"messages per worker {each}")
+        d = r["s3"]
+        row("3 envelopes, 2 workers (sum)", d, note=f"messages per worker {d.get('messages_each')}, CPU-us/ev "
+                                                      f"each {d.get('cpu_us_per_event_each')}" + cores(d))
     if "s4" in r:
         d = r["s4"]
         store = "" if d.get("store", "memory://").startswith("memory") else f" ({d['store']})"
@@ -144,10 +148,11 @@ def render(res: dict[str, Any]) -> str:
         v = t["measured"]
         shown = "-" if v is None else (f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}")
         L.append(f"{t['what']:<40} {shown:>14} {t['target']:>12}  {t['status']}")
-    if res.get("profile"):
-        p = res["profile"]
+    for name, p in res.get("profiles", {}).items():
         L.append("")
-        L.append(f"py-spy, scenario-1 worker ({p['samples']:,} samples), top self frames:")
+        L.append(f"py-spy, {name} worker ({p['samples']:,} samples, raw stacks {p['raw_file']}), by area:")
+        L.append("  " + ", ".join(f"{a} {share:.1f}%" for a, share in p.get("areas", [])))
+        L.append("  top self frames:")
         for f, share in p["top_self"][:12]:
             L.append(f"  {share:5.1f}%  {f}")
     if res.get("errors"):

@@ -23,6 +23,7 @@ from bench.common import (
     WorkerProc,
     counters,
     cpu_seconds,
+    cpu_seconds_by_thread,
     create_all_topics,
     free_port,
     labelled_events,
@@ -41,18 +42,20 @@ QUIX_PY = QUIX_VENV / "bin" / "python"
 
 class Bench:
     def __init__(self, bootstrap: str, tmp: Path, size: int, progress: Progress, *, smoke: bool,
-                 partitions: int = 8, profile: bool = False, timeout: float = 900.0) -> None:
+                 partitions: int = 8, profile: tuple[str, ...] = (), timeout: float = 900.0,
+                 broker_pid: int | None = None) -> None:
         self.bootstrap = bootstrap
         self.tmp = tmp
         self.size = size
         self.p = progress
         self.smoke = smoke
         self.partitions = partitions
-        self.profile = profile
+        self.profile = profile  # scenario tags whose workers py-spy records ("s1", "s2", "s3")
         self.timeout = timeout
+        self.broker_pid = broker_pid
         self._data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
         self.single_prefix: str | None = None  # scenario 2's topics, reused by the baselines
-        self.profile_result: dict[str, Any] | None = None
+        self.profile_results: dict[str, dict[str, Any]] = {}  # "s1", "s3-w0", ... -> summary
 
     # ---- data ----------------------------------------------------------------------------------
     def data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -92,7 +95,7 @@ class Bench:
                               name=f"{tag}-w{i}") for i in range(n_workers)]
         expected_msgs, expected_joins = fill["messages"], fill["labels"]
         events = fill["predictions"] + fill["labels"]
-        spy: subprocess.Popen[bytes] | None = None
+        spies: list[tuple[str, subprocess.Popen[bytes]]] = []
         try:
             for w in workers:
                 w.start()
@@ -107,19 +110,28 @@ class Bench:
             t_start = time.monotonic()
             # The clock starts at the last poll that saw no message yet: counters move when a batch
             # is applied, so a small input can be done by the first poll that sees anything.
-            before: list[tuple[float, list[float]]] = []
+            before: list[tuple[float, list[float], float]] = []
+            threads0: list[dict[str, float]] = []
 
             def started() -> bool:
-                before[:] = [(time.monotonic(), [cpu_seconds(w.pid) for w in workers])]
+                before[:] = [(time.monotonic(), [cpu_seconds(w.pid) for w in workers], self._broker_cpu())]
+                threads0[:] = [cpu_seconds_by_thread(w.pid) for w in workers]
                 return sum(messages_in(h) for h in poll()) > 0
 
             wait_until(started, 180, f"{tag}: first message", interval=0.02,
                        on_tick=lambda: self.p.update(f"  {tag}: waiting for the group join "
                                                      f"({time.monotonic() - t_start:.0f}s)"))
-            t0, cpu0 = before[0]
+            t0, cpu0, broker0 = before[0]
             startup = t0 - t_start
-            if self.profile and tag == "s1":
-                spy = self._start_profile(workers[0].pid)
+            # a group that still rebalances once the clock runs moves partitions (and replays
+            # their changelogs) inside the measurement
+            assigned_at_start = [sorted((h or {}).get("partitions", [])) for h in healths]
+            if tag in self.profile:
+                for i, w in enumerate(workers):
+                    name = tag if n_workers == 1 else f"{tag}-w{i}"
+                    spy = self._start_profile(w.pid, name)
+                    if spy is not None:
+                        spies.append((name, spy))
 
             def done() -> bool:
                 hs = poll()
@@ -133,9 +145,9 @@ class Bench:
             wait_until(done, self.timeout, f"{tag}: all input processed", interval=0.05)
             t1 = time.monotonic()
             cpu1 = [cpu_seconds(w.pid) for w in workers]
-            if spy is not None:
-                self._stop_profile(spy)
-                spy = None
+            threads1 = [cpu_seconds_by_thread(w.pid) for w in workers]
+            broker_cpu = self._broker_cpu() - broker0
+            self._stop_profiles(spies)
             elapsed = t1 - t0
             cpu = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
             res = {
@@ -143,10 +155,19 @@ class Bench:
                 "elapsed_s": round(elapsed, 3), "events_per_s": events / elapsed if elapsed > 0 else None,
                 "cpu_us_per_event": cpu * 1e6 / events if events else None,
                 "cpu_s": round(cpu, 2), "cpu_cores_used": round(cpu / elapsed, 2) if elapsed > 0 else None,
+                "cpu_us_per_event_each": [round((b - a) * 1e6 * n_workers / events, 1) if events else None
+                                          for a, b in zip(cpu0, cpu1, strict=True)],
+                # the embedded broker shares the machine's cores with the workers
+                "broker_cores_used": round(broker_cpu / elapsed, 2) if elapsed > 0 and self.broker_pid else None,
+                # where a worker's CPU went, by thread (the main thread runs faust and our code)
+                "cpu_s_by_thread": [{k: round(v - t0.get(k, 0.0), 2) for k, v in sorted(t1.items(), key=lambda kv: -kv[1])
+                                     if v - t0.get(k, 0.0) >= 0.01} for t0, t1 in zip(threads0, threads1, strict=True)],
                 "peak_rss_mb": max(peak_rss_mb(w.pid) for w in workers),
                 "peak_rss_mb_each": [round(peak_rss_mb(w.pid), 1) for w in workers],
                 "startup_to_first_message_s": round(startup, 2),
                 "messages_each": [messages_in(h) for h in healths],
+                "partitions_each": {"at_start": assigned_at_start,
+                                    "at_end": [sorted((h or {}).get("partitions", [])) for h in healths]},
                 "produce": {k: fill[k] for k in ("seconds", "events") if k in fill},
                 "counters": [counters(h) for h in healths],
             }
@@ -154,31 +175,40 @@ class Bench:
                         f"{res['cpu_us_per_event']:.1f} CPU-us/event, peak RSS {res['peak_rss_mb']:.0f} MB")
             return res
         finally:
-            if spy is not None:
-                self._stop_profile(spy)
+            self._stop_profiles(spies)
             for w in workers:
                 w.stop()
 
     # ---- profile (py-spy) --------------------------------------------------------------------------
-    def _start_profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+    def _broker_cpu(self) -> float:
+        if self.broker_pid is None:
+            return 0.0
+        try:
+            return cpu_seconds(self.broker_pid)
+        except OSError:
+            return 0.0
+
+    def _start_profile(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
         exe = Path(sys.executable).parent / "py-spy"
         if not exe.exists():
             self.p.log("  (py-spy not installed in this venv: no profile; pip install py-spy)")
             return None
-        self._profile_raw = ROOT / "bench" / "profile-s1.txt"
         return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--nonblocking",
-                                 "--rate", "200", "-o", str(self._profile_raw)],
+                                 "--rate", "200", "-o", str(profile_path(name))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def _stop_profile(self, spy: subprocess.Popen[bytes]) -> None:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-        with contextlib.suppress(OSError):
-            self.profile_result = summarize_profile(self._profile_raw)
+    def _stop_profiles(self, spies: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        for _, spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for name, spy in spies:
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+            with contextlib.suppress(OSError):
+                self.profile_results[name] = summarize_profile(profile_path(name))
+        spies.clear()
 
     # ---- scenarios ------------------------------------------------------------------------------------
     def scenario1(self) -> dict[str, Any]:
@@ -562,10 +592,41 @@ def _fmt_s(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}s"
 
 
+def profile_path(name: str) -> Path:
+    """Where py-spy's raw stacks of one profiled worker go (``bench/profile-s1.txt``, ...)."""
+    return ROOT / "bench" / f"profile-{name}.txt"
+
+
+# Where a sample's time goes: the first frame of one of these, walking up from the leaf (frames of
+# the standard library, numpy and river are charged to the code that called them).
+_AREAS = (("streams/", "driftline"), ("schemas/", "driftline"), ("detectors/", "driftline"),
+          ("sinks/", "driftline"), ("faust/", "faust + mode"), ("mode/", "faust + mode"),
+          ("aiokafka/", "aiokafka"), ("aiohttp/", "aiohttp (health, metrics)"))
+
+
+def profile_area(frames: list[str]) -> str:
+    """The area one py-spy sample (its frames, root first) is charged to."""
+    if not frames:
+        return "other"
+    if frames[-1].startswith("EpollSelector.select"):
+        return "idle: event loop waiting in epoll"
+    if any(f.startswith("ChangelogWriter.flush_blocking") for f in frames):
+        return "changelog flush thread (waits on the broker)"
+    for f in reversed(frames):
+        if f.startswith("BaseEventLoop._run_once"):
+            return "asyncio event loop"
+        path = f[f.rfind("(") + 1:]
+        for prefix, area in _AREAS:
+            if path.startswith(prefix) and not path.startswith(("streams/cli.py", "streams/worker.py")):
+                return area
+    return "other"
+
+
 def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     """Top frames of a py-spy ``--format raw`` (collapsed stacks) file: self and inclusive share."""
     self_c: Counter[str] = Counter()
     incl: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -579,11 +640,13 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         if not frames:
             continue
         self_c[frames[-1]] += k
+        areas[profile_area(frames)] += k
         for f in set(frames):
             incl[f] += k
     return {
         "samples": total,
         "top_self": [(f, round(100.0 * c / total, 1)) for f, c in self_c.most_common(top)] if total else [],
         "top_inclusive": [(f, round(100.0 * c / total, 1)) for f, c in incl.most_common(top + 10)] if total else [],
+        "areas": [(a, round(100.0 * c / total, 1)) for a, c in areas.most_common()] if total else [],
         "raw_file": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
     }
