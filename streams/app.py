@@ -155,6 +155,9 @@ class DriftlineApp:
         self.processors: dict[int, PartitionProcessor] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._merge_locks: dict[int, asyncio.Lock] = {}
+        # Set when faust has recovered the tables of the current assignment; cleared when a
+        # rebalance starts. Processors and mergers load their state from the tables.
+        self._tables_ready = False
         self._join_raw: Any = None
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
@@ -210,6 +213,9 @@ class DriftlineApp:
             consumer_max_fetch_size=2 * 1024 * 1024,
             producer_max_request_size=16 * 1024 * 1024,
             table_cleanup_interval=3600.0,
+            # faust's default of one standby made each of two workers replay the other's join
+            # changelog (one or two records per event) as it was written (bench scenario 3)
+            table_standby_replicas=s.standby_replicas,
             web_enabled=True,
             web_bind=s.web_host,
             web_host=s.web_host,
@@ -237,6 +243,7 @@ class DriftlineApp:
         self._add_views(app)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self._on_tables_ready)  # type: ignore[arg-type]
         return app
 
     # ---- join stage --------------------------------------------------------------------------
@@ -580,7 +587,7 @@ class DriftlineApp:
 
     async def _tick_step(self) -> None:
         # Processors and mergers load their state from the tables: never before recovery ends.
-        if self.app.rebalancing or self.app.in_recovery:
+        if self.app.rebalancing or self.app.in_recovery or not self._tables_ready:
             return
         now = time.time()
         self._ensure_assigned()
@@ -636,6 +643,7 @@ class DriftlineApp:
         """faust awaits this before the partitions go to another worker. A timer step still
         applying a revoked partition would write its partition record and send partials after
         the new owner recovered an older record, which then reuses their ids: wait for it."""
+        self._tables_ready = False
         for tp in revoked:
             if tp.topic == self.topics["predictions"]:
                 async with self._partition_lock(tp.partition):
@@ -643,6 +651,11 @@ class DriftlineApp:
             elif tp.topic == self.topics["partials"]:
                 async with self._merge_lock(tp.partition):
                     self.mergers.pop(tp.partition, None)
+
+    async def _on_tables_ready(self, sender: Any, **kwargs: Any) -> None:
+        """faust sends ``on_rebalance_complete`` once the assignment's tables are recovered,
+        right before it seeks the input to the committed offsets and resumes the streams."""
+        self._tables_ready = True
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Make the consumer's seek to committed offsets (after table recovery) end at our state."""
@@ -653,7 +666,11 @@ class DriftlineApp:
 
         async def perform_seek() -> None:
             await seek_to_committed()
-            await self._resume_from_state()
+            # faust also seeks when the fetcher polls while the flow is paused, which it is
+            # during recovery: state read from a table still being recovered would be empty
+            # (a partition taken over without a standby replica started from nothing).
+            if self._tables_ready:
+                await self._resume_from_state()
 
         consumer.perform_seek = perform_seek  # type: ignore[method-assign]
         consumer._driftline_seek = True  # type: ignore[attr-defined]

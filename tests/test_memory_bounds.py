@@ -272,3 +272,15 @@ def test_caps_are_settings() -> None:
     for var in ("DRIFTLINE_MAX_SERIES", "DRIFTLINE_MAX_MODELS"):
         with pytest.raises(ValueError):
             Settings.from_env({var: "0"})
+
+
+def test_standby_replicas_is_a_setting_passed_to_faust(tmp_path: Any) -> None:
+    from streams.app import DriftlineApp
+    from streams.models import ModelsConfig
+
+    base = {"DRIFTLINE_DATA_DIR": str(tmp_path)}
+    for env, want in (({}, 0), ({"DRIFTLINE_STANDBY_REPLICAS": "1"}, 1)):
+        app = DriftlineApp(Settings.from_env({**base, **env}), ModelsConfig(), sink=None)
+        assert app.app.conf.table_standby_replicas == want
+    with pytest.raises(ValueError):
+        Settings.from_env({"DRIFTLINE_STANDBY_REPLICAS": "-1"})
