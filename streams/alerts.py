@@ -34,6 +34,11 @@ from streams.models import ModelConfig
 Alert = dict[str, Any]
 
 
+def judgement_key(model_version: str, segment: str, window_start: float) -> str:
+    """A window of one model, as ``AlertEngine.judged`` names it."""
+    return f"{model_version}|{segment}|{float(window_start)!r}"
+
+
 class AlertEngine:
     """Lifecycle state of one model's alerts; serialisable with ``to_state``.
 
@@ -58,7 +63,9 @@ class AlertEngine:
         self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
         self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
         self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
-        self.judged: dict[str, int] = {}  # version|segment|window_start -> highest revision judged
+        # judgement_key -> highest revision judged that no recorded window state covers yet
+        # (``WindowMerger.state_records`` forgets the covered ones)
+        self.judged: dict[str, int] = {}
 
     def first_judgement(self, win: dict[str, Any]) -> bool:
         """``True`` (and remembered) unless this window revision, or a later one, was judged.
@@ -68,16 +75,12 @@ class AlertEngine:
         when the replayed partials fall into other batches: judging it again could resolve
         or re-time an incident the alerts topic already carries.
         """
-        key = f"{win['model_version']}|{win['segment']}|{float(win['window_start'])!r}"
+        key = judgement_key(win["model_version"], win["segment"], win["window_start"])
         revision = int(win.get("revision", 0))
         if self.judged.get(key, -1) >= revision:
             return False
         self.judged[key] = revision
         return True
-
-    def forget_window(self, model_version: str, segment: str, window_start: float) -> None:
-        """The merge stage dropped the window: its judgements need not be kept."""
-        self.judged.pop(f"{model_version}|{segment}|{float(window_start)!r}", None)
 
     # ---- entry points --------------------------------------------------------------------
     def on_alarm(self, cfg: ModelConfig, alarm: dict[str, Any], emitted_at: float) -> list[Alert]:

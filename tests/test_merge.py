@@ -511,7 +511,10 @@ def test_a_crash_anywhere_in_the_merge_state_writes_raises_the_same_alerts(seed:
     revision of the window that fired."""
     rng = np.random.default_rng(seed)
     parts = _partials_with_a_bad_window(rng)
-    want, _ = _merge_run(_restored({}), parts, rng, 10.0, {})
+    merger = _restored({})
+    want, _ = _merge_run(merger, parts, rng, 10.0, {})
+    merger.state_records(0, MergeOutput(changed_models={"m"}), offsets=False)
+    assert merger.engine("m").judged == {}  # recorded windows cover every judgement: none kept
     fired = {a["alert_id"]: a for a in want if a["status"] == "firing"}
     assert [a["window_end"] for a in fired.values() if a["kind"] == "threshold"] == [T0 + 3 * W]
     assert [m for m in parts if m.get("window_start") == T0 + 2 * W][0]["type"] == "closed"
