@@ -179,7 +179,6 @@ class Bench:
             for w in workers:
                 w.stop()
 
-    # ---- profile (py-spy) --------------------------------------------------------------------------
     def _broker_cpu(self) -> float:
         if self.broker_pid is None:
             return 0.0
@@ -188,6 +187,7 @@ class Bench:
         except OSError:
             return 0.0
 
+    # ---- profile (py-spy) --------------------------------------------------------------------------
     def _start_profile(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
         exe = Path(sys.executable).parent / "py-spy"
         if not exe.exists():

@@ -42,3 +42,27 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert {t["id"] for t in res["targets"]} >= {"s1_rate", "s1_vs_naive", "sdk_median"}
     # the printed table carries the header, the rows and the targets
     assert "CPU-us/ev" in proc.stdout and ("PASS" in proc.stdout or "MISS" in proc.stdout)
+
+
+def test_profile_samples_are_charged_to_the_package_nearest_the_leaf(tmp_path: Path) -> None:
+    from bench.scenarios import profile_area, summarize_profile
+
+    root = "_run_code (<frozen runpy>:88);run_worker (streams/worker.py:112);BaseEventLoop._run_once (asyncio/base_events.py:1922)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([
+        # our code calling orjson / numpy: ours, however deep the leaf
+        f"{root};Handle._run (asyncio/events.py:80);Agent._execute_actor (faust/agents/agent.py:698);"
+        "DriftlineApp._join_batch (streams/app.py:357);mean (numpy/_core/fromnumeric.py:3)" + " 6",
+        # faust's stream machinery called from the loop
+        f"{root};Handle._run (asyncio/events.py:80);Stream._c_aiter (faust/streams.py:1180);"
+        "isfuture (asyncio/base_futures.py:21)" + " 3",
+        f"{root};Handle._run (asyncio/events.py:80)" + " 2",  # the loop's own frames
+        f"{root};EpollSelector.select (selectors.py:468)" + " 4",
+        "Thread.run (threading.py:982);ChangelogWriter.flush_blocking (streams/changelog.py:79)" + " 5",
+    ]))
+    assert profile_area(["run_worker (streams/worker.py:112)", "sleep (time.py:1)"]) == "other"
+    s = summarize_profile(raw)
+    assert s["samples"] == 20
+    assert dict(s["areas"]) == {"driftline": 30.0, "changelog flush thread (waits on the broker)": 25.0,
+                                "idle: event loop waiting in epoll": 20.0, "faust + mode": 15.0,
+                                "asyncio event loop": 10.0}
