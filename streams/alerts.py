@@ -30,13 +30,9 @@ from typing import Any
 
 from schemas.messages import incident_id, make_alert
 from streams.models import ModelConfig
+from streams.windows import SeriesKey
 
 Alert = dict[str, Any]
-
-
-def judgement_key(model_version: str, segment: str, window_start: float) -> str:
-    """A window of one model, as ``AlertEngine.judged`` names it."""
-    return f"{model_version}|{segment}|{float(window_start)!r}"
 
 
 class AlertEngine:
@@ -63,8 +59,8 @@ class AlertEngine:
         self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
         self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
         self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
-        # judgement_key -> highest revision judged that no recorded window state covers yet
-        # (``WindowMerger.state_records`` forgets the covered ones)
+        # SeriesKey.encode() -> highest revision judged that no recorded window state covers
+        # yet (``WindowMerger.state_records`` forgets the covered ones)
         self.judged: dict[str, int] = {}
 
     def first_judgement(self, win: dict[str, Any]) -> bool:
@@ -75,7 +71,7 @@ class AlertEngine:
         when the replayed partials fall into other batches: judging it again could resolve
         or re-time an incident the alerts topic already carries.
         """
-        key = judgement_key(win["model_version"], win["segment"], win["window_start"])
+        key = SeriesKey(win["model_id"], win["model_version"], win["segment"], float(win["window_start"])).encode()
         revision = int(win.get("revision", 0))
         if self.judged.get(key, -1) >= revision:
             return False

@@ -348,16 +348,15 @@ class DriftlineApp:
                     msgs = await self._with_skipped(topic, partition, proc.applied[kind] + 1, msgs,
                                                     functools.partial(Message, kind, topic, partition))
                 for j, chunk in enumerate(split_by_size(msgs, STEP_LABEL_BYTES, _label_bytes)):
-                    if j and steps:  # the processor reads what its previous step wrote from the table
+                    # Applied first: the processor reads what its previous step wrote from the
+                    # table; and a batch of large envelopes must bound what waits in memory.
+                    if steps and (j or held >= APPLY_AT):
                         await self._apply_joins(steps)
                         steps, held = [], 0
                     with partition_context(partition):
                         res = proc.process(chunk)
                     steps.append((proc, res))
                     held += len(res.outcomes) + len(res.sets) + len(res.deletes)
-                    if held >= APPLY_AT:  # a batch of large envelopes: bound what waits in memory
-                        await self._apply_joins(steps)
-                        steps, held = [], 0
             if steps:
                 await self._apply_joins(steps)
 

@@ -56,7 +56,7 @@ from detectors.metrics import BinaryAccumulator, MulticlassAccumulator, Regressi
 from detectors.profile import OTHER, PREDICTION, Profile
 from detectors.quality import QualityResult, QualityThresholds, check_quality
 from schemas.messages import make_comparison, make_metrics, segment_string
-from streams.alerts import AlertEngine, judgement_key
+from streams.alerts import AlertEngine
 from streams.baseline_cmd import ReferenceBuilder
 from streams.models import ChampionConfig, ModelConfig, ModelsConfig
 from streams.windows import SeriesKey, WindowPartial
@@ -121,8 +121,6 @@ class WindowMerger:
         # table; the consumer resumes here, not at the committed offset: ``streams.app``).
         self.next_offset = 0
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
-        # model -> judgement_key -> revision of the window's state handed out by ``state_records``
-        self._recorded: dict[str, dict[str, int]] = {}
 
     # ---- state in the merge table -----------------------------------------------------------
     def state_records(self, partition: int, out: MergeOutput, *, offsets: bool) -> list[tuple[bytes, bytes | None]]:
@@ -139,13 +137,10 @@ class WindowMerger:
         before it calls this again.
         """
         recs: list[tuple[bytes, bytes | None]] = []
-        dropped = {(k.model_id, judgement_key(k.model_version, k.segment, k.window_start)) for k in out.dropped_windows}
-        for model in sorted(out.changed_models | {m for m, _ in dropped}):
+        for model in sorted(out.changed_models | {k.model_id for k in out.dropped_windows}):
             eng = self.engine(model)
-            # A judgement is kept until a window state recorded by an earlier call covers it
-            # (or the window is dropped): the map stays as small as what the last batches judged.
-            recorded = self._recorded.get(model, {})
-            eng.judged = {k: r for k, r in eng.judged.items() if r > recorded.get(k, -1) and (model, k) not in dropped}
+            # The map stays as small as what the last batches judged.
+            eng.judged = {k: r for k, r in eng.judged.items() if not self._covered(SeriesKey.decode(k), r, out)}
             recs.append((b"a:" + model.encode(), orjson.dumps(
                 {"partition": partition, "e": eng.to_state(), "seen": self.seen_alarms.get(model, [])})))
         for model in sorted(out.changed_builders):
@@ -157,10 +152,8 @@ class WindowMerger:
             mw = self.windows.get(key)
             if mw is not None:
                 recs.append((b"w:" + key.encode().encode(), orjson.dumps({"partition": partition, "w": mw.to_state()})))
-                self._note_recorded(key, mw.revision)
         for key in sorted(out.dropped_windows, key=_series_order):
             recs.append((b"w:" + key.encode().encode(), None))
-            self._recorded.get(key.model_id, {}).pop(judgement_key(key.model_version, key.segment, key.window_start), None)
         if offsets:
             recs.append((b"o:%d" % partition, orjson.dumps({"partition": partition, "next": self.next_offset})))
         return recs
@@ -173,9 +166,7 @@ class WindowMerger:
         if d.get("partition") != partition:
             return
         if key.startswith(b"w:"):
-            sk = SeriesKey.decode(key[2:].decode())
-            self.windows[sk] = mw = MergedWindow.from_state(d["w"])
-            self._note_recorded(sk, mw.revision)
+            self.windows[SeriesKey.decode(key[2:].decode())] = MergedWindow.from_state(d["w"])
         elif key.startswith(b"a:"):
             self.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
             self.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
@@ -184,8 +175,14 @@ class WindowMerger:
         else:
             self.next_offset = int(d["next"])
 
-    def _note_recorded(self, key: SeriesKey, revision: int) -> None:
-        self._recorded.setdefault(key.model_id, {})[judgement_key(key.model_version, key.segment, key.window_start)] = revision
+    def _covered(self, key: SeriesKey, revision: int, out: MergeOutput) -> bool:
+        """Whether a judgement is safe to forget: its window was dropped, or an earlier call
+        recorded the window at that revision or later (a revision changes only by an emission,
+        which puts the window in ``changed_windows``: outside this call's it is as recorded)."""
+        if key in out.dropped_windows:
+            return True
+        mw = self.windows.get(key)
+        return mw is not None and key not in out.changed_windows and mw.revision >= revision
 
     def engine(self, model_id: str) -> AlertEngine:
         eng = self.engines.get(model_id)
