@@ -71,11 +71,16 @@ def quix_version(python: str | None) -> str:
 
 
 # ---- /proc accounting ------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
+def _stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime of a ``/proc/.../stat`` file, seconds."""
+    raw = stat.read_text()
     fields = raw[raw.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
@@ -85,11 +90,10 @@ def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
-            raw = (task / "stat").read_text()
+            seconds = _stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 

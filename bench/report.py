@@ -97,17 +97,17 @@ def render(res: dict[str, Any]) -> str:
                  f"{_num(d.get('elapsed_s', d.get('join_elapsed_s')), 2):>10}  {note}")
 
     def cores(d: dict[str, Any]) -> str:
-        return f"; cores: workers {_num(d.get('cpu_cores_used'), 2)}, broker {_num(d.get('broker_cores_used'), 2)}"
+        return f"cores: workers {_num(d.get('cpu_cores_used'), 2)}, broker {_num(d.get('broker_cores_used'), 2)}"
 
     if "s1" in r:
         row("1 envelopes (~500 ev/msg), 8 parts, 1 worker", r["s1"],
-            note=f"{r['s1'].get('kafka_messages', 0):,} Kafka msgs" + cores(r["s1"]))
+            note=f"{r['s1'].get('kafka_messages', 0):,} Kafka msgs; {cores(r['s1'])}")
     if "s2" in r:
-        row("2 single-event messages, 1 worker", r["s2"], note=cores(r["s2"])[2:])
+        row("2 single-event messages, 1 worker", r["s2"], note=cores(r["s2"]))
     if "s3" in r:
         d = r["s3"]
         row("3 envelopes, 2 workers (sum)", d, note=f"messages per worker {d.get('messages_each')}, CPU-us/ev "
-                                                      f"each {d.get('cpu_us_per_event_each')}" + cores(d))
+                                                      f"each {d.get('cpu_us_per_event_each')}; {cores(d)}")
     if "s4" in r:
         d = r["s4"]
         store = "" if d.get("store", "memory://").startswith("memory") else f" ({d['store']})"
