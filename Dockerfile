@@ -6,6 +6,7 @@ COPY schemas ./schemas
 COPY detectors ./detectors
 COPY streams ./streams
 COPY sinks ./sinks
+COPY driftline ./driftline
 RUN pip install --no-cache-dir '.[worker,rocksdb]'
 RUN useradd --create-home driftline && mkdir -p /var/lib/driftline && chown driftline /var/lib/driftline
 USER driftline

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from streams.broker import EmbeddedBroker
+    from driftline.streams.broker import EmbeddedBroker
 
     progress = Progress(enabled=not a.no_progress)
     info = machine_info(str(QUIX_PY))

@@ -168,7 +168,7 @@ def new_prefix(tag: str) -> str:
 
 # ---- topics and producing ----------------------------------------------------------------------
 def create_all_topics(bootstrap: str, prefix: str, partitions: int) -> dict[str, str]:
-    from streams.topics import create_topics
+    from driftline.streams.topics import create_topics
 
     return create_topics(bootstrap, prefix, partitions)
 
@@ -196,7 +196,7 @@ def watermarks(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
 def produce_events(bootstrap: str, prefix: str, items: Iterable[tuple[str, dict[str, Any]]], total: int,
                    *, single_event: bool, progress: Progress, what: str) -> dict[str, Any]:
     """Send ``(kind, event)`` through DriftlineProducer; retry on a full buffer; flush."""
-    from streams.sdk import DriftlineProducer
+    from driftline.streams.sdk import DriftlineProducer
 
     t0 = time.monotonic()
     n = 0
@@ -236,7 +236,7 @@ def labelled_events(preds: list[dict[str, Any]], labels: list[dict[str, Any]],
 
 # ---- worker subprocess ---------------------------------------------------------------------
 class WorkerProc:
-    """``python -m streams.cli worker --no-sink`` with DRIFTLINE_* env (as tests/worker_harness.py)."""
+    """``python -m driftline.streams.cli worker --no-sink`` with DRIFTLINE_* env (as tests/worker_harness.py)."""
 
     def __init__(self, bootstrap: str, prefix: str, tmp: Path, *, app_id: str, partitions: int = 8,
                  extra_env: dict[str, str] | None = None, name: str = "worker") -> None:
@@ -268,7 +268,7 @@ class WorkerProc:
 
     def start(self) -> WorkerProc:
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-sink"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "worker", "--no-sink"],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
         return self
 

@@ -60,7 +60,7 @@ class Bench:
     # ---- data ----------------------------------------------------------------------------------
     def data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if self._data is None:
-            from streams.simulate import generate
+            from driftline.streams.simulate import generate
 
             t0 = time.monotonic()
             self.p.update(f"  generating {self.size:,} predictions (3 models) ...", force=True)
@@ -229,7 +229,7 @@ class Bench:
         return self._run_workers(prefix, fill, 2, "s3")
 
     def scenario4(self, pending: int, store: str = "memory://") -> dict[str, Any]:
-        from streams.simulate import generate
+        from driftline.streams.simulate import generate
 
         self.p.update(f"  generating {pending:,} predictions for the pending test ...", force=True)
         preds, labels = generate(pending, seed=44, missing_label_rate=0.0)
@@ -295,10 +295,10 @@ class Bench:
     def scenario5(self) -> dict[str, Any]:
         from confluent_kafka import Producer
 
-        from schemas import validate_label, validate_prediction
-        from schemas.messages import make_outcome
-        from schemas.partitioning import partition_for
-        from streams.app import OUTCOMES_PER_ENVELOPE
+        from driftline.schemas import validate_label, validate_prediction
+        from driftline.schemas.messages import make_outcome
+        from driftline.schemas.partitioning import partition_for
+        from driftline.streams.app import OUTCOMES_PER_ENVELOPE
 
         preds, labels = self.data()
         prefix = new_prefix("s5")
@@ -365,7 +365,7 @@ class Bench:
     def latency(self, rate: float, duration: float, drift_at: float) -> dict[str, Any]:
         from confluent_kafka import Consumer
 
-        from streams.simulate import run_simulation
+        from driftline.streams.simulate import run_simulation
 
         lateness, window = 1.0, 5.0
         prefix = new_prefix("lat")
@@ -446,7 +446,7 @@ class Bench:
         return res
 
     def sdk(self, calls: int) -> dict[str, Any]:
-        from streams.sdk import DriftlineProducer
+        from driftline.streams.sdk import DriftlineProducer
 
         out: dict[str, Any] = {"calls": calls}
         prefix = new_prefix("sdk")

@@ -17,8 +17,8 @@ from bench.common import cpu_seconds, peak_rss_mb
 
 def main() -> int:
     bootstrap, topic, dsn, expected = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    from sinks.clickhouse import ClickHouseSink
-    from sinks.runner import SinkRunner
+    from driftline.sinks.clickhouse import ClickHouseSink
+    from driftline.sinks.runner import SinkRunner
 
     pid = os.getpid()
     sink = ClickHouseSink(dsn)

@@ -1,7 +1,7 @@
 """Mergeable metric accumulators for joined outcomes (binary, multiclass, regression, scores).
 
 ``RegressionAccumulator`` and ``ScoreSummary`` live in ``continuous.py`` (module size) and
-are re-exported here, so ``detectors.metrics`` holds the whole metric API.
+are re-exported here, so ``driftline.detectors.metrics`` holds the whole metric API.
 
 Each accumulator keeps sufficient statistics only, so partial aggregates from several
 partitions or workers ``merge`` into the aggregate of the union. ``metrics()`` returns

@@ -101,7 +101,7 @@ class AlarmPolicy:
 
     Examples
     --------
-    >>> from detectors.drift import DetectorAlarm
+    >>> from driftline.detectors.drift import DetectorAlarm
     >>> policy = AlarmPolicy(corroboration_window=500)
     >>> key = ("churn", "v3")
     >>> [d.severity for d in policy.decide(key, [DetectorAlarm("eddm", "drift", 120)])]

@@ -3,7 +3,7 @@
 See ``README.md, "Wire contract"`` for the field tables, reason codes and limits.
 """
 
-from schemas._fields import (
+from driftline.schemas._fields import (
     MAX_CLASSES,
     MAX_DEPTH,
     MAX_FEATURE_STR,
@@ -15,7 +15,7 @@ from schemas._fields import (
     MIN_TIMESTAMP,
     Rejection,
 )
-from schemas.events import (
+from driftline.schemas.events import (
     MAX_EVENTS,
     MAX_MESSAGE_BYTES,
     MAX_RAW_BYTES,
@@ -28,7 +28,7 @@ from schemas.events import (
     validate_label,
     validate_prediction,
 )
-from schemas.messages import (
+from driftline.schemas.messages import (
     ALERT_FIELDS,
     DLQ_FIELDS,
     DRIFT_EVENT_FIELDS,

@@ -12,8 +12,8 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from schemas._fields import Rejection
-from schemas.events import Label, Prediction, _label, _prediction
+from driftline.schemas._fields import Rejection
+from driftline.schemas.events import Label, Prediction, _label, _prediction
 
 __all__ = [
     "MAX_EVENTS",

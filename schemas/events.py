@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from schemas._fields import (
+from driftline.schemas._fields import (
     MAX_FUTURE_S,
     MAX_ID_LEN,
     MIN_TIMESTAMP,
@@ -425,9 +425,9 @@ def _label(o: object, now: float) -> Label | Rejection:
     return _new(Label, (pid, mid, ts, None, v, None))  # type: ignore[no-any-return]
 
 
-# The codecs live in schemas.codec (module size); re-exported here as DESIGN.md places them.
-# Imported last: schemas.codec imports the names defined above.
-from schemas.codec import (  # noqa: E402
+# The codecs live in driftline.schemas.codec (module size); re-exported here as DESIGN.md places them.
+# Imported last: driftline.schemas.codec imports the names defined above.
+from driftline.schemas.codec import (  # noqa: E402
     MAX_EVENTS,
     MAX_MESSAGE_BYTES,
     MAX_RAW_BYTES,

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from schemas.records import (
+from driftline.schemas.records import (
     DLQ_FIELDS,
     MAX_DLQ_RAW_BYTES,
     OUTCOME_FIELDS,

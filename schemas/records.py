@@ -1,4 +1,4 @@
-"""Per-event output records: joined outcomes and dead letters (re-exported by ``schemas.messages``)."""
+"""Per-event output records: joined outcomes and dead letters (re-exported by ``driftline.schemas.messages``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from schemas.events import Label, Prediction, binary_label
+from driftline.schemas.events import Label, Prediction, binary_label
 
 __all__ = [
     "DLQ_FIELDS",
@@ -76,13 +76,13 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
     """Join a prediction with its label.
 
     Classes are compared as strings; for a binary prediction the label is first mapped
-    with :func:`~schemas.binary_label` (``True``/``"1"`` -> ``"1"``). A label of the
+    with :func:`~driftline.schemas.binary_label` (``True``/``"1"`` -> ``"1"``). A label of the
     wrong kind (a class for a regression, a value for a classifier) gives
     ``correct``/``abs_error`` = None.
 
     Examples
     --------
-    >>> from schemas import validate_label, validate_prediction
+    >>> from driftline.schemas import validate_label, validate_prediction
     >>> p = validate_prediction({"prediction_id": "p1", "model_id": "m", "timestamp": 1.8e9,
     ...     "prediction": {"score": 0.9}}, now=1.8e9)
     >>> o = make_outcome(p, validate_label({"prediction_id": "p1", "timestamp": 1.8e9 + 30,
@@ -137,7 +137,7 @@ def _ranking_counts(
 ) -> tuple[int | None, ...]:
     """(items_shown, clicked_shown, converted_shown, relevant_count, first_relevant_rank).
 
-    Repeated ids count once, at their first rank (as ``detectors.ranking`` counts them).
+    Repeated ids count once, at their first rank (as ``driftline.detectors.ranking`` counts them).
 
     >>> _ranking_counts(["a", "b", "a", "c"], {"clicked": ["c", "z"], "converted": []})
     (3, 1, 0, 2, 3)
@@ -161,14 +161,14 @@ def make_dead_letter(
     offset: int,
     received_at: float | None = None,
 ) -> DeadLetter:
-    """Build a dead-letter record from a :class:`~schemas.Rejection` and the raw input.
+    """Build a dead-letter record from a :class:`~driftline.schemas.Rejection` and the raw input.
 
     ``raw`` may be bytes (decoded as UTF-8 with replacement) or an event object
     (serialised as JSON, else ``repr``); it is cut to 64 KiB (``raw_truncated``).
 
     Examples
     --------
-    >>> from schemas import Rejection
+    >>> from driftline.schemas import Rejection
     >>> d = make_dead_letter(Rejection("malformed_json", "", "bad"), b"\\xff{x", topic="t",
     ...     partition=0, offset=7, received_at=1.8e9)
     >>> d["raw"], d["raw_truncated"]

@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from schemas.codec import split_by_size
-from sinks.base import Sink, SinkBackpressureError, SinkBatch, SinkItem
-from sinks.migrations import migrate, validate_database, validate_retention_days
+from driftline.schemas.codec import split_by_size
+from driftline.sinks.base import Sink, SinkBackpressureError, SinkBatch, SinkItem
+from driftline.sinks.migrations import migrate, validate_database, validate_retention_days
 
 log = logging.getLogger(__name__)
 

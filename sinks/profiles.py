@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from detectors.profile import FeatureProfile, Profile
-from sinks.migrations import validate_database
+from driftline.detectors.profile import FeatureProfile, Profile
+from driftline.sinks.migrations import validate_database
 
 log = logging.getLogger(__name__)
 

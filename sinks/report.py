@@ -2,7 +2,7 @@
 
 Nothing here touches ClickHouse: ``streams/report_cmd.py`` runs the queries and passes their rows
 (lists of dicts, the shape of ``driftline query --format json``) to :func:`render_report`.
-The page has inline CSS and inline SVG only (see :mod:`sinks.svg`) and a Content-Security-Policy
+The page has inline CSS and inline SVG only (see :mod:`driftline.sinks.svg`) and a Content-Security-Policy
 that forbids every network fetch, so it reads the same offline, attached to a ticket or mailed.
 
 Row shapes (keys; times are epoch seconds):
@@ -26,8 +26,8 @@ from collections import defaultdict
 from html import escape
 from typing import Any
 
-from schemas.messages import parse_segment_string
-from sinks.svg import Marker, Series, fmt_num, fmt_time, svg_histogram, svg_line_chart
+from driftline.schemas.messages import parse_segment_string
+from driftline.sinks.svg import Marker, Series, fmt_num, fmt_time, svg_histogram, svg_line_chart
 
 Row = dict[str, Any]
 QUALITY_METRICS = {

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from sinks.base import Sink, SinkBackpressureError
+from driftline.sinks.base import Sink, SinkBackpressureError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Synthetic Driftline output messages (metrics, alerts, drift events, outcomes) for tests/demos.
 
-The shapes follow the wire contract consumed by :class:`sinks.clickhouse.ClickHouseSink`. The
+The shapes follow the wire contract consumed by :class:`driftline.sinks.clickhouse.ClickHouseSink`. The
 story: model ``fraud`` (binary, champion ``v1`` and challenger ``v2`` on the same windows),
 ``churn`` (binary) and ``price`` (regression), hourly windows over ``hours`` hours ending at
 ``end``, segments by country; ``fraud v1`` degrades for ``country=fr`` in the last day, which
@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from detectors.comparison import compare_proportions
-from detectors.profile import Profile
-from schemas.messages import make_comparison
+from driftline.detectors.comparison import compare_proportions
+from driftline.detectors.profile import Profile
+from driftline.schemas.messages import make_comparison
 
 COUNTRIES = ("de", "fr", "us")
 MODELS = (("fraud", "v1", "binary"), ("fraud", "v2", "binary"), ("churn", "v1", "binary"),

@@ -6,8 +6,8 @@ again within the rule's cooldown after a resolve. Every transition carries a sta
 ``alert_id`` (same on a replay) and the evidence behind it. Times are event times
 (window ends, detection times), so a replay of the same input raises the same alerts.
 
-Rules, per model (``streams.models.ModelConfig``):
-- detector drift and warning (from ``detectors.policy``), kind ``concept_drift``;
+Rules, per model (``driftline.streams.models.ModelConfig``):
+- detector drift and warning (from ``driftline.detectors.policy``), kind ``concept_drift``;
   resolved once no alarm of that detector came for ``drift_resolve_s`` of event time;
 - thresholds: a metric outside [min, max] with >= ``min_count`` events (``threshold``);
 - relative drop: a metric ``drop`` below the mean of the previous windows (``threshold``);
@@ -19,7 +19,7 @@ Rules, per model (``streams.models.ModelConfig``):
 - data quality against the reference (``data_quality``), one rule per check: ``missing_rate``,
   ``type_mismatch``, ``out_of_range``, ``unseen_categories``, ``feature_vanished``, ``feature_appeared``;
 - fairness (``fairness``): a disparity across the groups of a protected segment key past its
-  threshold (``detectors.fairness.FairnessRule``), judged only with ``min_group_events`` per group;
+  threshold (``driftline.detectors.fairness.FairnessRule``), judged only with ``min_group_events`` per group;
 - champion / challenger (``challenger``): a challenger ``worse`` than the champion on a metric in
   ``consecutive_windows`` judged windows in a row; resolved by the next judged window that is not.
 """
@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.messages import incident_id, make_alert
-from streams.models import ModelConfig
-from streams.windows import SeriesKey
+from driftline.schemas.messages import incident_id, make_alert
+from driftline.streams.models import ModelConfig
+from driftline.streams.windows import SeriesKey
 
 Alert = dict[str, Any]
 
@@ -40,7 +40,7 @@ class AlertEngine:
 
     Examples
     --------
-    >>> from streams.models import ModelConfig, ThresholdRule
+    >>> from driftline.streams.models import ModelConfig, ThresholdRule
     >>> cfg = ModelConfig(thresholds=(ThresholdRule("accuracy", min=0.9, min_count=10),))
     >>> eng = AlertEngine("m")
     >>> win = {"model_id": "m", "model_version": "1", "segment": "", "window_start": 0.0,
@@ -215,7 +215,7 @@ class AlertEngine:
         disparity that cannot be judged (fewer than two groups, or a group under
         ``min_group_events`` in the disparity's denominators) changes nothing.
         """
-        from detectors.fairness import DISPARITY_METRICS
+        from driftline.detectors.fairness import DISPARITY_METRICS
 
         if cfg.fairness is None:
             return []

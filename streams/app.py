@@ -35,16 +35,16 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from detectors.profile import Profile
-from schemas.codec import split_by_size
-from streams.changelog import ChangelogWriter, read_range
-from streams.malloc import FreeMemoryReleaser
-from streams.merge import MergeOutput, WindowMerger
-from streams.models import ModelsConfig
-from streams.observe import PipelineMetrics
-from streams.partition import BatchResult, Message, PartitionProcessor
-from streams.settings import Settings, aiokafka_security
-from streams.topics import topic_names
+from driftline.detectors.profile import Profile
+from driftline.schemas.codec import split_by_size
+from driftline.streams.changelog import ChangelogWriter, read_range
+from driftline.streams.malloc import FreeMemoryReleaser
+from driftline.streams.merge import MergeOutput, WindowMerger
+from driftline.streams.models import ModelsConfig
+from driftline.streams.observe import PipelineMetrics
+from driftline.streams.partition import BatchResult, Message, PartitionProcessor
+from driftline.streams.settings import Settings, aiokafka_security
+from driftline.streams.topics import topic_names
 
 log = logging.getLogger("driftline.worker")
 
@@ -168,7 +168,7 @@ class DriftlineApp:
 
     # ---- construction ----------------------------------------------------------------------
     def _load_references(self) -> dict[str, Profile]:
-        from streams.baseline_cmd import load_references
+        from driftline.streams.baseline_cmd import load_references
 
         wanted = [m for m, cfg in self.models.models.items() if cfg.data_drift]
         if not wanted and not self.models.defaults.data_drift:
@@ -543,7 +543,7 @@ class DriftlineApp:
     # ---- references from the first hours --------------------------------------------------------
     def _save_reference(self, ref: Profile) -> None:
         """Save a frozen first-hours reference where ``baseline create`` saves profiles; use it."""
-        from streams.baseline_cmd import save_profile
+        from driftline.streams.baseline_cmd import save_profile
 
         root = Path(self.settings.data_dir) / "profiles"
         try:
@@ -568,7 +568,7 @@ class DriftlineApp:
         if now < self._next_reference_check:
             return
         self._next_reference_check = now + 5.0
-        from streams.baseline_cmd import load_latest
+        from driftline.streams.baseline_cmd import load_latest
 
         root = Path(self.settings.data_dir) / "profiles"
         for model, cfg in self.models.models.items():

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detectors.profile import Profile, load_records
+from driftline.detectors.profile import Profile, load_records
 
 __all__ = ["ReferenceBuilder", "create_baseline", "load_latest", "load_references", "save_profile"]
 
@@ -154,7 +154,7 @@ def load_version(model_id: str, out_dir: str | Path, version: int) -> Profile:
 def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
     """The reference profile of every model whose config asks for data drift.
 
-    ``models`` is a ``streams.models.ModelsConfig``. Listed models with ``data_drift`` set,
+    ``models`` is a ``driftline.streams.models.ModelsConfig``. Listed models with ``data_drift`` set,
     and (when the defaults set it) every model folder under ``out_dir``, get the profile
     their ``baseline`` names (``latest`` or a version number). A model without a baseline
     on disk is skipped: it runs without data drift. Returns model_id -> profile.

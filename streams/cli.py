@@ -2,7 +2,7 @@
 
 Subcommands: broker, topics create, simulate, worker, demo, query, report, baseline create.
 Configuration: flags, then ``DRIFTLINE_*`` environment variables, then defaults
-(``streams.settings.Settings``). Secrets never come from flags.
+(``driftline.streams.settings.Settings``). Secrets never come from flags.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streams.settings import Settings
+from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.cli")
 
@@ -123,13 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import serve_broker
+    from driftline.streams.broker import serve_broker
 
     return serve_broker(args.port, args.host)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streams.topics import create_topics
+    from driftline.streams.topics import create_topics
 
     s = _settings(args)
     names = create_topics(s.bootstrap, s.topic_prefix, s.partitions, client_config=dict(s.kafka))
@@ -139,7 +139,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulate import default_models, ranking_model, run_simulation
+    from driftline.streams.simulate import default_models, ranking_model, run_simulation
 
     s = _settings(args)
     models = default_models() + ([ranking_model()] if args.ranking else [])
@@ -157,8 +157,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.observe import configure_logging
-    from streams.worker import run_worker
+    from driftline.streams.observe import configure_logging
+    from driftline.streams.worker import run_worker
 
     s = _settings(args).with_overrides(web_port=args.web_port, sink=False if args.no_sink else None)
     configure_logging(s.log_level)
@@ -166,15 +166,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from driftline.streams.demo import run_demo
 
     return run_demo(duration=args.duration, rate=args.rate, drift_at=args.drift_at, seed=args.seed,
                     data_dir=args.data_dir)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from sinks.query import QueryRefused
-    from streams.queryclient import query
+    from driftline.sinks.query import QueryRefused
+    from driftline.streams.queryclient import query
 
     s = Settings.from_env(clickhouse=args.clickhouse)
     worker = args.worker or os.environ.get("DRIFTLINE_WORKER_URL") or f"http://127.0.0.1:{s.web_port}"
@@ -193,7 +193,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from streams.baseline_cmd import create_baseline, load_latest
+    from driftline.streams.baseline_cmd import create_baseline, load_latest
 
     out_dir = args.dir or str(Path(Settings.from_env().data_dir) / "profiles")
     feats = args.features.split(",") if args.features else None
@@ -204,7 +204,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from streams.report_cmd import run_report
+    from driftline.streams.report_cmd import run_report
 
     s = Settings.from_env(clickhouse=args.clickhouse)
     worker = args.worker or os.environ.get("DRIFTLINE_WORKER_URL") or f"http://127.0.0.1:{s.web_port}"

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streams.settings import DEFAULT_DATA_DIR
+from driftline.streams.settings import DEFAULT_DATA_DIR
 
 DEMO_MODELS = """\
 # Written by `driftline demo`: short horizons so a two-minute run shows everything.
@@ -119,9 +119,9 @@ class AlertPrinter(threading.Thread):
 
 def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | None = None, seed: int = 7,
              data_dir: str | None = None) -> int:
-    from streams.broker import EmbeddedBroker
-    from streams.simulate import run_simulation
-    from streams.topics import create_topics, topic_names
+    from driftline.streams.broker import EmbeddedBroker
+    from driftline.streams.simulate import run_simulation
+    from driftline.streams.topics import create_topics, topic_names
 
     drift_at = duration / 2 if drift_at is None else drift_at
     root = Path(data_dir) if data_dir else DEFAULT_DATA_DIR / "demo"
@@ -145,7 +145,7 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
                "DRIFTLINE_TOPIC_PREFIX": prefix}
         worker_url = f"http://127.0.0.1:{web_port}"
         log = open(root / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+        worker = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "worker"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
         print(f"broker {broker.bootstrap}  worker pid {worker.pid}  health {worker_url}/health  "
               f"metrics {worker_url}/metrics")
@@ -158,7 +158,7 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
               "waiting for the last windows to close...")
         _wait_drained(worker_url, timeout=45.0)
         _summary(worker_url, float(stats["start_ts"]), drift_at, printer.alerts)
-        from streams.report_cmd import run_report
+        from driftline.streams.report_cmd import run_report
 
         report = root / "report.html"
         run_report(out=str(report), dsn=env["DRIFTLINE_CLICKHOUSE"], worker_url=worker_url)

@@ -19,7 +19,7 @@ between emissions).
 
 Data drift and quality (models with ``data_drift`` and a reference profile): every
 revision of a whole-model window whose partials carry a profile is compared with the
-reference (``detectors.datadrift.compare_profiles``, ``detectors.quality.check_quality``);
+reference (``driftline.detectors.datadrift.compare_profiles``, ``driftline.detectors.quality.check_quality``);
 the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
 ``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
 ``prediction_psi``) and the alert engine judges them (kinds ``data_drift``, ``data_quality``).
@@ -36,7 +36,7 @@ the alert engine judges the disparities (kind ``fairness``).
 
 Champion / challenger (models with ``champion``): whenever the whole-model window of the
 champion or of a challenger is emitted, each challenger's window is compared with the
-champion's of the same window (``detectors.comparison``); the result goes to the
+champion's of the same window (``driftline.detectors.comparison``); the result goes to the
 ``comparisons`` topic (revision = sum of both windows' revisions) and the alert engine judges
 it (kind ``challenger``).
 """
@@ -49,17 +49,26 @@ from typing import Any
 
 import orjson
 
-from detectors.comparison import Comparison, compare_binary, compare_proportions, compare_regression
-from detectors.datadrift import compare_profiles
-from detectors.fairness import GroupRates
-from detectors.metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
-from detectors.profile import OTHER, PREDICTION, Profile
-from detectors.quality import QualityResult, QualityThresholds, check_quality
-from schemas.messages import make_comparison, make_metrics, segment_string
-from streams.alerts import AlertEngine
-from streams.baseline_cmd import ReferenceBuilder
-from streams.models import ChampionConfig, ModelConfig, ModelsConfig
-from streams.windows import SeriesKey, WindowPartial
+from driftline.detectors.comparison import (
+    Comparison,
+    compare_binary,
+    compare_proportions,
+    compare_regression,
+)
+from driftline.detectors.datadrift import compare_profiles
+from driftline.detectors.fairness import GroupRates
+from driftline.detectors.metrics import (
+    BinaryAccumulator,
+    MulticlassAccumulator,
+    RegressionAccumulator,
+)
+from driftline.detectors.profile import OTHER, PREDICTION, Profile
+from driftline.detectors.quality import QualityResult, QualityThresholds, check_quality
+from driftline.schemas.messages import make_comparison, make_metrics, segment_string
+from driftline.streams.alerts import AlertEngine
+from driftline.streams.baseline_cmd import ReferenceBuilder
+from driftline.streams.models import ChampionConfig, ModelConfig, ModelsConfig
+from driftline.streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
 RECENT_ALARMS = 10_000
@@ -118,7 +127,7 @@ class WindowMerger:
         self.seen_alarms: dict[str, list[str]] = {}
         self.builders: dict[str, ReferenceBuilder] = {}  # model_id -> first-hours reference in progress
         # The partials offset after the last message applied (kept with the state in the merge
-        # table; the consumer resumes here, not at the committed offset: ``streams.app``).
+        # table; the consumer resumes here, not at the committed offset: ``driftline.streams.app``).
         self.next_offset = 0
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
 
@@ -423,7 +432,7 @@ def fairness_metrics(key: str, rates: GroupRates) -> tuple[dict[str, float], dic
     ``fairness.<key>.<disparity>`` (count: the labelled events with the key) and, per group,
     ``fairness.<key>=<group>.<rate>`` for ``positive_rate``, ``tpr``, ``fpr``, ``precision``
     (count: the group's labelled events). ``<key>=<group>`` is the segment string of that
-    group (``schemas.messages.segment_string``), so it reads like a segment.
+    group (``driftline.schemas.messages.segment_string``), so it reads like a segment.
 
     >>> r = GroupRates()
     >>> r.update_many(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 0])

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detectors.policy import DEFAULT_BANK_CONFIG
+from driftline.detectors.policy import DEFAULT_BANK_CONFIG
 
 TASKS = ("binary", "multiclass", "regression", "ranking")
 
@@ -73,7 +73,7 @@ FAIRNESS_DEFAULT_THRESHOLDS: Mapping[str, float] = {"demographic_parity_differen
                                                    "equalized_odds_difference": 0.1}
 COMPARISON_DEFAULT_METRICS = {"binary": ("accuracy", "precision", "recall"), "multiclass": ("accuracy",),
                               "regression": ("mae",)}
-# What ``detectors.comparison`` can compare: rates of classifiers, MAE of regressors.
+# What ``driftline.detectors.comparison`` can compare: rates of classifiers, MAE of regressors.
 COMPARABLE_METRICS = ("accuracy", "precision", "recall", "positive_rate", "mae")
 
 
@@ -83,7 +83,7 @@ class FairnessConfig:
 
     ``protected``: keys of the events' ``segments`` whose values are the groups;
     ``thresholds``: disparity -> limit (a ``*_difference`` fires above it, a ``*_ratio``
-    below it; ``detectors.fairness.DISPARITY_METRICS`` names them); a disparity is judged
+    below it; ``driftline.detectors.fairness.DISPARITY_METRICS`` names them); a disparity is judged
     only when every group has ``min_group_events`` events in its denominators.
     """
 
@@ -95,8 +95,8 @@ class FairnessConfig:
     severity: str = "warning"
 
     def rules(self) -> list[Any]:
-        """``detectors.fairness.FairnessRule`` of each threshold."""
-        from detectors.fairness import FairnessRule
+        """``driftline.detectors.fairness.FairnessRule`` of each threshold."""
+        from driftline.detectors.fairness import FairnessRule
 
         return [FairnessRule(m, float(t), self.min_group_events) for m, t in self.thresholds.items()]
 
@@ -165,15 +165,15 @@ class ModelConfig:
     champion: ChampionConfig | None = None
 
     def drift_config(self) -> Any:
-        """``detectors.datadrift.DriftConfig`` of ``data_drift`` (``baseline`` removed)."""
-        from detectors.datadrift import DriftConfig
+        """``driftline.detectors.datadrift.DriftConfig`` of ``data_drift`` (``baseline`` removed)."""
+        from driftline.detectors.datadrift import DriftConfig
 
         raw = self.data_drift if isinstance(self.data_drift, Mapping) else {}
         return DriftConfig.from_dict({k: v for k, v in raw.items() if k not in ("baseline", "hours")})
 
     def quality_thresholds(self) -> Any:
-        """``detectors.quality.QualityThresholds`` of ``data_quality``."""
-        from detectors.quality import QualityThresholds
+        """``driftline.detectors.quality.QualityThresholds`` of ``data_quality``."""
+        from driftline.detectors.quality import QualityThresholds
 
         raw: dict[str, Any] = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (self.data_quality or {}).items()}
         return QualityThresholds(**raw)
@@ -262,7 +262,7 @@ def parse_models_config(raw: Any) -> ModelsConfig:
     >>> parse_models_config({"models": {"m": {"task": "clustering"}}})
     Traceback (most recent call last):
     ...
-    streams.models.ConfigError: models.m.task: expected one of binary, multiclass, regression, ranking, got 'clustering'
+    driftline.streams.models.ConfigError: models.m.task: expected one of binary, multiclass, regression, ranking, got 'clustering'
     """
     if not isinstance(raw, Mapping):
         raise ConfigError("top level: expected a mapping")
@@ -345,7 +345,7 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
             raise ConfigError(f"{where}.champion.metrics: {bad[0]!r} cannot be compared for a {cfg.task} model")
     if "detectors" in kwargs:
         # Bad parameters would otherwise fail in the worker, on the first joined outcome.
-        from detectors.drift import make_detector
+        from driftline.detectors.drift import make_detector
 
         for det, params in cfg.detectors.items():
             try:
@@ -357,7 +357,7 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
 
 def _data_drift(value: Any, path: str) -> Mapping[str, Any] | bool | None:
     """``data_drift``: true/false, or a mapping with ``baseline`` (``latest`` or a version
-    number) and ``detectors.datadrift.DriftConfig`` keys (``psi_warning``, ``psi_drift``,
+    number) and ``driftline.detectors.datadrift.DriftConfig`` keys (``psi_warning``, ``psi_drift``,
     ``min_samples``, ``epsilon``, ``top_bins``, ``features: {name: {...}}``)."""
     if value is None or isinstance(value, bool):
         return value
@@ -373,7 +373,7 @@ def _data_drift(value: Any, path: str) -> Mapping[str, Any] | bool | None:
             raise ConfigError(f"{path}.hours: only with baseline: first_hours")
         if isinstance(h, bool) or not isinstance(h, int | float) or h <= 0:
             raise ConfigError(f"{path}.hours: expected a positive number, got {h!r}")
-    from detectors.datadrift import DriftConfig
+    from driftline.detectors.datadrift import DriftConfig
 
     try:
         DriftConfig.from_dict({k: v for k, v in value.items() if k not in ("baseline", "hours")})
@@ -399,7 +399,7 @@ def _fairness(value: Any, path: str) -> FairnessConfig | None:
     """``fairness: {protected: [keys], min_group_events: N, thresholds: {disparity: limit}, severity}``."""
     if value is None:
         return None
-    from detectors.fairness import DISPARITY_METRICS
+    from driftline.detectors.fairness import DISPARITY_METRICS
 
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path}: expected a mapping with 'protected'")

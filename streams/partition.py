@@ -1,7 +1,7 @@
 """The per-partition processor: join, window partials, detectors. Pure logic, no I/O.
 
 One ``PartitionProcessor`` owns one partition of the co-partitioned predictions and
-labels topics. The faust agent (``streams.app``) hands it batches of raw messages and
+labels topics. The faust agent (``driftline.streams.app``) hands it batches of raw messages and
 applies what it returns: table writes in a fixed order, then output messages.
 
 Exactly-once effect (at-least-once input)
@@ -51,22 +51,27 @@ from typing import Any
 import numpy as np
 import orjson
 
-from detectors.cbpe import CBPEAccumulator
-from detectors.drift import DetectorBank
-from detectors.fairness import GroupRates
-from detectors.policy import AlarmPolicy
-from detectors.profile import Profile
-from schemas.events import Label, Prediction, Rejection, binary_label, decode_message
-from schemas.messages import make_dead_letter, make_drift_event, make_outcome, segment_string
-from streams.models import ModelConfig, ModelsConfig
-from streams.pending import (
+from driftline.detectors.cbpe import CBPEAccumulator
+from driftline.detectors.drift import DetectorBank
+from driftline.detectors.fairness import GroupRates
+from driftline.detectors.policy import AlarmPolicy
+from driftline.detectors.profile import Profile
+from driftline.schemas.events import Label, Prediction, Rejection, binary_label, decode_message
+from driftline.schemas.messages import (
+    make_dead_letter,
+    make_drift_event,
+    make_outcome,
+    segment_string,
+)
+from driftline.streams.models import ModelConfig, ModelsConfig
+from driftline.streams.pending import (
     ExpiryIndex,
     decode_label,
     decode_prediction,
     encode_label,
     encode_prediction,
 )
-from streams.windows import SeriesKey, WindowPartial, window_start
+from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
 MAX_CLOCK_SKEW_S = 60.0  # the watermark never runs ahead of wall-clock time by more than this
 EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
@@ -122,7 +127,7 @@ class PartitionProcessor:
         self.max_series = max_series  # open window series (model, version, segment, window) per table
         self.max_models = max_models  # models with a remembered task; (model, version) detector banks
         self._get = store_get
-        # Waiting records start with their partition (``streams.pending``). One worker's table
+        # Waiting records start with their partition (``driftline.streams.pending``). One worker's table
         # holds several partitions' records in one store: this partition reads only its own, as
         # its writes and deletes go to its own changelog partition.
         self._own = b"[%d," % partition

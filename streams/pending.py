@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import orjson
 
-from schemas.events import Label, Prediction
+from driftline.schemas.events import Label, Prediction
 
 
 class PendingPrediction(NamedTuple):
@@ -41,7 +41,7 @@ def encode_prediction(partition: int, offset: int, horizon: float, p: Prediction
     A million may wait at once: each field left out moves a record down a size class of
     CPython's allocator (16 B a step; ~40 MB at a million, measured).
 
-    >>> from schemas.events import validate_prediction
+    >>> from driftline.schemas.events import validate_prediction
     >>> p = validate_prediction({"prediction_id": "a", "model_id": "m", "timestamp": 1.8e9,
     ...     "prediction": {"score": 0.7}}, now=1.8e9)
     >>> raw = encode_prediction(0, 5, 86400.0, p)
@@ -74,7 +74,7 @@ def decode_prediction(raw: bytes, prediction_id: str) -> PendingPrediction:
 def encode_label(partition: int, offset: int, expires_at: float, lab: Label) -> bytes:
     """Compact early-label record, without the prediction id (the table key holds it).
 
-    >>> from schemas.events import Label
+    >>> from driftline.schemas.events import Label
     >>> decode_label(encode_label(1, 9, 5.0, Label("a", "m", 2.0, 1, None, None)), "a").label
     Label(prediction_id='a', model_id='m', timestamp=2.0, label=1, value=None, feedback=None)
     """

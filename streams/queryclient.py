@@ -16,7 +16,7 @@ DEFAULT_WORKER_URL = "http://127.0.0.1:6066"
 
 def query(sql: str, fmt: str, *, dsn: str, worker_url: str | None = None, timeout: float = 60.0,
           client_settings: dict[str, Any] | None = None) -> str:
-    from sinks.query import QueryRefused, check_read_only, open_query_client, run_query
+    from driftline.sinks.query import QueryRefused, check_read_only, open_query_client, run_query
 
     check_read_only(sql)  # refuse early, with the same message wherever it would run
     if dsn.startswith("chdb:"):
@@ -48,7 +48,7 @@ def _via_worker(url: str, sql: str, fmt: str, timeout: float) -> str | None:
             message = orjson.loads(body).get("error", body)
         except orjson.JSONDecodeError:
             message = body
-        from sinks.query import QueryRefused
+        from driftline.sinks.query import QueryRefused
 
         if "read-only" in message or "refused" in message.lower():
             raise QueryRefused(message) from None

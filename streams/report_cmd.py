@@ -4,7 +4,7 @@ Data access is one callable, ``fetch(sql) -> list[dict]``: through a running wor
 ``/query`` endpoint when the store is an embedded chdb path (only one process may open it), or a
 read-only client of its own otherwise (see :func:`make_fetch`). Every SQL statement of the
 report lives in :data:`SQL`; values are inlined as validated literals (:func:`_lit`, floats).
-Rendering is :func:`sinks.report.render_report` (pure).
+Rendering is :func:`driftline.sinks.report.render_report` (pure).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from sinks.report import REPORT_METRICS, render_report
+from driftline.sinks.report import REPORT_METRICS, render_report
 
 Fetch = Callable[[str], list[dict[str, Any]]]
 BINARY_BINS, VALUE_BINS = 20, 30
@@ -189,8 +189,8 @@ def gather(fetch: Fetch, *, model: str | None = None, since: float | None = None
 
 
 def direct_fetch(client: Any) -> Fetch:
-    """``fetch`` on a clickhouse-connect client (from ``sinks.query.open_query_client``)."""
-    from sinks.query import check_read_only, execute_read_only
+    """``fetch`` on a clickhouse-connect client (from ``driftline.sinks.query.open_query_client``)."""
+    from driftline.sinks.query import check_read_only, execute_read_only
 
     def fetch(sql: str) -> list[dict[str, Any]]:
         cols, rows = execute_read_only(client, check_read_only(sql))
@@ -201,7 +201,7 @@ def direct_fetch(client: Any) -> Fetch:
 
 def worker_fetch(url: str, timeout: float = 60.0) -> Fetch:
     """``fetch`` through a worker's ``POST /query`` (JSON rows); raises ConnectionError if none."""
-    from streams.queryclient import _via_worker
+    from driftline.streams.queryclient import _via_worker
 
     def fetch(sql: str) -> list[dict[str, Any]]:
         text = _via_worker(url, sql, "json", timeout)
@@ -223,7 +223,7 @@ def make_fetch(dsn: str, worker_url: str | None = None, *, timeout: float = 60.0
             return via, lambda: None, f"via worker {worker_url}"
         except ConnectionError:
             pass
-    from sinks.query import open_query_client
+    from driftline.sinks.query import open_query_client
 
     client = open_query_client(dsn, **(client_settings or {}))
     return direct_fetch(client), client.close, "direct read-only client"

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from schemas.partitioning import partition_for
+from driftline.schemas.partitioning import partition_for
 
 __all__ = ["DriftlineProducer", "prediction_event", "label_event"]
 
@@ -389,7 +389,7 @@ class DriftlineProducer:
             t = md.topics.get(name)
             if t is None or t.error is not None or not t.partitions:
                 msg = (
-                    f"topic {name!r} does not exist: create it first (streams.topics.create_topics)"
+                    f"topic {name!r} does not exist: create it first (driftline.streams.topics.create_topics)"
                 )
                 if raise_missing:
                     raise ValueError(msg)

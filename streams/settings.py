@@ -1,7 +1,7 @@
 """One frozen settings object for every Driftline process.
 
 Each field is declared once with its type, default, environment name and meaning
-(faust's habit). Only the entry point (``streams.cli``) reads the environment: library
+(faust's habit). Only the entry point (``driftline.streams.cli``) reads the environment: library
 code receives a ``Settings`` and never looks at ``os.environ`` itself.
 
 Kafka security settings (SASL/SSL) pass through as librdkafka properties: every

@@ -514,7 +514,7 @@ def run_simulation(
     pending when ``duration`` ends are sent at once. Progress is one updating stderr line.
     ``models`` defaults to :func:`default_models` (add :func:`ranking_model` for a recommender).
     """
-    from streams.sdk import DriftlineProducer
+    from driftline.streams.sdk import DriftlineProducer
 
     out = out if out is not None else sys.stderr
     sim = FleetSimulator(

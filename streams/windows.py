@@ -17,7 +17,7 @@ reference, whole-model series only), and ``cbpe``, a ``CBPEAccumulator`` of the 
 a binary model (``estimated_*`` metrics, and ``cbpe_error_*`` = estimate - realised once
 labels exist). A third, ``fairness``, maps each protected segment key of a binary model with
 ``fairness`` set to a ``GroupRates`` of its labelled events (whole-model series only); the merge
-stage turns it into ``fairness.*`` metrics (``streams.merge``).
+stage turns it into ``fairness.*`` metrics (``driftline.streams.merge``).
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from detectors.cbpe import CBPEAccumulator
-from detectors.fairness import GroupRates
-from detectors.metrics import (
+from driftline.detectors.cbpe import CBPEAccumulator
+from driftline.detectors.fairness import GroupRates
+from driftline.detectors.metrics import (
     BinaryAccumulator,
     MulticlassAccumulator,
     RegressionAccumulator,
     ScoreSummary,
 )
-from detectors.profile import Profile
-from detectors.ranking import RankingAccumulator
-from detectors.sketch import QuantileSketch
+from driftline.detectors.profile import Profile
+from driftline.detectors.ranking import RankingAccumulator
+from driftline.detectors.sketch import QuantileSketch
 
 Accumulator = BinaryAccumulator | MulticlassAccumulator | RegressionAccumulator | RankingAccumulator
 

@@ -17,9 +17,9 @@ import logging
 import threading
 from typing import Any
 
-from streams.models import load_models_config
-from streams.settings import Settings
-from streams.topics import create_topics, topic_names
+from driftline.streams.models import load_models_config
+from driftline.streams.settings import Settings
+from driftline.streams.topics import create_topics, topic_names
 
 log = logging.getLogger("driftline.worker")
 
@@ -34,10 +34,10 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
         return None, None
     from pathlib import Path
 
-    from sinks.clickhouse import ClickHouseSink
-    from sinks.profiles import sync_profiles
-    from sinks.query import open_query_client, run_query
-    from sinks.runner import SinkRunner
+    from driftline.sinks.clickhouse import ClickHouseSink
+    from driftline.sinks.profiles import sync_profiles
+    from driftline.sinks.query import open_query_client, run_query
+    from driftline.sinks.runner import SinkRunner
 
     names = topic_names(settings.topic_prefix)
     sink = ClickHouseSink(settings.clickhouse, retention_days=settings.retention_days,
@@ -82,9 +82,9 @@ def _reset_local_tables(settings: Settings) -> None:
 def run_worker(settings: Settings) -> int:
     import faust
 
-    from detectors.drift import river_detector_classes
-    from streams.app import DriftlineApp
-    from streams.malloc import tune_allocator
+    from driftline.detectors.drift import river_detector_classes
+    from driftline.streams.app import DriftlineApp
+    from driftline.streams.malloc import tune_allocator
 
     tune_allocator()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,8 +12,26 @@ from typing import Any
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.topics import create_topics
+from driftline.streams.broker import EmbeddedBroker
+from driftline.streams.topics import create_topics
+
+
+class _OldTopLevelNames(importlib.abc.MetaPathFinder):
+    """Refuse ``import schemas`` (and streams, detectors, sinks): the product lives in ``driftline.*``.
+
+    The repository root is on the test path (for ``bench``), where the four folders would
+    otherwise import under their bare names and hide a missed ``driftline.`` prefix.
+    """
+
+    NAMES = frozenset({"schemas", "streams", "detectors", "sinks"})
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname.partition(".")[0] in self.NAMES:
+            raise ModuleNotFoundError(f"{fullname!r}: import it as 'driftline.{fullname}'")
+        return None
+
+
+sys.meta_path.insert(0, _OldTopLevelNames())
 
 #: librdkafka's default session timeout makes the first group join take ~23 s on Tansu.
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}

@@ -1,4 +1,4 @@
-"""Alert rules and lifecycle of ``streams.alerts.AlertEngine`` (pure logic)."""
+"""Alert rules and lifecycle of ``driftline.streams.alerts.AlertEngine`` (pure logic)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.messages import alert_id, incident_id
-from streams.alerts import AlertEngine
-from streams.models import ModelConfig, RelativeDropRule, ThresholdRule
+from driftline.schemas.messages import alert_id, incident_id
+from driftline.streams.alerts import AlertEngine
+from driftline.streams.models import ModelConfig, RelativeDropRule, ThresholdRule
 
 T0 = 1_700_000_040.0
 W = 60.0
@@ -179,9 +179,9 @@ def test_label_coverage_judged_once_by_the_merge_stage() -> None:
 
 
 def test_merger_judges_coverage_of_windows_never_reemitted() -> None:
-    from streams.merge import MergeOutput, WindowMerger
-    from streams.models import ModelsConfig
-    from streams.windows import WindowPartial
+    from driftline.streams.merge import MergeOutput, WindowMerger
+    from driftline.streams.models import ModelsConfig
+    from driftline.streams.windows import WindowPartial
 
     cfg = ModelConfig(label_coverage_min=0.5, coverage_after_s=30.0, **QUIET)
     merger = WindowMerger(ModelsConfig(models={"m": cfg}), window_seconds=W, merge_wait=0.0)
@@ -204,7 +204,7 @@ def test_merger_judges_coverage_of_windows_never_reemitted() -> None:
 
 
 def test_threshold_with_min_and_max_names_the_bound_breached() -> None:
-    from streams.models import ThresholdRule
+    from driftline.streams.models import ThresholdRule
 
     cfg = ModelConfig(thresholds=(ThresholdRule("mae", min=1.0, max=5.0, min_count=1),), **QUIET)
     eng = AlertEngine("m")

@@ -17,12 +17,12 @@ import orjson
 import pytest
 from test_partition import T0, Feed, Harness
 
-from detectors.profile import Profile
-from schemas.partitioning import partition_for
-from streams.baseline_cmd import load_references, save_profile
-from streams.merge import MergeOutput, WindowMerger
-from streams.models import ConfigError, ModelConfig, ModelsConfig, parse_models_config
-from streams.simulate import FleetSimulator, ModelSpec, generate
+from driftline.detectors.profile import Profile
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.baseline_cmd import load_references, save_profile
+from driftline.streams.merge import MergeOutput, WindowMerger
+from driftline.streams.models import ConfigError, ModelConfig, ModelsConfig, parse_models_config
+from driftline.streams.simulate import FleetSimulator, ModelSpec, generate
 
 W = 60.0
 NPART = 2
@@ -316,7 +316,7 @@ def test_worker_raises_data_drift_after_covariate_drift(bootstrap: str, topic_pr
     config.write_text(WORKER_MODELS)
     worker = Worker(bootstrap, topic_prefix, tmp_path, config=str(config)).start()
     try:
-        from streams.simulate import run_simulation
+        from driftline.streams.simulate import run_simulation
 
         start_ts = float(int(time.time()) // 10 * 10 - 200)  # in the past: windows close by event time
         drift_at = 30.0

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from streams import broker as broker_mod
-from streams.broker import BrokerError, EmbeddedBroker
-from streams.topics import TopicError, create_topics, partition_counts, topic_names
+from driftline.streams import broker as broker_mod
+from driftline.streams.broker import BrokerError, EmbeddedBroker
+from driftline.streams.topics import TopicError, create_topics, partition_counts, topic_names
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_serve_broker_until_sigterm() -> None:
     import signal
     import subprocess
 
-    code = "from streams.broker import serve_broker; raise SystemExit(serve_broker(0))"
+    code = "from driftline.streams.broker import serve_broker; raise SystemExit(serve_broker(0))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

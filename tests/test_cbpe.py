@@ -9,7 +9,7 @@ import orjson
 import pytest
 from sklearn import metrics as skm
 
-from detectors.cbpe import CBPEAccumulator, estimation_error
+from driftline.detectors.cbpe import CBPEAccumulator, estimation_error
 
 N = 200_000
 

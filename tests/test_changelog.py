@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.changelog import MARKER_KEY, ChangelogWriter
+from driftline.streams.changelog import MARKER_KEY, ChangelogWriter
 
 PARTITIONS = 4
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from detectors import BinaryAccumulator, RegressionAccumulator
-from detectors.comparison import (
+from driftline.detectors import BinaryAccumulator, RegressionAccumulator
+from driftline.detectors.comparison import (
     compare_binary,
     compare_means,
     compare_proportions,

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2, chisquare, ks_2samp
 
-from detectors.datadrift import (
+from driftline.detectors.datadrift import (
     DriftConfig,
     DriftThresholds,
     chi2_sf,
@@ -17,7 +17,7 @@ from detectors.datadrift import (
     ks_statistic,
     psi,
 )
-from detectors.profile import FeatureProfile, Profile
+from driftline.detectors.profile import FeatureProfile, Profile
 
 
 def _numeric(

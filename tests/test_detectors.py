@@ -10,7 +10,7 @@ import pytest
 from river.drift import ADWIN
 from river.drift.binary import DDM, EDDM
 
-from detectors import DetectorAlarm, DetectorBank, ErrorStreamDetector, make_detector
+from driftline.detectors import DetectorAlarm, DetectorBank, ErrorStreamDetector, make_detector
 
 
 def _binary_stream(seed: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_adwin_estimates_equal_river_estimation(
     monkeypatch: pytest.MonkeyPatch, public_only: bool
 ) -> None:
     """The fast path reads ADWIN's window getters; the fallback its public total/width."""
-    import detectors.drift as drift_module
+    import driftline.detectors.drift as drift_module
 
     if public_only:
         monkeypatch.setattr(drift_module, "_window", drift_module._PublicWindow)

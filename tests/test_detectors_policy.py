@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors import (
+from driftline.detectors import (
     DEFAULT_BANK_CONFIG,
     AlarmPolicy,
     DetectorAlarm,

@@ -19,13 +19,13 @@ from scipy.stats import norm
 from sklearn.metrics import confusion_matrix
 from test_beyond_worker import RATE, T0, W, run_pipeline, whole
 
-from detectors.fairness import GroupRates
-from detectors.profile import Profile
-from sinks.report import render_report
-from streams.baseline_cmd import ReferenceBuilder
-from streams.merge import MergeOutput, WindowMerger, fairness_metrics
-from streams.models import ConfigError, parse_models_config
-from streams.simulate import FleetSimulator, generate
+from driftline.detectors.fairness import GroupRates
+from driftline.detectors.profile import Profile
+from driftline.sinks.report import render_report
+from driftline.streams.baseline_cmd import ReferenceBuilder
+from driftline.streams.merge import MergeOutput, WindowMerger, fairness_metrics
+from driftline.streams.models import ConfigError, parse_models_config
+from driftline.streams.simulate import FleetSimulator, generate
 
 FAIR = {
     "protected": ["channel"],
@@ -481,7 +481,7 @@ def test_worker_fairness_challenger_and_first_hours_reference(
     second part, ``comparisons`` says ``worse`` there, and windows compare with the saved reference."""
     from worker_harness import Worker
 
-    from streams.simulate import run_simulation
+    from driftline.streams.simulate import run_simulation
 
     clean_s = 40.0
     config = tmp_path / "models.yaml"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from sklearn.metrics import confusion_matrix, precision_score
 
-from detectors.fairness import DISPARITY_METRICS, FairnessRule, GroupRates, check_rules
+from driftline.detectors.fairness import DISPARITY_METRICS, FairnessRule, GroupRates, check_rules
 
 TOL = 1e-12
 

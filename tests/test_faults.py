@@ -44,8 +44,8 @@ import orjson
 import pytest
 from worker_harness import Worker, committed_caught_up
 
-from streams.sdk import DriftlineProducer
-from streams.simulate import FleetSimulator
+from driftline.streams.sdk import DriftlineProducer
+from driftline.streams.simulate import FleetSimulator
 
 SEED, RATE, DURATION, DRIFT_AT = 7, 100.0, 120.0, 60.0
 START_TS = float(int(time.time()) // 3600 * 3600 - 7200)  # in the past: windows close by event time
@@ -446,8 +446,8 @@ def test_broker_stopped_30s_sdk_never_blocks_and_worker_reconnects(tmp_path: Pat
     """SIGSTOP the broker for 30 s: ``log_*`` calls stay fast, the SDK buffers up to its bound
     and counts what it drops; after SIGCONT the worker carries on by itself and every pair the
     broker accepted is joined."""
-    from streams.broker import EmbeddedBroker
-    from streams.topics import create_topics
+    from driftline.streams.broker import EmbeddedBroker
+    from driftline.streams.topics import create_topics
 
     stop_s = 30.0
     with EmbeddedBroker(port=0, log_path=str(tmp_path / "broker.log")) as broker:
@@ -574,9 +574,9 @@ def test_clickhouse_outage_backpressure_then_each_row_once(
     import clickhouse_connect
     from confluent_kafka import Producer
 
-    from sinks.clickhouse import ClickHouseSink
-    from sinks.runner import SinkRunner
-    from sinks.synthetic import synthetic_messages
+    from driftline.sinks.clickhouse import ClickHouseSink
+    from driftline.sinks.runner import SinkRunner
+    from driftline.sinks.synthetic import synthetic_messages
 
     kinds = ("metrics", "alerts", "drift_events", "outcomes")
     msgs = synthetic_messages(time.time(), hours=30, per_hour=40)
@@ -664,7 +664,7 @@ def test_clickhouse_outage_backpressure_then_each_row_once(
 # scores; the validator rejects the rest). So the worker process gets a processing step that
 # raises for one marked event, which exercises the per-event guard in PartitionProcessor.process.
 POISON_PRELUDE = """
-import streams.partition as _p
+import driftline.streams.partition as _p
 _real = _p.make_outcome
 def _poisoned(p, lab):
     if p.prediction_id.startswith("poison"):

@@ -17,7 +17,7 @@ the wrong kind, and envelopes mixing good and bad events (a bad event rejects th
   (``message.max.bytes`` = 1,000,000: ``MSG_SIZE_TOO_LARGE`` before it leaves the process);
   with ``message.max.bytes`` raised, the embedded Tansu broker accepted 10 MB (and 10 MiB + 1000
   bytes) when measured here, and the worker's consumer fetches up to 16 MiB per partition
-  (``consumer_max_fetch_size`` in ``streams.app``). So the 10 MB message goes through the real
+  (``consumer_max_fetch_size`` in ``driftline.streams.app``). So the 10 MB message goes through the real
   worker (``oversize_message``, only the first KiB travels to the DLQ) and is also checked at
   the ``decode_message`` level. A Kafka cluster with the default ``message.max.bytes``
   (1 MiB) would refuse it at the broker: the producer's delivery report carries the error, the
@@ -42,10 +42,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker_harness import Worker
 
-from schemas import decode_message, encode_envelope
-from schemas.partitioning import partition_for
-from streams.models import ModelConfig, ModelsConfig, parse_models_config
-from streams.partition import Message, PartitionProcessor
+from driftline.schemas import decode_message, encode_envelope
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.models import ModelConfig, ModelsConfig, parse_models_config
+from driftline.streams.partition import Message, PartitionProcessor
 
 MODELS_YAML = """\
 allow_unlisted_models: false

@@ -10,7 +10,7 @@
   (outcomes emitted) and the overflow is counted (``series_overflow``, ``models_overflow``),
   which reaches Prometheus as ``driftline_pipeline_events_total{name=...}``.
 
-The processor is driven the way ``streams.app._apply_join`` drives it (writes applied to a
+The processor is driven the way ``driftline.streams.app._apply_join`` drives it (writes applied to a
 dict standing in for the join table, outbox confirmed), but outputs are dropped so that
 only the processor's own memory is measured.
 """
@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-import streams.partition as partition_mod
-from schemas import encode_envelope
-from streams.models import ModelConfig, ModelsConfig
-from streams.observe import PipelineMetrics
-from streams.partition import Message, PartitionProcessor
-from streams.settings import Settings
+import driftline.streams.partition as partition_mod
+from driftline.schemas import encode_envelope
+from driftline.streams.models import ModelConfig, ModelsConfig
+from driftline.streams.observe import PipelineMetrics
+from driftline.streams.partition import Message, PartitionProcessor
+from driftline.streams.settings import Settings
 
 T0 = 1_700_000_040.0
 CLOCK = 2.0e9  # far ahead: the wall clock never caps the watermark
@@ -275,8 +275,8 @@ def test_caps_are_settings() -> None:
 
 
 def test_standby_replicas_is_a_setting_passed_to_faust(tmp_path: Any) -> None:
-    from streams.app import DriftlineApp
-    from streams.models import ModelsConfig
+    from driftline.streams.app import DriftlineApp
+    from driftline.streams.models import ModelsConfig
 
     base = {"DRIFTLINE_DATA_DIR": str(tmp_path)}
     for env, want in (({}, 0), ({"DRIFTLINE_STANDBY_REPLICAS": "1"}, 1)):

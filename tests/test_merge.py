@@ -1,6 +1,6 @@
 """Partition processors + merge stage against scikit-learn, late labels and revisions.
 
-The harness (a dict as the join table, ``streams.app._apply_join``'s write order) is the
+The harness (a dict as the join table, ``driftline.streams.app._apply_join``'s write order) is the
 one of ``tests/test_partition.py``.
 """
 
@@ -15,12 +15,12 @@ import pytest
 from sklearn import metrics as skm
 from test_partition import T0, Feed, Harness, label, pred
 
-from schemas.messages import segment_string
-from schemas.partitioning import partition_for
-from streams.merge import MergedWindow, MergeOutput, WindowMerger
-from streams.models import ModelConfig, ModelsConfig, ThresholdRule
-from streams.simulate import generate
-from streams.windows import window_start
+from driftline.schemas.messages import segment_string
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.merge import MergedWindow, MergeOutput, WindowMerger
+from driftline.streams.models import ModelConfig, ModelsConfig, ThresholdRule
+from driftline.streams.simulate import generate
+from driftline.streams.windows import window_start
 
 NPART = 3
 W = 60.0

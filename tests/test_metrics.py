@@ -10,7 +10,12 @@ import orjson
 import pytest
 from sklearn import metrics as skm
 
-from detectors import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator, ScoreSummary
+from driftline.detectors import (
+    BinaryAccumulator,
+    MulticlassAccumulator,
+    RegressionAccumulator,
+    ScoreSummary,
+)
 
 TOL = 1e-9
 

@@ -1,4 +1,4 @@
-"""The models file (``streams.models``): YAML and TOML parsing, defaults, error paths."""
+"""The models file (``driftline.streams.models``): YAML and TOML parsing, defaults, error paths."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-import streams.models as models_mod
-from detectors.policy import DEFAULT_BANK_CONFIG
-from streams.models import (
+import driftline.streams.models as models_mod
+from driftline.detectors.policy import DEFAULT_BANK_CONFIG
+from driftline.streams.models import (
     ConfigError,
     ModelConfig,
     ModelsConfig,

@@ -1,6 +1,6 @@
 """Unit tests of the per-partition processor: join semantics, replay, detectors.
 
-No broker: ``Harness`` plays the part of ``streams.app`` (``_processor`` and ``_apply_join``)
+No broker: ``Harness`` plays the part of ``driftline.streams.app`` (``_processor`` and ``_apply_join``)
 over a plain dict standing in for the join table.
 """
 
@@ -13,11 +13,11 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors.policy import DEFAULT_BANK_CONFIG
-from schemas import encode_envelope, encode_event
-from streams.merge import MergeOutput, WindowMerger
-from streams.models import ModelConfig, ModelsConfig
-from streams.partition import BatchResult, Message, PartitionProcessor
+from driftline.detectors.policy import DEFAULT_BANK_CONFIG
+from driftline.schemas import encode_envelope, encode_event
+from driftline.streams.merge import MergeOutput, WindowMerger
+from driftline.streams.models import ModelConfig, ModelsConfig
+from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 
 T0 = 1_700_000_040.0  # event time of the test data (epoch s, on a window boundary)
 CLOCK = 2.0e9  # the processors' wall clock: far ahead, so it never caps the watermark
@@ -28,7 +28,7 @@ CLOCK = 2.0e9  # the processors' wall clock: far ahead, so it never caps the wat
 def write_sequence(
     proc: PartitionProcessor, res: BatchResult
 ) -> list[tuple[str, bytes, bytes | None]]:
-    """The table writes of one batch in the order ``streams.app._apply_join`` makes them."""
+    """The table writes of one batch in the order ``driftline.streams.app._apply_join`` makes them."""
     seq: list[tuple[str, bytes, bytes | None]] = [("set", k, v) for k, v in res.sets.items()]
     seq.append(("set", proc.state_key(), res.state))
     seq += [("del", k, None) for k in res.deletes]
@@ -47,7 +47,7 @@ def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[str, bytes, b
 def recover(
     partition: int, models: ModelsConfig, store: dict[bytes, bytes], **kw: Any
 ) -> PartitionProcessor:
-    """A processor rebuilt from the persisted table, as ``streams.app._processor`` does."""
+    """A processor rebuilt from the persisted table, as ``driftline.streams.app._processor`` does."""
     proc = PartitionProcessor(partition, models, store_get=store.get, clock=lambda: CLOCK, **kw)
     proc.load_state(store.get(proc.state_key()))
     proc.rebuild_index((k, v) for k, v in store.items() if k[:2] in (b"p:", b"l:"))

@@ -13,8 +13,8 @@ with warnings.catch_warnings():  # kafka-python 3.0 uses deprecated importlib.re
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka.partitioner.default import murmur2 as kp_murmur2
 
-from schemas import partitioning
-from schemas.partitioning import murmur2, partition_for, partition_for_pure
+from driftline.schemas import partitioning
+from driftline.schemas.partitioning import murmur2, partition_for, partition_for_pure
 
 # From Kafka's clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java (testMurmur2).
 JAVA_VECTORS = {

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from detectors.profile import OTHER, FeatureProfile, Profile, infer_kind, load_records
-from streams.baseline_cmd import ReferenceBuilder, create_baseline, load_latest
+from driftline.detectors.profile import OTHER, FeatureProfile, Profile, infer_kind, load_records
+from driftline.streams.baseline_cmd import ReferenceBuilder, create_baseline, load_latest
 
 
 def _rows(seed: int, n: int, shift: float = 0.0) -> list[dict]:

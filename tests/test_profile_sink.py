@@ -13,10 +13,10 @@ import clickhouse_connect
 import numpy as np
 import pytest
 
-from detectors.profile import PREDICTION, Profile
-from sinks.clickhouse import ClickHouseSink
-from sinks.profiles import QUANTILES, insert_rows, profile_rows, sync_profiles
-from streams.baseline_cmd import ReferenceBuilder, create_baseline, save_profile
+from driftline.detectors.profile import PREDICTION, Profile
+from driftline.sinks.clickhouse import ClickHouseSink
+from driftline.sinks.profiles import QUANTILES, insert_rows, profile_rows, sync_profiles
+from driftline.streams.baseline_cmd import ReferenceBuilder, create_baseline, save_profile
 
 N = 1000
 
@@ -121,7 +121,7 @@ def test_sync_is_idempotent_and_skips_unreadable_files(store: Any, tmp_path: Pat
     (root / "broken").mkdir()
     (root / "broken" / "profile-v1.json").write_text("{")  # malformed
 
-    with caplog.at_level(logging.WARNING, logger="sinks.profiles"):
+    with caplog.at_level(logging.WARNING, logger="driftline.sinks.profiles"):
         assert sync_profiles(store, root) == [("churn", 1), ("fraud", 1), ("fraud", 2)]
     assert "broken/profile-v1.json not synced" in caplog.text and "churn" not in caplog.text
     assert sync_profiles(store, root) == []  # idempotent: nothing new
@@ -165,8 +165,8 @@ def test_sync_is_idempotent_and_skips_unreadable_files(store: Any, tmp_path: Pat
 def test_worker_sink_syncs_profiles_at_start_and_while_running(
     bootstrap: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streams import worker
-    from streams.settings import Settings
+    from driftline.streams import worker
+    from driftline.streams.settings import Settings
 
     data_dir = tmp_path / "data"
     # made by `baseline create` before the worker ran

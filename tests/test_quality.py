@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.profile import Profile
-from detectors.quality import QualityThresholds, check_quality
+from driftline.detectors.profile import Profile
+from driftline.detectors.quality import QualityThresholds, check_quality
 
 
 def _ref(seed: int = 0, n: int = 2000) -> Profile:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sinks.clickhouse import ClickHouseSink
-from sinks.profiles import insert_rows, profile_rows
-from sinks.query import check_read_only, open_query_client, run_query
-from sinks.synthetic import synthetic_messages, synthetic_profiles
+from driftline.sinks.clickhouse import ClickHouseSink
+from driftline.sinks.profiles import insert_rows, profile_rows
+from driftline.sinks.query import check_read_only, open_query_client, run_query
+from driftline.sinks.synthetic import synthetic_messages, synthetic_profiles
 
 DOC = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sklearn.metrics import ndcg_score
 
-from detectors.ranking import DistinctCounter, RankingAccumulator
+from driftline.detectors.ranking import DistinctCounter, RankingAccumulator
 
 CATALOG = [f"i{j}" for j in range(200)]
 

@@ -1,7 +1,7 @@
 """Ranking models in the running pipeline: join -> window partials -> merge -> metrics and alerts.
 
 Pure level: partition processors and the merge stage (``test_beyond_worker.run_pipeline``) on
-the simulator's recommender (``streams.simulate.ranking_model``). The window metrics must equal
+the simulator's recommender (``driftline.streams.simulate.ranking_model``). The window metrics must equal
 a direct per-list computation (``test_ranking._direct``) and sklearn's ``ndcg_score`` on the
 same lists; the degraded recommender must raise the configured ranking alerts after its drift
 and the clean one none. One integration test runs the same through a real worker and chdb.
@@ -21,11 +21,11 @@ from test_beyond_worker import run_pipeline
 from test_partition import T0, Feed, Harness, label, pred
 from test_ranking import _direct
 
-from schemas import validate_label, validate_prediction
-from schemas.records import make_outcome
-from streams.models import ModelsConfig, parse_models_config
-from streams.simulate import RANK_GROUP_ITEMS, RANK_GROUPS, generate, ranking_model
-from streams.windows import window_start
+from driftline.schemas import validate_label, validate_prediction
+from driftline.schemas.records import make_outcome
+from driftline.streams.models import ModelsConfig, parse_models_config
+from driftline.streams.simulate import RANK_GROUP_ITEMS, RANK_GROUPS, generate, ranking_model
+from driftline.streams.windows import window_start
 
 K = 10
 CATALOG = RANK_GROUPS * RANK_GROUP_ITEMS
@@ -272,7 +272,7 @@ def test_worker_ranking_alert_and_metrics_equal_the_direct_computation(
     ``metrics_latest`` holds the direct computation on the simulated lists."""
     from worker_harness import FAST_WINDOWS, Worker
 
-    from streams.simulate import FleetSimulator, run_simulation
+    from driftline.streams.simulate import FleetSimulator, run_simulation
 
     config = tmp_path / "models.yaml"
     config.write_text(WORKER_MODELS)
@@ -345,7 +345,7 @@ def test_worker_ranking_alert_and_metrics_equal_the_direct_computation(
 
 
 def test_report_section_of_a_ranking_model() -> None:
-    from sinks.report import model_section
+    from driftline.sinks.report import model_section
 
     rows = [
         {"metric": name, "t": T0 + 60 * i, "value": 0.5}

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from sinks.clickhouse import ClickHouseSink
-from sinks.query import QueryServer, open_query_client
-from sinks.report import render_report
-from sinks.svg import nice_ticks, time_ticks
-from sinks.synthetic import synthetic_messages
-from streams.report_cmd import (
+from driftline.sinks.clickhouse import ClickHouseSink
+from driftline.sinks.query import QueryServer, open_query_client
+from driftline.sinks.report import render_report
+from driftline.sinks.svg import nice_ticks, time_ticks
+from driftline.sinks.synthetic import synthetic_messages
+from driftline.streams.report_cmd import (
     direct_fetch,
     gather,
     make_fetch,

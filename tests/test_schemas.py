@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-import schemas
-from schemas import (
+from driftline import schemas
+from driftline.schemas import (
     Label,
     Prediction,
     Rejection,

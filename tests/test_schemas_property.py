@@ -11,7 +11,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import (
+from driftline.schemas import (
     REASON_CODES,
     Label,
     Prediction,

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.partitioning import partition_for
-from streams.sdk import DriftlineProducer, label_event, prediction_event
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.sdk import DriftlineProducer, label_event, prediction_event
 
 
 def envelope_size(msg: Any) -> int:
@@ -222,7 +222,7 @@ def test_delivery_errors_reported(topic_prefix: str = "x.") -> None:
 
 
 def test_builders_pass_the_wire_contract_validator() -> None:
-    from schemas import Rejection, validate_label, validate_prediction
+    from driftline.schemas import Rejection, validate_label, validate_prediction
 
     for pred in ({"label": 1, "score": 0.9}, {"label": "a", "scores": {"a": 0.7}}, 2.5, "cat", 1):
         ev = prediction_event(

@@ -29,8 +29,13 @@ import orjson
 import pytest
 from worker_harness import Worker
 
-from streams.cli import build_parser
-from streams.settings import Settings, aiokafka_security, kafka_properties_from_env, redact_dsn
+from driftline.streams.cli import build_parser
+from driftline.streams.settings import (
+    Settings,
+    aiokafka_security,
+    kafka_properties_from_env,
+    redact_dsn,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SENTINEL_KAFKA = "kafka-sentinel-7f3a9c"
@@ -263,11 +268,11 @@ def test_aiokafka_accepts_the_translated_settings(mechanism: str) -> None:
 
 
 def test_worker_app_gets_the_credentials() -> None:
-    """``streams.app.DriftlineApp`` hands them to faust (``broker_credentials``)."""
+    """``driftline.streams.app.DriftlineApp`` hands them to faust (``broker_credentials``)."""
     from faust.auth import SASLCredentials
 
-    from streams.app import DriftlineApp
-    from streams.models import ModelsConfig
+    from driftline.streams.app import DriftlineApp
+    from driftline.streams.models import ModelsConfig
 
     s = Settings.from_env(
         {
@@ -296,7 +301,7 @@ SCRAM = {
 def test_sdk_passes_security_properties_to_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
     import confluent_kafka
 
-    from streams.sdk import DriftlineProducer
+    from driftline.streams.sdk import DriftlineProducer
 
     seen: list[dict[str, Any]] = []
     real = confluent_kafka.Producer
@@ -322,8 +327,8 @@ def test_librdkafka_rejects_an_unknown_mechanism() -> None:
 def test_sink_runner_and_topics_get_the_properties() -> None:
     import inspect
 
-    from sinks.runner import SinkRunner
-    from streams import worker
+    from driftline.sinks.runner import SinkRunner
+    from driftline.streams import worker
 
     runner = SinkRunner("127.0.0.1:1", ["t"], sink=object(), client_config=dict(SCRAM))  # type: ignore[arg-type]
     assert {k: runner.config[k] for k in SCRAM} == SCRAM
@@ -491,7 +496,7 @@ def test_sink_sql_is_never_built_from_values() -> None:
     its text holds no value: checked below."""
     import inspect
 
-    from sinks.clickhouse import raw_outcomes_sql
+    from driftline.sinks.clickhouse import raw_outcomes_sql
 
     src = inspect.getsource(raw_outcomes_sql)
     offenders = []
@@ -522,7 +527,7 @@ def test_sink_sql_is_never_built_from_values() -> None:
 
 
 def test_values_with_quotes_round_trip_through_the_sink(tmp_path: Path) -> None:
-    from sinks.clickhouse import ClickHouseSink
+    from driftline.sinks.clickhouse import ClickHouseSink
 
     nasty = "it's \"quoted\" \\ back`tick'); DROP TABLE driftline.outcomes; -- \u00e9\u4e2d"
     outcome = {

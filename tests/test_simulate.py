@@ -8,8 +8,8 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from schemas.partitioning import partition_for
-from streams.simulate import FleetSimulator, default_models, generate, run_simulation
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.simulate import FleetSimulator, default_models, generate, run_simulation
 
 START = 1.7e9
 
@@ -148,7 +148,7 @@ def test_short_run_through_broker(
 
 
 def test_events_pass_the_wire_contract_validator() -> None:
-    from schemas import Rejection, validate_label, validate_prediction
+    from driftline.schemas import Rejection, validate_label, validate_prediction
 
     now = START + 3600
     for kind, e in _events(duration=4):

@@ -13,10 +13,15 @@ import clickhouse_connect
 import orjson
 import pytest
 
-from sinks.base import SinkBackpressureError
-from sinks.clickhouse import ClickHouseSink, sampled
-from sinks.migrations import available_migrations, current_version, latest_version, migrate
-from sinks.query import (
+from driftline.sinks.base import SinkBackpressureError
+from driftline.sinks.clickhouse import ClickHouseSink, sampled
+from driftline.sinks.migrations import (
+    available_migrations,
+    current_version,
+    latest_version,
+    migrate,
+)
+from driftline.sinks.query import (
     QueryRefused,
     QueryServer,
     check_read_only,
@@ -25,7 +30,7 @@ from sinks.query import (
     query_via_server,
     run_query,
 )
-from sinks.synthetic import synthetic_messages
+from driftline.sinks.synthetic import synthetic_messages
 
 NOW = time.time()
 MSGS = synthetic_messages(NOW, hours=26, per_hour=5)

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from sinks.clickhouse import ClickHouseSink
-from sinks.runner import SinkRunner
-from sinks.synthetic import synthetic_messages
+from driftline.sinks.clickhouse import ClickHouseSink
+from driftline.sinks.runner import SinkRunner
+from driftline.sinks.synthetic import synthetic_messages
 
 pytestmark = pytest.mark.integration
 

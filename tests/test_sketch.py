@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors import QuantileSketch
+from driftline.detectors import QuantileSketch
 
 QS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0]
 

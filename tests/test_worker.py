@@ -17,9 +17,9 @@ from river.drift import ADWIN
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from worker_harness import Worker, committed_caught_up
 
-from schemas.partitioning import partition_for
-from streams.sdk import DriftlineProducer
-from streams.simulate import FleetSimulator, run_simulation
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.sdk import DriftlineProducer
+from driftline.streams.simulate import FleetSimulator, run_simulation
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_a_partition_batch_larger_than_one_step_joins_across_its_steps(bootstrap
         for i in range(n):
             sdk.log_label(f"s-{i}", i % 2, timestamp=now + i * 0.01 + 1)
     # Everything is in the topics before the worker starts: its first batches are large.
-    worker = Worker(bootstrap, topic_prefix, tmp_path, prelude="import streams.app as A\nA.STEP_LABEL_BYTES = 1")
+    worker = Worker(bootstrap, topic_prefix, tmp_path, prelude="import driftline.streams.app as A\nA.STEP_LABEL_BYTES = 1")
     try:
         worker.start()
         h = worker.wait_for(lambda: (h := worker.health())["counters"].get("joins", 0) >= n and h, 60, "the joins")
@@ -260,11 +260,11 @@ def test_query_cli_reads_through_the_worker_and_refuses_writes(bootstrap: str, t
     worker = Worker(bootstrap, topic_prefix, tmp_path).start()
     try:
         env = {**worker.env, "DRIFTLINE_WORKER_URL": worker.url}
-        ok = subprocess.run([sys.executable, "-m", "streams.cli", "query", "SELECT count() AS n FROM driftline.metrics",
+        ok = subprocess.run([sys.executable, "-m", "driftline.streams.cli", "query", "SELECT count() AS n FROM driftline.metrics",
                              "--format", "csv"], env=env, capture_output=True, text=True, timeout=60)
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout.splitlines()[0] == "n"
-        bad = subprocess.run([sys.executable, "-m", "streams.cli", "query", "DROP TABLE driftline.metrics"],
+        bad = subprocess.run([sys.executable, "-m", "driftline.streams.cli", "query", "DROP TABLE driftline.metrics"],
                              env=env, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "read-only" in bad.stderr
         assert worker.query("SELECT count() AS n FROM system.tables WHERE database = 'driftline' AND name = 'metrics'")[0]["n"] == 1
@@ -300,7 +300,7 @@ def test_rocksdb_store_recovers_pending_after_kill(bootstrap: str, topic_prefix:
 # nothing more, and the merge stage never applies anything, while faust goes on acking and
 # committing the batches (what happens when an agent is cancelled or crashes mid-batch).
 STUCK_APPLY = """
-import streams.app as A
+import driftline.streams.app as A
 _join, _dead = A.DriftlineApp._apply_joins, []
 async def _apply_joins(self, steps):
     if _dead or any(o["prediction_id"].startswith("boom") for _, r in steps for o in r.outcomes):
@@ -368,7 +368,7 @@ def test_committed_offsets_past_the_state_are_read_again(bootstrap: str, topic_p
 # it, nor the fifth partials record: what faust's consumer does when it drops fetched records
 # (flow stopped, partition paused) and counts their offsets as acked.
 SKIPPED_RECORDS = """
-import streams.app as A
+import driftline.streams.app as A
 _join, _merge, _seen = A.DriftlineApp._join_batch, A.DriftlineApp._merge_batch, []
 def _keep(e, what):
     m = e.message

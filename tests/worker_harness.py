@@ -60,10 +60,10 @@ class Worker:
     def start(self, timeout: float = 90.0) -> Worker:
         self.starts += 1
         log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
-        argv = [sys.executable, "-m", "streams.cli", "worker"]
+        argv = [sys.executable, "-m", "driftline.streams.cli", "worker"]
         if self.prelude:
             argv = [sys.executable, "-c",
-                    f"{self.prelude}\nimport sys\nfrom streams.cli import main\nsys.exit(main(['worker']))"]
+                    f"{self.prelude}\nimport sys\nfrom driftline.streams.cli import main\nsys.exit(main(['worker']))"]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
