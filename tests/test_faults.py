@@ -573,10 +573,10 @@ def test_clickhouse_outage_backpressure_then_each_row_once(
     its bound, pauses consumption (``backpressured``), and after recovery every row is there once."""
     import clickhouse_connect
     from confluent_kafka import Producer
+    from fixtures.synthetic import synthetic_messages
 
     from driftline.sinks.clickhouse import ClickHouseSink
     from driftline.sinks.runner import SinkRunner
-    from driftline.sinks.synthetic import synthetic_messages
 
     kinds = ("metrics", "alerts", "drift_events", "outcomes")
     msgs = synthetic_messages(time.time(), hours=30, per_hour=40)

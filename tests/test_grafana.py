@@ -3,7 +3,7 @@
 Every SQL string of ``deploy/grafana/dashboards/driftline.json`` (panel targets, annotation
 queries, template-variable queries) is expanded the way the ClickHouse data source plugin
 (grafana-clickhouse-datasource, ``pkg/macros/macros.go``) and Grafana's template service do, then
-run read-only against a chdb store filled through the real sink with :mod:`driftline.sinks.synthetic`
+run read-only against a chdb store filled through the real sink with ``tests/fixtures/synthetic.py``
 messages, the same way ``tests/test_queries.py`` does.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures.synthetic import synthetic_messages
 
 from driftline.sinks.clickhouse import ClickHouseSink
 from driftline.sinks.query import execute_read_only, open_query_client
-from driftline.sinks.synthetic import synthetic_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "driftline.json"

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.synthetic import synthetic_messages, synthetic_profiles
 
 from driftline.sinks.clickhouse import ClickHouseSink
 from driftline.sinks.profiles import insert_rows, profile_rows
 from driftline.sinks.query import check_read_only, open_query_client, run_query
-from driftline.sinks.synthetic import synthetic_messages, synthetic_profiles
 
 DOC = Path(__file__).resolve().parents[1] / "README.md"
 

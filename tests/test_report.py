@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.query_server import QueryServer
+from fixtures.synthetic import synthetic_messages
 
 from driftline.sinks.clickhouse import ClickHouseSink
-from driftline.sinks.query import QueryServer, open_query_client
+from driftline.sinks.query import open_query_client
 from driftline.sinks.report import render_report
 from driftline.sinks.svg import nice_ticks, time_ticks
-from driftline.sinks.synthetic import synthetic_messages
 from driftline.streams.report_cmd import (
     direct_fetch,
     gather,

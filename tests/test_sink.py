@@ -12,6 +12,8 @@ from typing import Any
 import clickhouse_connect
 import orjson
 import pytest
+from fixtures.query_server import QueryServer
+from fixtures.synthetic import synthetic_messages
 
 from driftline.sinks.base import SinkBackpressureError
 from driftline.sinks.clickhouse import ClickHouseSink, sampled
@@ -23,14 +25,12 @@ from driftline.sinks.migrations import (
 )
 from driftline.sinks.query import (
     QueryRefused,
-    QueryServer,
     check_read_only,
     execute_read_only,
     open_query_client,
     query_via_server,
     run_query,
 )
-from driftline.sinks.synthetic import synthetic_messages
 
 NOW = time.time()
 MSGS = synthetic_messages(NOW, hours=26, per_hour=5)

@@ -10,10 +10,10 @@ import clickhouse_connect
 import orjson
 import pytest
 from confluent_kafka import Producer
+from fixtures.synthetic import synthetic_messages
 
 from driftline.sinks.clickhouse import ClickHouseSink
 from driftline.sinks.runner import SinkRunner
-from driftline.sinks.synthetic import synthetic_messages
 
 pytestmark = pytest.mark.integration
 
