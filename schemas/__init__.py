@@ -15,16 +15,18 @@ from driftline.schemas._fields import (
     MIN_TIMESTAMP,
     Rejection,
 )
-from driftline.schemas.events import (
+from driftline.schemas.codec import (
     MAX_EVENTS,
     MAX_MESSAGE_BYTES,
     MAX_RAW_BYTES,
-    Label,
-    Prediction,
-    binary_label,
     decode_message,
     encode_envelope,
     encode_event,
+)
+from driftline.schemas.events import (
+    Label,
+    Prediction,
+    binary_label,
     validate_label,
     validate_prediction,
 )
@@ -51,26 +53,7 @@ from driftline.schemas.messages import (
     parse_segment_string,
     segment_string,
 )
-
-#: Reason codes a :class:`Rejection` may carry.
-REASON_CODES = (
-    "malformed_json",
-    "not_utf8",
-    "not_an_object",
-    "missing_field",
-    "wrong_type",
-    "out_of_range",
-    "not_finite",
-    "too_long",
-    "oversize_message",
-    "too_deep",
-    "too_many_features",
-    "bad_timestamp",
-    "bad_envelope",
-    "mixed_kinds",
-    "conflicting_fields",
-    "length_mismatch",
-)
+from driftline.schemas.reasons import REASON_CODES
 
 __all__ = [
     "ALERT_FIELDS",

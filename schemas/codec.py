@@ -107,6 +107,8 @@ def decode_message(
     (['a'], [('conflicting_fields', 'value')])
     >>> decode_message(b"{not json", "prediction")[1][0][0].code
     'malformed_json'
+    >>> decode_message(b"", "label")[1][0][0].code, decode_message(None, "label")[1][0][0].code
+    ('empty', 'empty')
     """
     if kind == "prediction":
         validate: Any = _prediction
@@ -126,11 +128,13 @@ def _decode(
     value: object, kind: str, validate: Any, max_bytes: int, now: float
 ) -> tuple[list[Any], list[tuple[Rejection, object]]]:
     if value is None:
-        return [], [(Rejection("malformed_json", "", "null message value (tombstone)"), None)]
+        return [], [(Rejection("empty", "", "null message value (tombstone)"), None)]
     if not isinstance(value, bytes | bytearray | memoryview | str):
         r = Rejection("wrong_type", "", f"message value must be bytes, got {type(value).__name__}")
         return [], [(r, value)]
     size = memoryview(value).nbytes if isinstance(value, memoryview) else len(value)
+    if size == 0:
+        return [], [(Rejection("empty", "", "empty message value"), b"")]
     if size > max_bytes:
         r = Rejection("oversize_message", "", f"{size} bytes > limit {max_bytes}")
         return [], [(r, _raw_prefix(value))]

@@ -28,16 +28,10 @@ from driftline.schemas._fields import (
 )
 
 __all__ = [
-    "MAX_EVENTS",
-    "MAX_MESSAGE_BYTES",
-    "MAX_RAW_BYTES",
     "Label",
     "Prediction",
     "Rejection",
     "binary_label",
-    "decode_message",
-    "encode_envelope",
-    "encode_event",
     "validate_label",
     "validate_prediction",
 ]
@@ -423,15 +417,3 @@ def _label(o: object, now: float) -> Label | Rejection:
     if type(v) is not float:
         return v  # type: ignore[return-value]
     return _new(Label, (pid, mid, ts, None, v, None))  # type: ignore[no-any-return]
-
-
-# The codecs live in driftline.schemas.codec (module size); re-exported here as DESIGN.md places them.
-# Imported last: driftline.schemas.codec imports the names defined above.
-from driftline.schemas.codec import (  # noqa: E402
-    MAX_EVENTS,
-    MAX_MESSAGE_BYTES,
-    MAX_RAW_BYTES,
-    decode_message,
-    encode_envelope,
-    encode_event,
-)

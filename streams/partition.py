@@ -56,7 +56,8 @@ from driftline.detectors.drift import DetectorBank
 from driftline.detectors.fairness import GroupRates
 from driftline.detectors.policy import AlarmPolicy
 from driftline.detectors.profile import Profile
-from driftline.schemas.events import Label, Prediction, Rejection, binary_label, decode_message
+from driftline.schemas.codec import decode_message
+from driftline.schemas.events import Label, Prediction, Rejection, binary_label
 from driftline.schemas.messages import (
     make_dead_letter,
     make_drift_event,

@@ -60,6 +60,7 @@ models:
 
 #: Every reason code of the wire contract (README "Reason codes").
 REASON_CODES = {
+    "empty",
     "malformed_json",
     "not_utf8",
     "not_an_object",
@@ -138,7 +139,7 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
             ["malformed_json"],
         ),  # truncated
         (P, b"k2", b"this is not json", ["malformed_json"]),
-        (P, b"k3", b"", ["malformed_json"]),
+        (P, b"k3", b"", ["empty"]),
         (P, b"k4", b'\xff\xfe{"prediction_id": "\xc3\x28"}', ["not_utf8"]),
         (P, b"k5", b"[1, 2, 3]", ["not_an_object"]),
         (P, b"k6", b'"just a string"', ["not_an_object"]),
@@ -185,7 +186,7 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
             orjson.dumps({"prediction_id": f"{tag}-lbl", "timestamp": ts, "label": 1}),
             ["mixed_kinds"],
         ),
-        (P, b"k40", None, ["malformed_json"]),  # a tombstone
+        (P, b"k40", None, ["empty"]),  # a tombstone
         # an envelope mixing good and bad events: only the bad ones are rejected
         (
             P,

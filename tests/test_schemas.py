@@ -223,8 +223,8 @@ def test_decode_single_event_and_label_stream() -> None:
 @pytest.mark.parametrize(
     ("value", "code"),
     [
-        (None, "malformed_json"),
-        (b"", "malformed_json"),
+        (None, "empty"),
+        (b"", "empty"),
         (b"{", "malformed_json"),
         (b'{"x": NaN}', "malformed_json"),
         (b"1e400", "malformed_json"),
