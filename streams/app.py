@@ -44,6 +44,7 @@ from driftline.streams.models import ModelsConfig
 from driftline.streams.observe import PipelineMetrics
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 from driftline.streams.settings import Settings, aiokafka_security
+from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
 
 log = logging.getLogger("driftline.worker")
@@ -194,7 +195,7 @@ class DriftlineApp:
         s = self.settings
         _shorten_fetch_wait()
         app = faust.App(
-            s.app_id,
+            s.application_id,
             broker=f"kafka://{s.bootstrap}",
             store=s.store,
             datadir=s.data_dir,
@@ -259,6 +260,7 @@ class DriftlineApp:
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models,
                 store_get=_raw_store(table).get, references=self.references,
+                topics={"prediction": self.topics["predictions"], "label": self.topics["labels"]},
             )
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
@@ -321,6 +323,11 @@ class DriftlineApp:
         """
         try:
             yield
+        except ForeignStateError as exc:
+            # A configuration error, not a crash: a restart would meet the same state.
+            log.critical("refusing another deployment's state: %s", exc)
+            logging.shutdown()
+            os._exit(78)  # EX_CONFIG
         except Exception:
             log.critical("%s failed: exiting so that a restart resumes from the tables", what, exc_info=True)
             logging.shutdown()
@@ -466,7 +473,7 @@ class DriftlineApp:
             return merger
         s = self.settings
         merger = WindowMerger(self.models, window_seconds=s.window_seconds, flush_interval=s.flush_interval,
-                              references=self.references)
+                              references=self.references, source_topic=self.topics["partials"])
         with partition_context(partition):
             for k, v in self.merge_table.data.items():
                 merger.restore_record(bytes(k), v, partition)
@@ -669,7 +676,8 @@ class DriftlineApp:
             # during recovery: state read from a table still being recovered would be empty
             # (a partition taken over without a standby replica started from nothing).
             if self._tables_ready:
-                await self._resume_from_state()
+                with self._halt_on_error("resuming from the recovered state"):
+                    await self._resume_from_state()
 
         consumer.perform_seek = perform_seek  # type: ignore[method-assign]
         consumer._driftline_seek = True  # type: ignore[attr-defined]

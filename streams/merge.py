@@ -68,6 +68,7 @@ from driftline.schemas.messages import make_comparison, make_metrics, segment_st
 from driftline.streams.alerts import AlertEngine
 from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.models import ChampionConfig, ModelConfig, ModelsConfig
+from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
@@ -115,7 +116,7 @@ class WindowMerger:
 
     def __init__(self, models: ModelsConfig, *, window_seconds: float = 60.0, merge_wait: float = 0.5,
                  flush_interval: float = 2.0, keep_seconds: float | None = None,
-                 references: dict[str, Profile] | None = None) -> None:
+                 references: dict[str, Profile] | None = None, source_topic: str | None = None) -> None:
         self.models = models
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.window_seconds = window_seconds
@@ -129,6 +130,8 @@ class WindowMerger:
         # The partials offset after the last message applied (kept with the state in the merge
         # table; the consumer resumes here, not at the committed offset: ``driftline.streams.app``).
         self.next_offset = 0
+        # The partials topic that offset is of (None: not checked); see driftline.streams.statecheck.
+        self.source_topic = source_topic
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
 
     # ---- state in the merge table -----------------------------------------------------------
@@ -164,7 +167,8 @@ class WindowMerger:
         for key in sorted(out.dropped_windows, key=_series_order):
             recs.append((b"w:" + key.encode().encode(), None))
         if offsets:
-            recs.append((b"o:%d" % partition, orjson.dumps({"partition": partition, "next": self.next_offset})))
+            recs.append((b"o:%d" % partition, orjson.dumps(
+                {"partition": partition, "next": self.next_offset, "topic": self.source_topic})))
         return recs
 
     def restore_record(self, key: bytes, value: bytes, partition: int) -> None:
@@ -182,6 +186,9 @@ class WindowMerger:
         elif key.startswith(b"r:"):
             self.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
         else:
+            if self.source_topic is not None:
+                recorded = {"partials": d["topic"]} if "topic" in d else None
+                check_topics(recorded, {"partials": self.source_topic}, f"merge partition {partition}")
             self.next_offset = int(d["next"])
 
     def _covered(self, key: SeriesKey, revision: int, out: MergeOutput) -> bool:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ from driftline.streams.pending import (
     encode_label,
     encode_prediction,
 )
+from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
 MAX_CLOCK_SKEW_S = 60.0  # the watermark never runs ahead of wall-clock time by more than this
@@ -118,8 +119,12 @@ class PartitionProcessor:
         store_get: Callable[[bytes], bytes | None],
         clock: Callable[[], float] = time.time,
         references: dict[str, Profile] | None = None,
+        topics: Mapping[str, str] | None = None,
     ) -> None:
         self.partition = partition
+        # kind -> the topic its applied offsets are of; recorded so that another deployment's
+        # state is refused instead of resumed (``driftline.streams.statecheck``).
+        self.topics = dict(topics) if topics is not None else None
         self.models = models
         self.window_seconds = window_seconds
         self.allowed_lateness = allowed_lateness
@@ -161,6 +166,7 @@ class PartitionProcessor:
     def dump_state(self) -> bytes:
         return orjson.dumps(
             {
+                "topics": self.topics,
                 "applied": self.applied,
                 "watermark": self.watermark,
                 "windows": self._open_window_states(),
@@ -198,6 +204,8 @@ class PartitionProcessor:
         if not raw:
             return
         d = orjson.loads(raw)
+        if self.topics is not None:
+            check_topics(d.get("topics"), self.topics, f"join partition {self.partition}")
         self.applied = d["applied"]
         self.watermark = d["watermark"]
         self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}

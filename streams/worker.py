@@ -49,7 +49,7 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
         sync_profiles(sink.client, profiles, sink.database)
 
     runner = SinkRunner(settings.bootstrap, [names[t] for t in SINK_TOPICS], sink,
-                        group_id=f"{settings.app_id}-sink", client_config=dict(settings.kafka),
+                        group_id=f"{settings.application_id}-sink", client_config=dict(settings.kafka),
                         jobs=[(PROFILE_SYNC_SECONDS, sync)])
     runner.start()
     lock = threading.Lock()
