@@ -28,6 +28,7 @@ REASON_CODES: dict[str, str] = {
     "mixed_kinds": "an envelope holds both predictions and labels",
     "conflicting_fields": "fields that exclude each other are both set",
     "length_mismatch": "parallel lists have different lengths",
+    "too_late": "a prediction for a window more than the model's label horizon behind its event time",
     "unknown_model": "the model is not in the models file and unlisted models are refused",
     "task_mismatch": "the event's task differs from the model's",
     "label_kind_mismatch": "the label's kind (class, value, feedback) does not fit the model's task",

@@ -25,18 +25,17 @@ import functools
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import faust
 import orjson
-from faust.streams import _current_event
+from faust.types import TP
 
 from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
+from driftline.streams import faust_compat
 from driftline.streams.changelog import ChangelogWriter, read_range
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
@@ -46,6 +45,7 @@ from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 from driftline.streams.settings import Settings, aiokafka_security
 from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
+from driftline.streams.web import add_views
 
 log = logging.getLogger("driftline.worker")
 
@@ -53,32 +53,8 @@ TICK_SECONDS = 0.25
 # Memory of each partition's RocksDB (one per table and partition): at most two 8 MB memtables
 # and a 16 MB block cache, so 32 MB. faust's defaults allow 3 x 64 MB and a 2 GB cache each.
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
-FETCH_MAX_WAIT_MS = 100
 
 
-def _shorten_fetch_wait() -> None:
-    """Cap the consumer's fetch wait at ``FETCH_MAX_WAIT_MS``.
-
-    faust hard-codes ``fetch_max_wait_ms=1500`` and Tansu answers a fetch only when that
-    wait ends, even when data arrives meanwhile (measured: ~480 ms per hop with 1500,
-    ~13 ms with 100), so every hop (input -> join -> partials -> merge) added up to half a
-    second. Apache Kafka answers as soon as data arrives; the shorter wait only adds idle
-    fetch requests there.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = driver.AIOKafkaConsumerThread
-    if getattr(thread, "_driftline_fetch_wait", False):
-        return
-    create = thread._create_worker_consumer
-
-    def _create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-    thread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-    thread._driftline_fetch_wait = True  # type: ignore[attr-defined]
 OUTCOMES_PER_ENVELOPE = 1000
 APPLY_AT = 50_000  # processed partitions are applied together until they hold this many outcomes + writes
 # A partition's messages of one batch are processed (and applied) in steps of at most this many
@@ -101,43 +77,6 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-class _PartitionEvent:
-    """The two attributes of a faust event that tables read: ``message.partition``."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, partition: int) -> None:
-        self.message = SimpleNamespace(partition=partition)
-
-
-def _raw_store(table: Any) -> Any:
-    """A faust table's store, as the memory store's own dict when it is one.
-
-    faust's store is a ``Mapping``: ``get`` or ``del`` on a missing key raises and catches
-    ``KeyError`` inside ``__getitem__``; most join lookups miss (a label's early-label key, a
-    new prediction), and that path measured 12% of the join stage's CPU. Other stores
-    (RocksDB) are used as they are.
-    """
-    store = table.data
-    raw = getattr(store, "data", None)
-    return raw if isinstance(raw, dict) else store
-
-
-@contextlib.contextmanager
-def partition_context(partition: int) -> Iterator[None]:
-    """Make faust tables read and write ``partition`` outside an agent's event.
-
-    faust takes a table write's changelog partition from the current event; our
-    writes are per batch and per timer tick, so we name the partition ourselves.
-    """
-    stub = _PartitionEvent(partition)
-    token = _current_event.set(weakref.ref(stub))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class DriftlineApp:
@@ -193,7 +132,8 @@ class DriftlineApp:
 
     def _build_app(self) -> faust.App:
         s = self.settings
-        _shorten_fetch_wait()
+        faust_compat.check_faust_version()
+        faust_compat.shorten_fetch_wait()
         app = faust.App(
             s.application_id,
             broker=f"kafka://{s.bootstrap}",
@@ -241,7 +181,7 @@ class DriftlineApp:
         app.agent(inputs, name="join")(self._join_agent)
         app.agent(self.partials_topic, name="merge")(self._merge_agent)
         app.timer(TICK_SECONDS)(self._tick)
-        self._add_views(app)
+        add_views(app, self)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_rebalance_complete.connect(self._on_tables_ready)  # type: ignore[arg-type]
@@ -254,12 +194,12 @@ class DriftlineApp:
             return proc
         s = self.settings
         table = self.join_table
-        with partition_context(partition):
+        with faust_compat.partition_context(partition):
             proc = PartitionProcessor(
                 partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models,
-                store_get=_raw_store(table).get, references=self.references,
+                store_get=faust_compat.raw_store(table).get, references=self.references,
                 topics={"prediction": self.topics["predictions"], "label": self.topics["labels"]},
             )
             proc.load_state(table.data.get(proc.state_key()))
@@ -305,7 +245,7 @@ class DriftlineApp:
     def _join_store(self) -> Any:
         """``_raw_store`` of the join table, looked up once (it is called per written key)."""
         if self._join_raw is None:
-            self._join_raw = _raw_store(self.join_table)
+            self._join_raw = faust_compat.raw_store(self.join_table)
         return self._join_raw
 
     async def _join_agent(self, stream: Any) -> None:
@@ -360,7 +300,7 @@ class DriftlineApp:
                     if steps and (j or held >= APPLY_AT):
                         await self._apply_joins(steps)
                         steps, held = [], 0
-                    with partition_context(partition):
+                    with faust_compat.partition_context(partition):
                         res = proc.process(chunk)
                     steps.append((proc, res))
                     held += len(res.outcomes) + len(res.sets) + len(res.deletes)
@@ -436,7 +376,7 @@ class DriftlineApp:
             await producer.flush()
         for proc, res in steps:
             p = proc.partition
-            with partition_context(p):
+            with faust_compat.partition_context(p):
                 for set_key, value in res.sets.items():
                     self._join_set(p, set_key, value)  # the key object the expiry index holds
                 self._join_set(p, proc.state_key(), res.state)
@@ -474,7 +414,7 @@ class DriftlineApp:
         s = self.settings
         merger = WindowMerger(self.models, window_seconds=s.window_seconds, flush_interval=s.flush_interval,
                               references=self.references, source_topic=self.topics["partials"])
-        with partition_context(partition):
+        with faust_compat.partition_context(partition):
             for k, v in self.merge_table.data.items():
                 merger.restore_record(bytes(k), v, partition)
         self.mergers[partition] = merger
@@ -538,7 +478,7 @@ class DriftlineApp:
         for ref in out.references:  # saved before the changelog records the builder as frozen
             self._save_reference(ref)
         records = merger.state_records(partition, out, offsets=offsets)
-        with partition_context(partition):
+        with faust_compat.partition_context(partition):
             for key, value in records:
                 if value is None:
                     self._merge_del(partition, key)
@@ -609,13 +549,15 @@ class DriftlineApp:
                 # consumer may still be catching up, and closing recovered windows early would
                 # turn the predictions that follow into late ones.
                 idle_after = self.settings.idle_close_seconds * (1 if proc.input_seen else 3)
-                idle = now - proc.last_activity >= idle_after
+                # Idle only when caught up: while records of this partition wait in Kafka, its
+                # windows close by event time alone (a backlog, a pause, a slow sink).
+                idle = now - proc.last_activity >= idle_after and self._caught_up(proc.partition)
                 if idle and (proc.windows or proc.late):
-                    with partition_context(proc.partition):
+                    with faust_compat.partition_context(proc.partition):
                         res = proc.close_idle()
                     await self._apply_join(proc, res)
                 elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
-                    with partition_context(proc.partition):
+                    with faust_compat.partition_context(proc.partition):
                         res = proc.checkpoint()
                     await self._apply_join(proc, res)
         for partition, merger in list(self.mergers.items()):
@@ -631,6 +573,24 @@ class DriftlineApp:
                     await self._apply_merge(partition, merger, out)
         self._update_gauges()
         self._releaser.maybe_release(now)
+
+    def _caught_up(self, partition: int) -> bool:
+        """Whether this worker has read every record of ``partition`` of both input topics."""
+        consumer = self.app.consumer
+        for topic in (self.topics["predictions"], self.topics["labels"]):
+            tp = TP(topic, partition)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # no fetch answered yet for this partition
+                return False
+            position = faust_compat.read_position(consumer, tp)
+            # The position is the offset of the last record read (or the committed offset after
+            # a seek, None before any); the high watermark is the offset after the last record.
+            if high is None or high <= 0:
+                continue
+            if position is None or position < high - 1:
+                return False
+        return True
 
     def _ensure_assigned(self) -> None:
         """Create processors for assigned partitions that have seen no message yet, so
@@ -665,13 +625,8 @@ class DriftlineApp:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Make the consumer's seek to committed offsets (after table recovery) end at our state."""
-        consumer = self.app.consumer
-        if getattr(consumer, "_driftline_seek", False):
-            return
-        seek_to_committed = consumer.perform_seek
 
-        async def perform_seek() -> None:
-            await seek_to_committed()
+        async def after_seek() -> None:
             # faust also seeks when the fetcher polls while the flow is paused, which it is
             # during recovery: state read from a table still being recovered would be empty
             # (a partition taken over without a standby replica started from nothing).
@@ -679,8 +634,7 @@ class DriftlineApp:
                 with self._halt_on_error("resuming from the recovered state"):
                     await self._resume_from_state()
 
-        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
-        consumer._driftline_seek = True  # type: ignore[attr-defined]
+        faust_compat.after_seek_to_committed(self.app.consumer, after_seek)
 
     async def _resume_from_state(self) -> None:
         """Rewind each input partition whose committed offset is past what our state has applied.
@@ -702,7 +656,7 @@ class DriftlineApp:
                 want = self._merger(tp.partition).next_offset
             else:
                 continue
-            committed = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # set by the seek to committed
+            committed = faust_compat.read_position(consumer, tp)  # set by the seek to committed
             if committed is not None and want < committed:
                 rewinds[tp] = want
                 log.warning("committed offset is past the applied state: reading again from there",
@@ -717,7 +671,7 @@ class DriftlineApp:
             consumer = self.app.consumer
             for tp in consumer.assignment():
                 hw = consumer.highwater(tp)
-                pos = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # faust exposes no public position
+                pos = faust_compat.read_position(consumer, tp)
                 if hw is not None and pos is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
         if self.sink is not None:
@@ -742,34 +696,3 @@ class DriftlineApp:
             "counters": self.metrics.counters,
             "sink": sink,
         }
-
-    def _add_views(self, app: faust.App) -> None:
-        owner = self
-
-        class Health(faust.web.View):
-            async def get(self, request: Any) -> Any:
-                return self.json(owner.health())
-
-        class Metrics(faust.web.View):
-            async def get(self, request: Any) -> Any:
-                return self.bytes(owner.metrics.exposition(), content_type="text/plain; version=0.0.4")
-
-        class Query(faust.web.View):
-            async def post(self, request: Any) -> Any:
-                if owner.query is None:
-                    return self.json({"error": "this worker owns no ClickHouse store"}, status=404)
-                try:
-                    body = await request.json()
-                    sql, fmt = str(body.get("sql", "")), str(body.get("format", "table"))
-                except Exception:
-                    return self.json({"error": 'expected JSON {"sql": ..., "format": ...}'}, status=400)
-                loop = asyncio.get_running_loop()
-                try:
-                    text = await loop.run_in_executor(None, owner.query, sql, fmt)
-                except Exception as exc:  # refusals and SQL errors go back to the caller
-                    return self.json({"error": str(exc)}, status=400)
-                return self.text(text)
-
-        app.page("/health")(Health)
-        app.page("/metrics")(Metrics)
-        app.page("/query")(Query)

@@ -145,9 +145,11 @@ def missing_extra(modules: Sequence[str]) -> str | None:
     import importlib.util
 
     for name in modules:
+        if name in sys.modules:  # imported already (faust swaps its module: no __spec__ to find)
+            continue
         try:
             found = importlib.util.find_spec(name) is not None
-        except ImportError:
+        except (ImportError, ValueError):
             found = False
         if not found:
             return EXTRA_OF_MODULE.get(name, "worker")

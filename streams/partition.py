@@ -64,6 +64,7 @@ from driftline.schemas.messages import (
     make_outcome,
     segment_string,
 )
+from driftline.streams.eventtime import EventClock
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.pending import (
     ExpiryIndex,
@@ -75,7 +76,6 @@ from driftline.streams.pending import (
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
-MAX_CLOCK_SKEW_S = 60.0  # the watermark never runs ahead of wall-clock time by more than this
 EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
 RECENT_JOINED = 50_000  # ids remembered to tell a second label from an unknown one
 MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this many more entries than records
@@ -140,7 +140,7 @@ class PartitionProcessor:
         self.clock = clock
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.applied: dict[str, int] = {"prediction": -1, "label": -1}
-        self.watermark = 0.0
+        self.eventtime = EventClock(window_seconds, allowed_lateness, clock)
         self.windows: dict[SeriesKey, WindowPartial] = {}
         self.late: dict[SeriesKey, WindowPartial] = {}
         self.banks: dict[tuple[str, str], DetectorBank] = {}
@@ -168,7 +168,7 @@ class PartitionProcessor:
             {
                 "topics": self.topics,
                 "applied": self.applied,
-                "watermark": self.watermark,
+                "watermarks": self.eventtime.to_state(),
                 "windows": self._open_window_states(),
                 "late": {k.encode(): w.to_state() for k, w in self.late.items()},
                 "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
@@ -207,7 +207,7 @@ class PartitionProcessor:
         if self.topics is not None:
             check_topics(d.get("topics"), self.topics, f"join partition {self.partition}")
         self.applied = d["applied"]
-        self.watermark = d["watermark"]
+        self.eventtime.load_state(d.get("watermarks"))
         self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
         self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
         self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
@@ -413,8 +413,8 @@ class PartitionProcessor:
             self._series_cache[ck] = keys
         return keys
 
-    def _is_closed(self, ws: float) -> bool:
-        return ws + self.window_seconds + self.allowed_lateness <= self.watermark
+    def _is_closed(self, p: Prediction, ws: float) -> bool:
+        return self.eventtime.is_closed(p.model_id, p.model_version, ws)
 
     def _on_prediction(self, msg: Message, p: Prediction) -> None:
         cfg = self._model(msg, p.model_id, p.task, p)
@@ -429,37 +429,44 @@ class PartitionProcessor:
             if (rec.partition, rec.offset) != (msg.partition, msg.offset):
                 self._count("duplicate_predictions")
                 for sk in self._series(cfg, p, ws):
-                    if (w := self._partial(self.windows if not self._is_closed(ws) else self.late, sk, p.task)) is not None:
+                    if (w := self._partial(self.windows if not self._is_closed(p, ws) else self.late, sk, p.task)) is not None:
                         w.duplicate_predictions += 1
                 return
         elif p.prediction_id in self.recent_joined:
             self._count("duplicate_predictions")
             return
-        self.watermark = max(self.watermark, min(p.timestamp, self.clock() + MAX_CLOCK_SKEW_S))
-        closed = self._is_closed(ws)
+        self.eventtime.advance(p.model_id, p.model_version, p.timestamp)
+        closed = self._is_closed(p, ws)
+        if closed and self.eventtime.too_late(p.model_id, p.model_version, ws, cfg.label_horizon_s):
+            detail = (f"window {ws:.0f} of model {p.model_id!r} {p.model_version!r} is more than the label horizon "
+                      f"({cfg.label_horizon_s:.0f} s) behind the model's event time: no revision can take it")
+            self._dead_letter(msg, Rejection("too_late", "timestamp", detail), p._asdict())
+            return
         lat = np.nan if p.latency_ms is None else p.latency_ms
         score = p.value if p.task == "regression" else (p.score if p.scores is None else max(p.scores.values(), default=np.nan))
         sc = np.nan if score is None else score
-        ref = self.references.get(p.model_id) if cfg.data_drift and not closed else None
+        # A prediction for a closed window counts exactly as an on-time one, in a ``late``
+        # partial that revises the window: the same events give the same windows whenever
+        # they are read (live, from a backlog, after a pause or a crash).
+        ref = self.references.get(p.model_id) if cfg.data_drift else None
         # No reference yet, and the model builds it from its first hours: profile unbinned.
         warmup = ref is None and bool(cfg.data_drift) and not closed and cfg.first_hours() is not None
-        cbpe = cfg.cbpe and p.task == "binary" and not closed
+        cbpe = cfg.cbpe and p.task == "binary"
         for sk in self._series(cfg, p, ws):
             w = self._partial(self.late if closed else self.windows, sk, p.task)
             if w is None:
                 continue
             if closed:
                 w.late_predictions += 1
-            else:
-                buf = self._pbuf.get(w)
-                if buf is None:
-                    buf = self._pbuf[w] = ([], [])
-                buf[0].append(lat)
-                buf[1].append(sc)
-                if (ref is not None or warmup) and sk.segment == "":
-                    self._buffer_features(w, ref, p)
-                if cbpe:
-                    self._buffer_cbpe(w, p)
+            buf = self._pbuf.get(w)
+            if buf is None:
+                buf = self._pbuf[w] = ([], [])
+            buf[0].append(lat)
+            buf[1].append(sc)
+            if (ref is not None or warmup) and sk.segment == "":
+                self._buffer_features(w, ref, p)
+            if cbpe:
+                self._buffer_cbpe(w, p)
         if closed:
             self._count("late_predictions")
         lkey = b"l:" + pid
@@ -548,7 +555,7 @@ class PartitionProcessor:
         outcome = make_outcome(p, lab)
         self._res.outcomes.append(dict(outcome))
         ws = window_start(p.timestamp, self.window_seconds)
-        table = self.late if self._is_closed(ws) else self.windows
+        table = self.late if self._is_closed(p, ws) else self.windows
         delay = max(lab.timestamp - p.timestamp, 0.0)
         yt: Any
         yp: Any
@@ -623,18 +630,20 @@ class PartitionProcessor:
                                     "drift_event": dict(event), "severity": severity, "reason": d.reason})
 
     def _expire(self) -> None:
-        for key in self.expiry.pop_due(self.watermark, EXPIRE_PER_BATCH):
+        # By the partition's furthest progress: the expiry index is one for all models.
+        watermark = self.eventtime.partition_watermark
+        for key in self.expiry.pop_due(watermark, EXPIRE_PER_BATCH):
             raw = self._lookup(key)
             if raw is None:
                 continue
             pid = key[2:].decode()
             if key.startswith(b"p:"):
                 rec = decode_prediction(raw, pid)
-                if rec.expires_at > self.watermark:  # rewritten since: its own entry is indexed
+                if rec.expires_at > watermark:  # rewritten since: its own entry is indexed
                     continue
                 self._expire_prediction(rec)
             else:
-                if decode_label(raw, pid).expires_at > self.watermark:
+                if decode_label(raw, pid).expires_at > watermark:
                     continue
                 self._count("orphan_labels")
             self._overlay[key] = None
@@ -644,7 +653,7 @@ class PartitionProcessor:
         cfg = self.models.for_model(p.model_id) or self.models.defaults
         ws = window_start(p.timestamp, self.window_seconds)
         for sk in self._series(cfg, p, ws):
-            if (w := self._partial(self.late if self._is_closed(ws) else self.windows, sk, p.task)) is not None:
+            if (w := self._partial(self.late if self._is_closed(p, ws) else self.windows, sk, p.task)) is not None:
                 w.unlabeled_expired += 1
         self.pending_count -= 1
         self._count("unlabeled_expired")
@@ -687,8 +696,9 @@ class PartitionProcessor:
             self.expiry.add(expires_at, key)
 
     def _close_windows(self, force: bool) -> None:
+        closed = self.eventtime.is_closed
         for key in sorted(self.windows, key=lambda k: k.window_start):
-            if force or self._is_closed(key.window_start):
+            if force or closed(key.model_id, key.model_version, key.window_start):
                 self._emit_partial("closed", key, self.windows.pop(key))
                 self._count("windows_closed")
 

@@ -1,0 +1,99 @@
+"""Event time in the join stage: per-model progress, late predictions revise, the bound.
+
+Processor-level (no broker), with the ``Harness`` of ``tests/test_partition.py``; the final
+windows are compared between arrival orders and with sklearn on the same events.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+from test_partition import T0, Feed, Harness, label, merge_all, pred
+
+from driftline.streams.models import ModelConfig, ModelsConfig
+
+TWO_MODELS = ModelsConfig(models={
+    "a": ModelConfig(task="binary", segment_keys=("country",), label_horizon_s=3600.0),
+    "b": ModelConfig(task="binary", segment_keys=("country",), label_horizon_s=3600.0),
+})
+
+
+def stream(model: str, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """``n`` predictions over 5 minutes of event time and their labels (20 s later)."""
+    rng = random.Random(seed)
+    preds, labels = [], []
+    for i in range(n):
+        ts = T0 + i * (300.0 / n)
+        y = int(rng.random() < 0.3)
+        yhat = y if rng.random() < 0.8 else 1 - y
+        preds.append(pred(f"{model}-{i}", ts, model, label=yhat, score=0.9 if yhat else 0.1))
+        labels.append(label(f"{model}-{i}", ts + 20.0, model, label=y))
+    return preds, labels
+
+
+def run(batches: list[tuple[str, list[dict]]], close_between: bool = False) -> Harness:
+    h, f = Harness(0, TWO_MODELS, allowed_lateness=10.0), Feed()
+    for kind, events in batches:
+        h.process(f.events(kind, events))
+        if close_between:  # the worker was caught up and idle between these batches
+            h.close_idle()
+    h.close_idle()
+    return h
+
+
+def windows(h: Harness) -> dict:
+    final = merge_all(h.partials, TWO_MODELS)
+    return {k: {m: v for m, v in w["metrics"].items() if m in ("prediction_count", "labeled_count", "accuracy")}
+            for k, w in final.items()}
+
+
+def test_one_models_progress_never_closes_anothers_windows() -> None:
+    pa, la = stream("a", 600, 1)
+    pb, lb = stream("b", 600, 2)
+    # Model b's events arrive after all of model a's, for the same event times (a backfill).
+    h = run([("prediction", pa), ("label", la), ("prediction", pb), ("label", lb)])
+    assert h.counters.get("late_predictions", 0) == 0
+    alone = run([("prediction", pb), ("label", lb)])
+    got = windows(h)
+    for key, metrics in windows(alone).items():
+        assert got[key] == metrics
+    assert sum(m["prediction_count"] for k, m in got.items() if k[0] == "b" and k[2] == "") == 600
+
+
+@pytest.mark.parametrize("chunks", [2, 7])
+def test_late_predictions_revise_their_window(chunks: int) -> None:
+    """Windows closed by idleness between chunks (a paused fleet) end as one uninterrupted run's."""
+    pa, la = stream("a", 900, 3)
+    order = list(range(len(pa)))
+    random.Random(4).shuffle(order)  # out of order inside the stream: some arrive after their window closed
+    shuffled = [pa[i] for i in order]
+    step = len(pa) // chunks + 1
+    paused = run([("prediction", shuffled[i:i + step]) for i in range(0, len(pa), step)] + [("label", la)],
+                 close_between=True)
+    assert paused.counters.get("late_predictions", 0) > 0  # the pauses did make some late
+    straight = run([("prediction", pa), ("label", la)])
+    assert windows(paused) == windows(straight)
+
+    # And both equal sklearn on the same events, window by window.
+    y_true = {e["prediction_id"]: e["label"] for e in la}
+    for (model, _v, segment, ws), metrics in windows(paused).items():
+        if segment:
+            continue
+        in_window = [p for p in pa if ws <= p["timestamp"] < ws + 60.0]
+        assert metrics["prediction_count"] == len(in_window)
+        truth = [y_true[p["prediction_id"]] for p in in_window]
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, [p["prediction"]["label"] for p in in_window]))
+
+
+def test_a_prediction_past_the_horizon_goes_to_the_dead_letter_topic() -> None:
+    h, f = Harness(0, TWO_MODELS, allowed_lateness=10.0), Feed()
+    h.process(f.events("prediction", [pred("new", T0 + 7200.0, "a")]))
+    h.process(f.events("prediction", [pred("old", T0, "a"), pred("recent", T0 + 7000.0, "a")]))
+    assert [d["reason"] for d in h.dlq] == ["too_late"]
+    assert h.counters.get("dlq_too_late") == 1 and h.counters.get("late_predictions") == 1
+    h.close_idle()
+    counts = {k[3]: m["prediction_count"] for k, m in windows(h).items() if k[2] == ""}
+    assert T0 not in counts and counts[np.floor((T0 + 7000.0) / 60) * 60] == 1
