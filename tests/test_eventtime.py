@@ -79,7 +79,7 @@ def test_late_predictions_revise_their_window(chunks: int) -> None:
 
     # And both equal sklearn on the same events, window by window.
     y_true = {e["prediction_id"]: e["label"] for e in la}
-    for (model, _v, segment, ws), metrics in windows(paused).items():
+    for (_model, _v, segment, ws), metrics in windows(paused).items():
         if segment:
             continue
         in_window = [p for p in pa if ws <= p["timestamp"] < ws + 60.0]
