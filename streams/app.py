@@ -198,7 +198,7 @@ class DriftlineApp:
             proc = PartitionProcessor(
                 partition, self.models, window_seconds=s.window_seconds, allowed_lateness=s.allowed_lateness,
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
-                max_series=s.max_series, max_models=s.max_models,
+                max_series=s.max_series, max_models=s.max_models, max_segment_values=s.max_segment_values,
                 store_get=faust_compat.raw_store(table).get, references=self.references,
                 topics={"prediction": self.topics["predictions"], "label": self.topics["labels"]},
             )

@@ -76,6 +76,8 @@ from driftline.streams.pending import (
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
+#: The value a segment key takes once it has shown ``max_segment_values`` others on a partition.
+OVERFLOW_SEGMENT = "__other__"
 EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
 RECENT_JOINED = 50_000  # ids remembered to tell a second label from an unknown one
 MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this many more entries than records
@@ -116,6 +118,7 @@ class PartitionProcessor:
         max_pending: int = 5_000_000,
         max_series: int = 10_000,
         max_models: int = 1_000,
+        max_segment_values: int = 500,
         store_get: Callable[[bytes], bytes | None],
         clock: Callable[[], float] = time.time,
         references: dict[str, Profile] | None = None,
@@ -131,7 +134,11 @@ class PartitionProcessor:
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.max_series = max_series  # open window series (model, version, segment, window) per table
-        self.max_models = max_models  # models with a remembered task; (model, version) detector banks
+        self.max_models = max_models
+        # Distinct values kept per (model, segment key); further ones count in OVERFLOW_SEGMENT.
+        self.max_segment_values = max_segment_values
+        self.segment_values: dict[str, set[str]] = {}
+        self._segment_state: dict[str, list[str]] | None = None  # serialised once per change  # models with a remembered task; (model, version) detector banks
         self._get = store_get
         # Waiting records start with their partition (``driftline.streams.pending``). One worker's table
         # holds several partitions' records in one store: this partition reads only its own, as
@@ -174,11 +181,17 @@ class PartitionProcessor:
                 "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
                 "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
                 "tasks": self.tasks,
+                "segment_values": self._segment_values_state(),
                 "outbox": self.outbox,
                 "seq": self.seq,
                 "last_deleted": [k.decode() for k in self.last_deleted],
             }
         )
+
+    def _segment_values_state(self) -> dict[str, list[str]]:
+        if self._segment_state is None:
+            self._segment_state = {k: sorted(v) for k, v in self.segment_values.items()}
+        return self._segment_state
 
     def _open_window_states(self) -> dict[str, Any]:
         """The open windows' states for the partition record, re-serialised only when changed.
@@ -213,6 +226,7 @@ class PartitionProcessor:
         self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
         self.policies = {tuple(k.split("\x1f")): AlarmPolicy.from_state(v) for k, v in d["policies"].items()}  # type: ignore[misc]
         self.tasks = d["tasks"]
+        self.segment_values = {k: set(v) for k, v in d.get("segment_values", {}).items()}
         self.outbox = d["outbox"]
         self.seq = d["seq"]
         self.last_deleted = [k.encode() for k in d["last_deleted"]]
@@ -380,10 +394,15 @@ class PartitionProcessor:
         return cfg
 
     def _partial(self, table: dict[SeriesKey, WindowPartial], key: SeriesKey, task: str) -> WindowPartial | None:
-        """The partial of ``key``; None (counted) when ``table`` already holds ``max_series``."""
+        """The partial of ``key``; None (counted) when ``table`` already holds ``max_series``.
+
+        Whole-model series (segment ``""``) have a reserve of ``max_models`` above the cap: a
+        flood of segments never starves a model's own metrics, and a flood of models is still
+        bounded.
+        """
         w = table.get(key)
         if w is None:
-            if len(table) >= self.max_series:
+            if len(table) >= self.max_series + (0 if key.segment else self.max_models):
                 self._count("series_overflow")
                 return None
             if task == "ranking":
@@ -406,12 +425,36 @@ class PartitionProcessor:
         keys = self._series_cache.get(ck)
         if keys is None:
             keys = [SeriesKey(p.model_id, p.model_version, "", ws)]
+            if cfg.segment_keys:
+                seg = self._fold_segments(p.model_id, seg or {}, _segment_fields(cfg.segment_keys))
             for combo in cfg.segment_keys:
                 keys.append(SeriesKey(p.model_id, p.model_version, segment_string(seg, combo.split(",")), ws))
             if len(self._series_cache) > 100_000:
                 self._series_cache.clear()
             self._series_cache[ck] = keys
         return keys
+
+    def _fold_segments(self, model_id: str, seg: dict[str, str], fields: tuple[str, ...]) -> dict[str, str]:
+        """``seg`` with values past ``max_segment_values`` per (model, key) as ``OVERFLOW_SEGMENT``.
+
+        A value once kept stays kept and the set only grows, so a value's fate is decided once,
+        in log order, the same on every delivery (the sets are in the partition record).
+        """
+        out = seg
+        for k in fields:
+            value = seg.get(k, "")
+            seen = self.segment_values.setdefault(f"{model_id}\x1f{k}", set())
+            if value in seen:
+                continue
+            if len(seen) < self.max_segment_values:
+                seen.add(value)
+                self._segment_state = None
+                continue
+            if out is seg:
+                out = dict(seg)
+            out[k] = OVERFLOW_SEGMENT
+            self._count("segment_overflow")
+        return out
 
     def _is_closed(self, p: Prediction, ws: float) -> bool:
         return self.eventtime.is_closed(p.model_id, p.model_version, ws)

@@ -52,6 +52,7 @@ class Settings:
     max_pending: int = field(default=5_000_000, metadata={"env": "DRIFTLINE_MAX_PENDING", "help": "cap of predictions waiting for labels per worker (evictions are counted)"})
     max_series: int = field(default=10_000, metadata={"env": "DRIFTLINE_MAX_SERIES", "help": "cap of open window series (model, version, segment, window) per partition; events of further series are joined but not windowed (counted: series_overflow)"})
     max_models: int = field(default=1_000, metadata={"env": "DRIFTLINE_MAX_MODELS", "help": "cap of models (remembered tasks) and (model, version) detector banks per partition; further ones are joined and windowed without detectors (counted: models_overflow)"})
+    max_segment_values: int = field(default=500, metadata={"env": "DRIFTLINE_MAX_SEGMENT_VALUES", "help": "distinct values kept per (model, segment key) on a partition; further values count in the segment value '__other__' (counted: segment_overflow)"})
     retention_days: int = field(default=90, metadata={"env": "DRIFTLINE_RETENTION_DAYS", "help": "ClickHouse TTL of metrics, alerts, drift events and outcomes"})
     outcome_sample_rate: float = field(default=1.0, metadata={"env": "DRIFTLINE_OUTCOME_SAMPLE_RATE", "help": "share of joined outcomes written to ClickHouse"})
     log_level: str = field(default="info", metadata={"env": "DRIFTLINE_LOG_LEVEL", "help": "debug, info, warning, error"})
@@ -59,7 +60,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("partitions", "window_seconds", "idle_close_seconds", "flush_interval", "max_message_bytes", "max_pending",
-                    "max_series", "max_models", "retention_days")
+                    "max_series", "max_models", "max_segment_values", "retention_days")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)!r}")

@@ -97,3 +97,28 @@ def test_a_prediction_past_the_horizon_goes_to_the_dead_letter_topic() -> None:
     h.close_idle()
     counts = {k[3]: m["prediction_count"] for k, m in windows(h).items() if k[2] == ""}
     assert T0 not in counts and counts[np.floor((T0 + 7000.0) / 60) * 60] == 1
+
+
+def test_the_series_cap_never_starves_the_whole_model() -> None:
+    models = ModelsConfig(models={"a": ModelConfig(task="binary", segment_keys=("country",))})
+    h, f = Harness(0, models, max_series=3), Feed()
+    events = [dict(pred(f"p{i}", T0 + i * 0.01, "a"), segments={"country": f"c{i}"}) for i in range(20)]
+    h.process(f.events("prediction", events))
+    h.close_idle()
+    got = merge_all(h.partials, models)
+    assert got[("a", "v1", "", T0)]["metrics"]["prediction_count"] == 20
+    assert h.counters["series_overflow"] > 0  # the segments did hit the cap
+
+
+def test_segment_values_past_the_cap_fold_into_the_overflow_segment() -> None:
+    models = ModelsConfig(models={"a": ModelConfig(task="binary", segment_keys=("country",))})
+    h, f = Harness(0, models, max_segment_values=3), Feed()
+    countries = ["DE", "FR", "IT", "ES", "PT", "DE", "NL"]
+    events = [dict(pred(f"p{i}", T0 + i * 0.01, "a"), segments={"country": c}) for i, c in enumerate(countries)]
+    h.process(f.events("prediction", events[:4]))
+    h.restart()  # the kept values survive a restart: a value's fate does not depend on when it is read
+    h.process(f.events("prediction", events[4:]))
+    h.close_idle()
+    counts = {k[2]: m["metrics"]["prediction_count"] for k, m in merge_all(h.partials, models).items()}
+    assert counts == {"": 7, "country=DE": 2, "country=FR": 1, "country=IT": 1, "country=__other__": 3}
+    assert h.counters["segment_overflow"] == 3
