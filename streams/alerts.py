@@ -106,10 +106,12 @@ class AlertEngine:
                           value=ev["estimate_after"], threshold=None, detected_at=ev["detected_at"],
                           emitted_at=emitted_at, message=message, evidence=evidence)
 
-    def on_window(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float, first: bool = True) -> list[Alert]:
+    def on_window(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float,
+                  judge_volume: bool = True) -> list[Alert]:
         """A merged window (metrics message) was emitted: evaluate the window rules.
 
-        ``first``: the window's first emission (volume is judged on it only).
+        ``judge_volume``: the first emission of the window with all of its partitions' partials
+        (volume is judged on it only: a partial window would look like a drop).
         """
         out: list[Alert] = []
         metrics, counts = win["metrics"], win["counts"]
@@ -141,7 +143,7 @@ class AlertEngine:
             out += self._condition(cfg, win, "latency_p99_max", "latency", "latency_p99", v > cfg.latency_p99_slo_ms,
                                    "warning", v, cfg.latency_p99_slo_ms, counts.get("latency_p99", 0), emitted_at,
                                    f"latency p99 {v:.1f} ms above the SLO {cfg.latency_p99_slo_ms} ms")
-        if first and win["segment"] == "":
+        if judge_volume and win["segment"] == "":
             out += self._volume(cfg, win, emitted_at)
         if win["segment"] == "":
             out += self._resolve_drift(cfg, win, emitted_at)

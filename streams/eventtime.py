@@ -44,6 +44,8 @@ class EventClock:
         self.allowed_lateness = allowed_lateness
         self.clock = clock
         self.watermarks: dict[tuple[str, str], float] = {}
+        # Labels may not name their model: their progress is the partition's.
+        self.label_watermark = -math.inf
         self._cap = clock() + MAX_CLOCK_SKEW_S
         self._cap_refreshed = 0
 
@@ -65,6 +67,19 @@ class EventClock:
             self._cap_refreshed = 0
         self.watermarks[key] = min(timestamp, self._cap)
 
+    def advance_labels(self, timestamp: float) -> None:
+        if timestamp <= self.label_watermark:
+            return
+        if timestamp > self._cap:
+            self._cap = self.clock() + MAX_CLOCK_SKEW_S
+        self.label_watermark = min(timestamp, self._cap)
+
+    def settled_through(self, model_id: str, model_version: str) -> float:
+        """Outcomes up to this time can no longer be preceded by an on-time one: both the model's
+        predictions and the partition's labels have moved ``allowed_lateness`` past it."""
+        return min(self.watermarks.get((model_id, model_version), -math.inf),
+                   self.label_watermark) - self.allowed_lateness
+
     def is_closed(self, model_id: str, model_version: str, window_start: float) -> bool:
         watermark = self.watermarks.get((model_id, model_version), -math.inf)
         return window_start + self.window_seconds + self.allowed_lateness <= watermark
@@ -74,11 +89,14 @@ class EventClock:
         watermark = self.watermarks.get((model_id, model_version), -math.inf)
         return window_start + self.window_seconds + self.allowed_lateness + horizon_s < watermark
 
-    def to_state(self) -> list[list[Any]]:
-        return [[m, v, w] for (m, v), w in sorted(self.watermarks.items())]
+    def to_state(self) -> dict[str, Any]:
+        return {"models": [[m, v, w] for (m, v), w in sorted(self.watermarks.items())],
+                "labels": self.label_watermark if self.label_watermark > -math.inf else None}
 
-    def load_state(self, state: list[list[Any]] | float | None) -> None:
+    def load_state(self, state: dict[str, Any] | float | None) -> None:
         """Restore; a partition record from before per-model progress holds one float, which
         gives no model's progress: windows then close as the models' own events arrive."""
-        if isinstance(state, list):
-            self.watermarks = {(str(m), str(v)): float(w) for m, v, w in state}
+        if isinstance(state, dict):
+            self.watermarks = {(str(m), str(v)): float(w) for m, v, w in state["models"]}
+            labels = state.get("labels")
+            self.label_watermark = -math.inf if labels is None else float(labels)

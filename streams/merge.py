@@ -86,16 +86,17 @@ class MergedWindow:
     last_update: float = 0.0
     dirty: bool = True
     coverage_checked: bool = False
+    volume_judged: bool = False  # volume is judged once, on the first emission of a complete window
 
     def to_state(self) -> dict[str, Any]:
         return {"p": self.partial.to_state(), "ids": self.ids, "rev": self.revision, "n": self.merged,
                 "first": self.first_seen, "emit": self.last_emit, "upd": self.last_update, "dirty": self.dirty,
-                "cov": self.coverage_checked}
+                "cov": self.coverage_checked, "vol": self.volume_judged}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> MergedWindow:
         return cls(WindowPartial.from_state(d["p"]), d["ids"], d["rev"], d.get("n", len(d["ids"])), d["first"],
-                   d["emit"], d["upd"], d["dirty"], d.get("cov", False))
+                   d["emit"], d["upd"], d["dirty"], d.get("cov", False), d.get("vol", d["rev"] >= 0))
 
 
 @dataclass
@@ -109,6 +110,7 @@ class MergeOutput:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     references: list[Profile] = field(default_factory=list)  # frozen first-hours references to save
     changed_builders: set[str] = field(default_factory=set)
+    changed_progress: set[str] = field(default_factory=set)
 
 
 class WindowMerger:
@@ -116,7 +118,8 @@ class WindowMerger:
 
     def __init__(self, models: ModelsConfig, *, window_seconds: float = 60.0, merge_wait: float = 0.5,
                  flush_interval: float = 2.0, keep_seconds: float | None = None,
-                 references: dict[str, Profile] | None = None, source_topic: str | None = None) -> None:
+                 references: dict[str, Profile] | None = None, source_topic: str | None = None,
+                 input_partitions: int | None = None) -> None:
         self.models = models
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.window_seconds = window_seconds
@@ -130,6 +133,11 @@ class WindowMerger:
         # The partials offset after the last message applied (kept with the state in the merge
         # table; the consumer resumes here, not at the committed offset: ``driftline.streams.app``).
         self.next_offset = 0
+        # How far each input partition has closed each (model, version)'s windows; with
+        # ``input_partitions`` set, a window's volume is judged once all have closed it (None:
+        # on its first emission, for callers that feed every partial before emitting).
+        self.input_partitions = input_partitions
+        self.progress: dict[str, dict[str, dict[str, float]]] = {}  # model -> version -> partition -> through
         # The partials topic that offset is of (None: not checked); see driftline.streams.statecheck.
         self.source_topic = source_topic
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
@@ -155,6 +163,9 @@ class WindowMerger:
             eng.judged = {k: r for k, r in eng.judged.items() if not self._covered(SeriesKey.decode(k), r, out)}
             recs.append((b"a:" + model.encode(), orjson.dumps(
                 {"partition": partition, "e": eng.to_state(), "seen": self.seen_alarms.get(model, [])})))
+        for model in sorted(out.changed_progress):
+            recs.append((b"g:" + model.encode(), orjson.dumps(
+                {"partition": partition, "model_id": model, "progress": self.progress.get(model, {})})))
         for model in sorted(out.changed_builders):
             rb = self.builders.get(model)
             if rb is not None:
@@ -173,7 +184,7 @@ class WindowMerger:
 
     def restore_record(self, key: bytes, value: bytes, partition: int) -> None:
         """Load one record of ``state_records`` (a restart); others' records and markers are skipped."""
-        if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:"):
+        if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:", b"g:"):
             return
         d = orjson.loads(value)
         if d.get("partition") != partition:
@@ -185,6 +196,8 @@ class WindowMerger:
             self.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
         elif key.startswith(b"r:"):
             self.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
+        elif key.startswith(b"g:"):
+            self.progress[d["model_id"]] = d["progress"]
         else:
             if self.source_topic is not None:
                 recorded = {"partials": d["topic"]} if "topic" in d else None
@@ -211,6 +224,9 @@ class WindowMerger:
         if msg["type"] == "alarm":
             self._on_alarm(msg, now, out)
             return
+        if msg["type"] == "progress":
+            self._on_progress(msg, out)
+            return
         key = SeriesKey(msg["model_id"], msg["model_version"], msg["segment"], float(msg["window_start"]))
         mw = self.windows.get(key)
         if mw is not None and msg["pid"] in mw.ids:
@@ -228,6 +244,30 @@ class WindowMerger:
         mw.dirty = True
         mw.last_update = now
         out.changed_windows.add(key)
+
+    def _on_progress(self, msg: dict[str, Any], out: MergeOutput) -> None:
+        """An input partition closed a model's windows through ``msg["through"]``."""
+        model, version = msg["model_id"], msg["model_version"]
+        per_version = self.progress.setdefault(model, {}).setdefault(version, {})
+        source = str(msg["partition"])
+        if per_version.get(source, -math.inf) >= msg["through"]:
+            return  # a repeat (after a restart, or replayed)
+        per_version[source] = float(msg["through"])
+        out.changed_progress.add(model)
+        # Windows emitted before they were complete are emitted again, now with their volume.
+        for key, mw in self.windows.items():
+            if (key.model_id == model and key.model_version == version and key.segment == ""
+                    and not mw.volume_judged and mw.revision >= 0 and self._complete(key)):
+                mw.dirty = True
+                out.changed_windows.add(key)
+
+    def _complete(self, key: SeriesKey) -> bool:
+        """Whether every input partition has closed this window (all its partials are in)."""
+        if self.input_partitions is None:
+            return True
+        closed = self.progress.get(key.model_id, {}).get(key.model_version, {})
+        end = key.window_start + self.window_seconds
+        return len(closed) >= self.input_partitions and min(closed.values()) >= end
 
     def _build_reference(self, key: SeriesKey, window_end: float, profile: Profile, pid: str,
                          out: MergeOutput) -> None:
@@ -329,7 +369,9 @@ class WindowMerger:
         return now - mw.last_update > keep
 
     def _emit(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
-        first = mw.revision < 0
+        judge_volume = not mw.volume_judged and key.segment == "" and self._complete(key)
+        if judge_volume:
+            mw.volume_judged = True
         mw.revision = mw.merged - 1
         mw.dirty = False
         mw.last_emit = now
@@ -346,7 +388,7 @@ class WindowMerger:
         out.changed_models.add(key.model_id)
         if not self.engine(key.model_id).first_judgement(dict(msg)):  # judged before a crash
             return
-        alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, first=first)
+        alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, judge_volume=judge_volume)
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
                                                         reference_version=data[2])

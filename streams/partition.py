@@ -41,7 +41,9 @@ runs on them (README "Ranking and recommendation").
 
 from __future__ import annotations
 
+import bisect
 import functools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -148,6 +150,12 @@ class PartitionProcessor:
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
         self.applied: dict[str, int] = {"prediction": -1, "label": -1}
         self.eventtime = EventClock(window_seconds, allowed_lateness, clock)
+        # The last window boundary reported per (model, version) (not persisted: a repeat after
+        # a restart is harmless, the merge stage keeps the furthest).
+        self._progress_sent: dict[tuple[str, str], float] = {}
+        # Joined outcomes waiting to be fed to their detectors in event-time order (see
+        # ``_run_detectors``): (model, version) -> [task, [(time, prediction_id, error, prediction ts)]].
+        self.detector_queue: dict[tuple[str, str], list[Any]] = {}
         self.windows: dict[SeriesKey, WindowPartial] = {}
         self.late: dict[SeriesKey, WindowPartial] = {}
         self.banks: dict[tuple[str, str], DetectorBank] = {}
@@ -181,6 +189,7 @@ class PartitionProcessor:
                 "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
                 "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
                 "tasks": self.tasks,
+                "detector_queue": [[m, v, q[0], q[1]] for (m, v), q in self.detector_queue.items() if q[1]],
                 "segment_values": self._segment_values_state(),
                 "outbox": self.outbox,
                 "seq": self.seq,
@@ -226,6 +235,8 @@ class PartitionProcessor:
         self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
         self.policies = {tuple(k.split("\x1f")): AlarmPolicy.from_state(v) for k, v in d["policies"].items()}  # type: ignore[misc]
         self.tasks = d["tasks"]
+        self.detector_queue = {(m, v): [task, [tuple(e) for e in entries]]
+                               for m, v, task, entries in d.get("detector_queue", [])}
         self.segment_values = {k: set(v) for k, v in d.get("segment_values", {}).items()}
         self.outbox = d["outbox"]
         self.seq = d["seq"]
@@ -328,6 +339,7 @@ class PartitionProcessor:
         self._overlay = {}
         self._joins = {}
         self._pbuf, self._obuf, self._fbuf, self._cbuf, self._gbuf = {}, {}, {}, {}, {}
+        self._run_detectors(force=True)
         self._close_windows(force=True)
         return self._finish()
 
@@ -528,6 +540,7 @@ class PartitionProcessor:
             self._evict(self.pending_count - self.max_pending)
 
     def _on_label(self, msg: Message, lab: Label) -> None:
+        self.eventtime.advance_labels(lab.timestamp)
         pid = lab.prediction_id.encode()
         key = b"p:" + pid
         raw = self._lookup(key)
@@ -637,40 +650,69 @@ class PartitionProcessor:
         if err is not None:
             self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 
-    def _run_detectors(self) -> None:
+    def _run_detectors(self, force: bool = False) -> None:
+        """Feed the detectors the joined outcomes that are settled, in event-time order.
+
+        A detector is order-sensitive, and the order in which joins complete depends on how
+        the predictions and labels topics interleave in a batch: a backlog, a pause or a crash
+        would change detection points. So outcomes queue per (model, version) and are fed
+        sorted by (outcome time = the later of prediction and label time, prediction id) once
+        both the model's predictions and the partition's labels have moved the allowed
+        lateness past them (``EventClock.settled_through``), or all of them when the
+        partition is idle (``force``). The queue is in the partition record: its size is the
+        outcomes of the last ``allowed_lateness`` seconds. An outcome later than that is fed
+        at once, after those already fed.
+        """
         for (model, version), joined in self._joins.items():
-            cfg = self.models.for_model(model) or self.models.defaults
-            task = joined[0][0].task
-            bank = self.banks.get((model, version))
-            if bank is None:
-                det_cfg = {k: dict(v) for k, v in cfg.detectors.items() if task != "regression" or k == "adwin"}
-                if not det_cfg:  # no detector applies (``detectors: {}``, or a regressor without ADWIN)
-                    continue
-                if len(self.banks) >= self.max_models:  # joined and windowed, not watched by detectors
-                    self._count("models_overflow", len(joined))
-                    continue
-                bank = self.banks[(model, version)] = DetectorBank(det_cfg)
-                self.policies[(model, version)] = AlarmPolicy(corroboration_window=cfg.corroboration_window, ddm_warmup=cfg.ddm_warmup,
-                                                                  warning_alerts=cfg.detector_warning_alerts)
-            start = bank.n
-            alarms = bank.update_many(np.array([e for _, _, e in joined], dtype=float))
-            decisions = self.policies[(model, version)].decide((model, version), alarms)
-            for d in decisions:
-                a = d.alarm
-                severity = d.severity
-                p, lab, _ = joined[a.position - start]
-                ws = window_start(p.timestamp, self.window_seconds)
-                event = make_drift_event(
-                    model_id=model, model_version=version, partition=self.partition, detector=a.detector,
-                    kind=a.kind, direction=a.direction, position=a.position, window_start=ws,
-                    window_end=ws + self.window_seconds, detected_at=max(p.timestamp, lab.timestamp),
-                    params=dict(bank.config.get(a.detector, {})), estimate_before=a.estimate_before,
-                    estimate_after=a.estimate_after,
-                )
-                self._count(f"detector_{a.detector}_{a.kind}")
-                self.seq += 1
-                self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": model,
-                                    "drift_event": dict(event), "severity": severity, "reason": d.reason})
+            queue = self.detector_queue.get((model, version))
+            if queue is None:
+                queue = self.detector_queue[(model, version)] = [joined[0][0].task, []]
+            queue[1].extend((max(p.timestamp, lab.timestamp), p.prediction_id, err, p.timestamp)
+                            for p, lab, err in joined)
+        for (model, version), queue in self.detector_queue.items():
+            entries = queue[1]
+            if not entries:
+                continue
+            cutoff = math.inf if force else self.eventtime.settled_through(model, version)
+            entries.sort()
+            n = len(entries) if cutoff == math.inf else bisect.bisect_right(entries, (cutoff, "\U0010ffff"))
+            if n:
+                queue[1] = entries[n:]
+                self._feed_detectors(model, version, queue[0], entries[:n])
+
+    def _feed_detectors(self, model: str, version: str, task: str,
+                    joined: list[tuple[float, str, float, float]]) -> None:
+        cfg = self.models.for_model(model) or self.models.defaults
+        bank = self.banks.get((model, version))
+        if bank is None:
+            det_cfg = {k: dict(v) for k, v in cfg.detectors.items() if task != "regression" or k == "adwin"}
+            if not det_cfg:  # no detector applies (``detectors: {}``, or a regressor without ADWIN)
+                return
+            if len(self.banks) >= self.max_models:  # joined and windowed, not watched by detectors
+                self._count("models_overflow", len(joined))
+                return
+            bank = self.banks[(model, version)] = DetectorBank(det_cfg)
+            self.policies[(model, version)] = AlarmPolicy(corroboration_window=cfg.corroboration_window, ddm_warmup=cfg.ddm_warmup,
+                                                              warning_alerts=cfg.detector_warning_alerts)
+        start = bank.n
+        alarms = bank.update_many(np.array([e for _, _, e, _ in joined], dtype=float))
+        decisions = self.policies[(model, version)].decide((model, version), alarms)
+        for d in decisions:
+            a = d.alarm
+            severity = d.severity
+            outcome_time, _, _, prediction_ts = joined[a.position - start]
+            ws = window_start(prediction_ts, self.window_seconds)
+            event = make_drift_event(
+                model_id=model, model_version=version, partition=self.partition, detector=a.detector,
+                kind=a.kind, direction=a.direction, position=a.position, window_start=ws,
+                window_end=ws + self.window_seconds, detected_at=outcome_time,
+                params=dict(bank.config.get(a.detector, {})), estimate_before=a.estimate_before,
+                estimate_after=a.estimate_after,
+            )
+            self._count(f"detector_{a.detector}_{a.kind}")
+            self.seq += 1
+            self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": model,
+                                "drift_event": dict(event), "severity": severity, "reason": d.reason})
 
     def _expire(self) -> None:
         # By the partition's furthest progress: the expiry index is one for all models.
@@ -744,6 +786,27 @@ class PartitionProcessor:
             if force or closed(key.model_id, key.model_version, key.window_start):
                 self._emit_partial("closed", key, self.windows.pop(key))
                 self._count("windows_closed")
+        self._report_progress(force)
+
+    def _report_progress(self, force: bool) -> None:
+        """Tell the merge stage how far each model's windows are closed on this partition.
+
+        The merge stage judges a window's volume only once every input partition has closed
+        it (``WindowMerger``), never on a first partial. One record per model and window
+        boundary crossed, so a few per window at most. Idle (``force``): every window up to
+        the one holding the model's progress is closed.
+        """
+        w = self.window_seconds
+        for (model, version), watermark in self.eventtime.watermarks.items():
+            through = window_start(watermark, w) + w if force else watermark - self.allowed_lateness
+            step = math.floor(through / w)
+            if self._progress_sent.get((model, version), -math.inf) >= step:
+                continue
+            self._progress_sent[(model, version)] = step
+            self.seq += 1
+            self.outbox.append({"type": "progress", "pid": f"{self.partition}:{self.seq}",
+                                "partition": self.partition, "model_id": model, "model_version": version,
+                                "through": step * w})
 
     def _emit_partial(self, kind: str, key: SeriesKey, w: WindowPartial) -> None:
         self.seq += 1

@@ -141,7 +141,7 @@ def test_volume_drop_and_spike() -> None:
         assert eng.on_window(cfg, win(i, {"prediction_count": 1000.0}), emitted_at=0) == []
     # Segments and re-emissions do not count.
     assert eng.on_window(cfg, win(3, {"prediction_count": 1.0}, segment="a=b"), emitted_at=0) == []
-    assert eng.on_window(cfg, win(2, {"prediction_count": 1.0}, revision=1), emitted_at=0, first=False) == []
+    assert eng.on_window(cfg, win(2, {"prediction_count": 1.0}, revision=1), emitted_at=0, judge_volume=False) == []
     drop = eng.on_window(cfg, win(3, {"prediction_count": 400.0}), emitted_at=0)
     assert [(a["status"], a["kind"], a["rule"]) for a in drop] == [
         ("firing", "volume", "volume_drop")

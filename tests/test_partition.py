@@ -66,6 +66,7 @@ class Harness:
         self.store: dict[bytes, bytes] = {}
         self.proc = recover(partition, models, self.store, **kw)
         self.partials: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []  # everything for the partials topic, in order
         self.outcomes: list[dict[str, Any]] = []
         self.dlq: list[dict[str, Any]] = []
         self.counters: dict[str, int] = {}
@@ -77,7 +78,9 @@ class Harness:
         return res
 
     def collect(self, res: BatchResult) -> None:
-        self.partials += res.partials
+        # Window partials and alarms; the progress records (volume completeness) apart.
+        self.sent += res.partials
+        self.partials += [p for p in res.partials if p["type"] != "progress"]
         self.outcomes += res.outcomes
         self.dlq += [rec for _, rec in res.dlq]
         for k, v in res.counters.items():
@@ -522,6 +525,7 @@ def _processor_alarms(errors: np.ndarray, batch: int = 700) -> tuple[Harness, li
             + f.events("label", labs[half:], envelope=False)
         )
     assert h.counters["joins"] == n
+    h.close_idle()  # the last allowed_lateness of outcomes reach the detectors when idle
     return h, [p for p in h.partials if p["type"] == "alarm"]
 
 
@@ -573,6 +577,7 @@ def test_detector_state_survives_restart(
             )
         )
         h.restart()
+    h.close_idle()
     # A restart re-sends the last partition record's outbox; the merge stage drops it by pid.
     unique = {a["pid"]: a for a in h.partials if a["type"] == "alarm"}
     assert len(unique) < len([a for a in h.partials if a["type"] == "alarm"])
@@ -601,5 +606,6 @@ def test_regression_model_runs_adwin_only_and_tolerates_no_detector() -> None:
         f.events("label", [label("a", T0 + 1, "r", value=2.0), label("b", T0 + 1, "q", value=2.0)])
     )
     assert h.counters["joins"] == 2
+    h.close_idle()
     assert list(h.proc.banks[("r", "v1")].detectors) == ["adwin"]
     assert ("q", "v1") not in h.proc.banks
