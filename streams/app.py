@@ -414,7 +414,7 @@ class DriftlineApp:
         s = self.settings
         merger = WindowMerger(self.models, window_seconds=s.window_seconds, flush_interval=s.flush_interval,
                               references=self.references, source_topic=self.topics["partials"],
-                              input_partitions=s.partitions)
+                              input_partitions=s.partitions, load=self.merge_table.data.get)
         with faust_compat.partition_context(partition):
             for k, v in self.merge_table.data.items():
                 merger.restore_record(bytes(k), v, partition)

@@ -171,3 +171,42 @@ def test_volume_is_judged_only_on_complete_windows() -> None:
     # the scenario does exercise the rule.
     assert any(a["rule"] == "volume_drop" for a in _volume_run(input_partitions=None))
     assert [a for a in _volume_run(input_partitions=2) if a["kind"] == "volume"] == []
+
+
+def test_settled_windows_leave_memory_and_late_records_still_revise_them() -> None:
+    """A merger whose settled windows live only in the merge table (compressed) ends with the
+    same final windows as one that keeps every window in memory."""
+    import orjson
+
+    from driftline.streams.merge import MergeOutput, WindowMerger
+
+    pa, la = stream("a", 600, 5)
+    h = run([("prediction", pa[:400]), ("label", la[:300])], close_between=True)
+    late = run([("prediction", pa[400:]), ("label", la[300:])])  # another partition's, later
+    store: dict[bytes, bytes] = {}
+    lean = WindowMerger(TWO_MODELS, window_seconds=60.0, merge_wait=0.0, flush_interval=0.0, load=store.get)
+    full = WindowMerger(TWO_MODELS, window_seconds=60.0, merge_wait=0.0, flush_interval=0.0)
+    finals: dict[str, dict] = {"lean": {}, "full": {}}
+    now = 0.0
+    for first, batch in ((True, h.partials), (False, late.partials)):
+        for name, merger in (("lean", lean), ("full", full)):
+            for step in (0, 1, 2):  # a few ticks: emit, then settle
+                out = MergeOutput()
+                if step == 0:
+                    for part in batch:
+                        merger.on_partial(orjson.loads(orjson.dumps(part)), now, out)
+                merger.tick(now + 700.0 * step, out)  # past coverage_after_s: whole-model windows judge coverage
+                records = merger.state_records(0, out, offsets=False)
+                if merger is lean:
+                    for key, value in records:
+                        if value is None:
+                            store.pop(key, None)
+                        else:
+                            store[key] = value
+                for m in out.metrics:
+                    finals[name][(m["model_id"], m["segment"], m["window_start"])] = m["metrics"]
+        if first:
+            assert lean.retained and len(lean.windows) < len(full.windows)  # settled windows left memory
+        now += 1.0
+    assert finals["lean"] == finals["full"]
+    assert all(v[:1] == b"\x78" for k, v in store.items() if k.startswith(b"w:"))  # compressed records
