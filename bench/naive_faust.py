@@ -3,7 +3,7 @@
 One faust agent over the single-event predictions and labels topics; per event:
 orjson decode, then a table write per prediction (``pending[pid] = ...``), a lookup and
 delete per label, and the per-model metric counters updated in a table per event. faust's
-default ``kafka://`` transport and ``broker_session_timeout=6`` (ARCHITECTURE.md).
+default ``kafka://`` transport and ``broker_session_timeout=6`` (docs/architecture.md).
 
 Configured by environment (set by ``bench``): NAIVE_BOOTSTRAP, NAIVE_PREDICTIONS,
 NAIVE_LABELS, NAIVE_APP_ID, NAIVE_PORT, NAIVE_DATADIR, NAIVE_PARTITIONS.

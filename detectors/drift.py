@@ -5,7 +5,7 @@ A ``DetectorBank`` belongs to one (model, version): it feeds one stream of error
 named detectors, in order, one value at a time, exactly as river would be fed
 directly, and reports what fired as ``DetectorAlarm`` records.
 
-Facts this relies on (river 0.26.1, see ARCHITECTURE.md):
+Facts this relies on (river 0.26.1; ``docs/architecture.md``, "Facts the design relies on"):
 
 - ``update(x)`` returns None; ``drift_detected`` / ``warning_detected`` describe the
   last update only.

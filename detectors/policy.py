@@ -23,7 +23,7 @@ Corroboration is causal on purpose: only alarms at or before the EDDM drift coun
 decision depends on the stream up to that event and never on where a batch ends. A
 worker that crashes and replays its input in different batches decides the same.
 
-Why EDDM alone never pages (river 0.26.1, ARCHITECTURE.md and ``tests/test_detectors_policy.py``
+Why EDDM alone never pages (river 0.26.1, ``docs/architecture.md`` and ``tests/test_detectors_policy.py``
 measurements): on a stationary 0/1 error stream with p = 0.3, river's EDDM defaults
 (alpha 0.95, beta 0.9) raise ~17-29 drifts per 10k events; its own docstring settings
 (alpha 0.8, beta 0.75) still ~0.9 per 10k at p = 0.3 and ~2.5 per 10k at p = 0.1, while
@@ -92,7 +92,7 @@ class AlarmPolicy:
     ddm_warmup
         DDM drifts before this many updates are recorded only: DDM's statistics are
         cumulative and its false alarms come early (median first false alarm at
-        update 76 with p 0.1, ARCHITECTURE.md). Measured on stationary streams, this
+        update 76 with p 0.1, ``docs/architecture.md``). Measured on stationary streams, this
         removes most critical DDM false alarms (``tests/test_detectors_policy.py``).
     warning_alerts
         Whether DDM warning-zone entries and uncorroborated EDDM drifts raise

@@ -1,7 +1,7 @@
 """Ranking / recommendation metrics over ranked lists of item ids and later feedback.
 
 A ranking event carries the recommended item ids in rank order; its feedback (a label
-event, see ``README.md``, "Wire contract") names the items clicked and converted. Per list:
+event, see ``docs/wire-contract.md``) names the items clicked and converted. Per list:
 
 - **engagement** (over every list): ``ctr`` = share of lists with a click on a
   recommended item, ``item_ctr`` = clicked recommended items / recommended items,

@@ -1,6 +1,6 @@
 """Driftline wire contracts: inbound events, outbound messages, codecs and validation.
 
-See ``README.md, "Wire contract"`` for the field tables, reason codes and limits.
+See ``docs/wire-contract.md`` for the field tables, reason codes and limits.
 """
 
 from driftline.schemas._fields import (

@@ -45,7 +45,7 @@ class Rejection(NamedTuple):
     Attributes
     ----------
     code : str
-        Reason code (snake_case), e.g. ``missing_field``; see ``README.md, "Wire contract"``.
+        Reason code (snake_case), e.g. ``missing_field``; see ``docs/wire-contract.md``, "Reason codes".
     field : str
         Dotted path of the offending field inside the event (``prediction.score``,
         ``features.age``), ``events[3]`` for an envelope entry, ``""`` for the whole message.

@@ -2,7 +2,7 @@
 
 Validation runs once per event on the hot path, so the checks are written as
 exact-type tests (``type(v) is float``) with a slow path only for unusual inputs
-(numpy scalars, subclasses); see ``README.md, "Wire contract"`` for the contract.
+(numpy scalars, subclasses); see ``docs/wire-contract.md`` for the contract.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def _outcome_rows(o: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def _comparison_rows(m: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """One row per compared metric of a comparisons message (README "comparisons")."""
+    """One row per compared metric of a comparisons message (docs/wire-contract.md, "Comparison")."""
     common = (m["model_id"], str(m["champion_version"]), str(m["challenger_version"]), m.get("mode") or "",
               _ms(m["window_start"]), _ms(m["window_end"]))  # fmt: skip
     rev, em = int(m.get("revision") or 0), _ms(m.get("emitted_at"))

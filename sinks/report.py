@@ -185,7 +185,7 @@ def _top(by_metric: dict[str, list[tuple[float, float]]], prefix: str) -> tuple[
 def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, float]]],
                             t_range: tuple[float, float], marks: list[Marker]) -> list[tuple[str, str]]:  # fmt: skip
     """Data drift (PSI), data quality (missing rates) and CBPE charts, each only when the model
-    has those metrics (README "Beyond accuracy")."""
+    has those metrics (docs/beyond-accuracy.md)."""
     charts = []
     psi = _top(by_metric, "feature_psi.") + (("prediction_psi",) if "prediction_psi" in by_metric else ())
     if psi:

@@ -12,7 +12,7 @@
 - Web views: ``/health``, ``/metrics`` (Prometheus), ``/query`` (read-only SQL when the
   worker owns an embedded chdb store).
 
-Faust pitfalls avoided (ARCHITECTURE.md): default aiokafka transport (``kafka://``),
+Faust pitfalls avoided (docs/architecture.md, "Facts the design relies on"): default aiokafka transport (``kafka://``),
 at-least-once with idempotent state, table writes aggregated per batch (not per event),
 event-time windows closed by us, raw serializers with orjson done here.
 """

@@ -1,7 +1,7 @@
 """The join table's changelog writes, through confluent-kafka instead of faust's producer.
 
 faust sends every table write as its own message through asyncio and aiokafka, ~40-80 µs
-each (ARCHITECTURE.md); the join stage writes one or two records per event, so that cost
+each (docs/architecture.md); the join stage writes one or two records per event, so that cost
 alone capped the worker at a few thousand events/s. librdkafka batches the same records
 for ~1 µs each. faust still owns the table: it creates the changelog topic, keeps the
 in-memory (or RocksDB) copy that our code writes directly, and recovers the table from

@@ -239,7 +239,7 @@ def _summary(url: str, start_ts: float, drift_at: float, alerts: list[dict[str, 
         share = r["labelled"] / r["predictions"] if r["predictions"] else 0.0
         print(f"{model:8s} {r['predictions']:11.0f} {share:9.1%} {metric:>9s} {_num(r['before']):>13s} "
               f"{_num(r['after']):>12s}  {rules}")
-    print("Tables: driftline.metrics (metrics_latest), alerts, drift_events, outcomes; README, 'Questions you can ask'")
+    print("Tables: driftline.metrics (metrics_latest), alerts, drift_events, outcomes; questions to ask them: docs/clickhouse.md")
 
 
 def _num(x: Any) -> str:

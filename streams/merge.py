@@ -529,7 +529,7 @@ def _series_order(k: SeriesKey) -> tuple[float, str, str, str]:
 
 
 def fairness_metrics(key: str, rates: GroupRates) -> tuple[dict[str, float], dict[str, int]]:
-    """Metric names and counts of one protected key's rates (README "Fairness").
+    """Metric names and counts of one protected key's rates (docs/beyond-accuracy.md, "Fairness").
 
     ``fairness.<key>.<disparity>`` (count: the labelled events with the key) and, per group,
     ``fairness.<key>=<group>.<rate>`` for ``positive_rate``, ``tpr``, ``fpr``, ``precision``

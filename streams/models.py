@@ -109,7 +109,7 @@ class ChampionConfig:
     (``ab``: traffic split; ``shadow``: every version scores the same requests) is recorded
     with each comparison. A challenger alert wants the verdict ``worse`` on
     ``consecutive_windows`` judged windows in a row (one test per window and metric: see
-    README "Champion / challenger").
+    docs/beyond-accuracy.md, "Champion / challenger").
     """
 
     version: str

@@ -36,7 +36,7 @@ All live in the partials, so they follow the same exactly-once path as the count
 
 Ranking models: a joined ranking prediction feeds its list and feedback to the window's
 ``RankingAccumulator`` (the task's accumulator, K from the models file); no drift detector
-runs on them (README "Ranking and recommendation").
+runs on them (docs/beyond-accuracy.md, "Ranking and recommendation").
 """
 
 from __future__ import annotations
@@ -619,7 +619,7 @@ class PartitionProcessor:
         sc = np.nan
         if p.task == "ranking":
             yt, yp = lab.feedback, p.items or []
-            err = None  # no detector runs on a ranking model (README "Ranking and recommendation")
+            err = None  # no detector runs on a ranking model (docs/beyond-accuracy.md)
         elif p.task == "regression":
             yt, yp = float(lab.value), float(p.value)  # type: ignore[arg-type]
             err = abs(yp - yt)

@@ -54,7 +54,7 @@ def prediction_event(
     latency_ms: float | None = None,
     segments: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Inference event dict as sent on the predictions topic (README.md, "Wire contract").
+    """Inference event dict as sent on the predictions topic (docs/wire-contract.md).
 
     ``prediction`` is the wire ``prediction`` object (``{"label": 1, "score": 0.9}``,
     ``{"label": "cat", "scores": {...}}``, ``{"value": 3.2}``, a ranked list

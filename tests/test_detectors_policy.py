@@ -402,7 +402,7 @@ def _eddm_rates(params: dict[str, float], p: float, seeds: int = 30) -> tuple[fl
 
 
 def test_eddm_false_alarm_rates_match_documented_figures() -> None:
-    """ARCHITECTURE.md: ~29 false alarms per 10k at p=0.3 with river defaults.
+    """EDDM alone is noisy (docs/architecture.md, "Facts the design relies on"); first measured: ~29 per 10k.
 
     Measured here (numpy seeds 0-29): ~17.4 with the defaults, ~0.9 with the docstring's
     alpha=0.8, beta=0.75; ~2.5 with those at p=0.1. Bounds are loose on purpose.

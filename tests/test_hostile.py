@@ -58,7 +58,7 @@ models:
   feed: {task: ranking}
 """
 
-#: Every reason code of the wire contract (README "Reason codes").
+#: Every reason code of the wire contract (docs/wire-contract.md, "Reason codes").
 REASON_CODES = {
     "empty",
     "malformed_json",
@@ -232,7 +232,7 @@ def corpus(now: float, tag: str) -> list[tuple[str, bytes, bytes | None, list[st
         ),
         (L, b"l7", orjson.dumps(_pred(f"{tag}-y", ts)), ["mixed_kinds"]),
         (L, b"l8", b'{"prediction_id":"y","timestamp":1.7e9,"value":NaN}', ["malformed_json"]),
-        # ranking predictions and feedback (README "Wire contract", task ranking)
+        # ranking predictions and feedback (docs/wire-contract.md, task ranking)
         (P, b"r1", p(model_id="feed", prediction={"items": "sku-1"}), ["wrong_type"]),
         (
             P,

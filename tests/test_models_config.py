@@ -278,11 +278,17 @@ def test_file_errors_name_the_file_and_the_setting(tmp_path: Path) -> None:
         load_models_config(bad_yaml_setting)
 
 
-def test_readme_example_and_deploy_file_are_valid() -> None:
+def test_documented_examples_and_deploy_file_are_valid() -> None:
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    block = readme.split("```yaml\nallow_unlisted_models", 1)[1].split("```", 1)[0]
+    doc = (root / "docs" / "configuration.md").read_text()
+    block = doc.split("```yaml\nallow_unlisted_models", 1)[1].split("```", 1)[0]
     cfg = parse_models_config(yaml.safe_load("allow_unlisted_models" + block))
     fraud = cfg.for_model("fraud")
     assert fraud is not None and fraud.segment_keys == ("country", "channel", "country,channel")
+    # the minimal models file of README.md
+    readme = (root / "README.md").read_text()
+    section = readme.split("## A minimal models file", 1)[1]
+    minimal = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    fraud = parse_models_config(yaml.safe_load(minimal)).for_model("fraud")
+    assert fraud is not None and fraud.task == "binary" and fraud.thresholds
     assert load_models_config(root / "deploy" / "models.yaml").models

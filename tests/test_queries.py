@@ -1,4 +1,4 @@
-"""Every query in README.md runs (read-only) against synthetic data written by the sink."""
+"""Every query in docs/clickhouse.md runs (read-only) against synthetic data written by the sink."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from driftline.sinks.clickhouse import ClickHouseSink
 from driftline.sinks.profiles import insert_rows, profile_rows
 from driftline.sinks.query import check_read_only, open_query_client, run_query
 
-DOC = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "clickhouse.md"
 
 
 def doc_queries() -> list[tuple[str, str]]:
@@ -42,7 +42,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory):
     dsn = f"chdb://{tmp_path_factory.mktemp('q').resolve()}/ch"
     sink = ClickHouseSink(dsn)
     sink.setup()
-    # The README's day-over-day queries compare calendar days; the synthetic story puts its
+    # The cookbook's day-over-day queries compare calendar days; the synthetic story puts its
     # degradation in the last 24 h before ``now``. Pinned to 23:00 UTC of the day before, so the
     # newest calendar day holds that story whatever the time of day the tests run.
     now = time.time() // 86400 * 86400 - 3600

@@ -228,6 +228,6 @@ def test_chromium_renders_the_report(report: Path, tmp_path: Path) -> None:
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # charts, not a blank page
-    if os.environ.get("DRIFTLINE_UPDATE_SCREENSHOT"):  # refresh the README's picture
+    if os.environ.get("DRIFTLINE_UPDATE_SCREENSHOT"):  # refresh the picture in docs/operations.md
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)

@@ -327,7 +327,7 @@ def schema_ok(name: str, obj: object) -> bool:
 
 
 def doc_examples() -> list[tuple[str, object]]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "wire-contract.md").read_text()
     found = re.findall(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", text, re.S)
     return [(name, json.loads(body)) for name, body in found]
 

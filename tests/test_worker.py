@@ -61,7 +61,7 @@ def test_drift_alerts_and_metrics_match_sklearn(bootstrap: str, topic_prefix: st
         assert not {m for m, _ in drift} - {"fraud"}, f"concept-drift alerts on models that did not drift: {drift}"
 
         _assert_metrics_match_sklearn(worker, seed, rate, duration, drift_at, start_ts)
-        _assert_readme_queries_run(worker)
+        _assert_doc_queries_run(worker)
     finally:
         worker.stop()
 
@@ -100,8 +100,8 @@ def _assert_metrics_match_sklearn(worker: Worker, seed: int, rate: float, durati
             assert abs(m["roc_auc"] - roc_auc_score(y, sc)) <= 0.005
 
 
-def _assert_readme_queries_run(worker: Worker) -> None:
-    """README's "Questions you can ask", against simulator data that went through the pipeline."""
+def _assert_doc_queries_run(worker: Worker) -> None:
+    """docs/clickhouse.md's "Questions you can ask", against simulator data that went through the pipeline."""
     from test_queries import doc_queries
 
     empty = []
