@@ -24,10 +24,11 @@ from typing import Any
 
 from bench.common import Progress, machine_info
 from bench.report import evaluate, render
+from bench.retained import measure_retained
 from bench.scenarios import QUIX_PY, Bench
 
-ALL = ("1", "2", "3", "4", "5", "latency", "sdk", "quix", "naive")
-SMOKE = ("1", "2", "5", "sdk", "quix", "naive")  # < 60 s: each worker start costs ~6 s
+ALL = ("1", "2", "3", "4", "5", "latency", "sdk", "retained", "quix", "naive")
+SMOKE = ("1", "2", "5", "sdk", "retained", "quix", "naive")  # < 60 s: each worker start costs ~6 s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": ("latency", lambda: b.latency(300.0 if a.smoke else 1000.0, a.latency_duration,
                                                   a.latency_duration / 2)),
         "sdk": ("sdk", lambda: b.sdk(a.sdk_calls)),
+        "retained": ("retained", measure_retained),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),
     }

@@ -106,7 +106,7 @@ _ZLIB = b"\x78"  # the first byte of a zlib stream; a JSON record starts with "{
 
 def encode_window_record(partition: int, mw: MergedWindow) -> bytes:
     """A ``w:`` record: zlib-compressed JSON (~4x smaller: a week of windows is kept)."""
-    return zlib.compress(orjson.dumps({"partition": partition, "w": mw.to_state()}), 1)
+    return zlib.compress(orjson.dumps({"partition": partition, "w": mw.to_state()}), 6)
 
 
 def decode_window_record(raw: bytes) -> dict[str, Any]:
