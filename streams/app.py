@@ -169,10 +169,12 @@ class DriftlineApp:
             **aiokafka_security(s.kafka),
         )
         t = self.topics
-        inputs = app.topic(t["predictions"], t["labels"])
+        # The repartition topic carries records that arrived on the wrong partition, forwarded
+        # to the partition that owns their prediction id (``PartitionProcessor._reroute``).
+        inputs = app.topic(t["predictions"], t["labels"], t["repartition"])
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
         self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
-                                                          "comparisons")}
+                                                          "comparisons", "repartition")}
         options = ROCKSDB_OPTIONS if s.store.startswith("rocksdb") else None
         self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
                                     options=options)
@@ -200,7 +202,7 @@ class DriftlineApp:
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models, max_segment_values=s.max_segment_values,
                 store_get=faust_compat.raw_store(table).get, references=self.references,
-                topics={"prediction": self.topics["predictions"], "label": self.topics["labels"]},
+                topics=self._input_kinds_by_name(inverse=True), partitions=s.partitions,
             )
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
@@ -274,7 +276,7 @@ class DriftlineApp:
             os._exit(70)
 
     async def _join_batch(self, events: Any) -> None:
-        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        kinds = self._input_kinds_by_name()
         by_partition: dict[int, list[Message]] = {}
         for ev in events:
             m = ev.message
@@ -350,6 +352,12 @@ class DriftlineApp:
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
         await self._apply_joins([(proc, res)])
 
+    def _input_kinds_by_name(self, inverse: bool = False) -> dict[str, str]:
+        """Input topic name -> the message kind the join stage reads it as (or the inverse)."""
+        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label",
+                 self.topics["repartition"]: "forwarded"}
+        return {v: k for k, v in kinds.items()} if inverse else kinds
+
     async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
         """Apply processed batches of several partitions, in the order that makes each exactly-once.
 
@@ -366,12 +374,14 @@ class DriftlineApp:
             # deduplicated downstream by prediction_id), never loses them.
             for dlq_key, rec in res.dlq:
                 await self.out["dlq"].send(key=dlq_key, value=orjson.dumps(rec))
+            for target, key, wrapped in res.forwards:
+                await self.out["repartition"].send(key=key, value=wrapped, partition=target)
             # Outcomes leave as envelopes, like the input: one Kafka message per event would
             # cost more than the rest of the event's processing (faust's per-message cost).
             for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
                 chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
                 await self.out["outcomes"].send(value=orjson.dumps({"events": chunk}), partition=p)
-            sent = sent or bool(res.dlq or res.outcomes)
+            sent = sent or bool(res.dlq or res.outcomes or res.forwards)
         if sent:
             await producer.flush()
         for proc, res in steps:
@@ -578,7 +588,7 @@ class DriftlineApp:
     def _caught_up(self, partition: int) -> bool:
         """Whether this worker has read every record of ``partition`` of both input topics."""
         consumer = self.app.consumer
-        for topic in (self.topics["predictions"], self.topics["labels"]):
+        for topic in (self.topics["predictions"], self.topics["labels"], self.topics["repartition"]):
             tp = TP(topic, partition)
             try:
                 high = consumer.highwater(tp)
@@ -648,7 +658,7 @@ class DriftlineApp:
         re-applies them once (the join skips offsets it applied; the merge skips partial ids).
         """
         consumer = self.app.consumer
-        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        kinds = self._input_kinds_by_name()
         rewinds: dict[Any, int] = {}
         for tp in consumer.assignment():
             if tp.topic in kinds:

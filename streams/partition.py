@@ -66,6 +66,7 @@ from driftline.schemas.messages import (
     make_outcome,
     segment_string,
 )
+from driftline.schemas.partitioning import partitions_for
 from driftline.streams.eventtime import EventClock
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.pending import (
@@ -87,7 +88,7 @@ MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this
 
 @dataclass
 class Message:
-    kind: str  # "prediction" | "label"
+    kind: str  # "prediction" | "label" | "forwarded" (from the repartition topic)
     topic: str
     partition: int
     offset: int
@@ -104,6 +105,27 @@ class BatchResult:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     partials: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # Misrouted input for the repartition topic: (target partition, key, wrapped value).
+    forwards: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
+
+
+def wrap_forward(kind: str, partition: int, offset: int, value: bytes) -> bytes:
+    """A repartition-topic value: the original message's kind, partition, offset and value.
+
+    >>> unwrap_forward(wrap_forward("label", 3, 42, b'{"prediction_id": "a"}'))
+    ('label', 3, 42, b'{"prediction_id": "a"}')
+    """
+    return b"%s\x00%d\x00%d\x00%s" % (kind.encode(), partition, offset, value)
+
+
+def unwrap_forward(raw: bytes | None) -> tuple[str, int, int, bytes] | None:
+    """Inverse of :func:`wrap_forward` (a JSON value never holds a raw NUL); None if malformed."""
+    try:
+        kind, partition, offset, value = (raw or b"").split(b"\x00", 3)
+        k = kind.decode()
+        return (k, int(partition), int(offset), value) if k in ("prediction", "label") else None
+    except ValueError:
+        return None
 
 
 class PartitionProcessor:
@@ -125,8 +147,12 @@ class PartitionProcessor:
         clock: Callable[[], float] = time.time,
         references: dict[str, Profile] | None = None,
         topics: Mapping[str, str] | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.partition = partition
+        # The input topics' partition count: each record's partition is checked against
+        # murmur2(prediction_id) for it, and a misrouted record is forwarded (None: no check).
+        self.partitions = partitions
         # kind -> the topic its applied offsets are of; recorded so that another deployment's
         # state is refused instead of resumed (``driftline.streams.statecheck``).
         self.topics = dict(topics) if topics is not None else None
@@ -148,7 +174,10 @@ class PartitionProcessor:
         self._own = b"[%d," % partition
         self.clock = clock
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
-        self.applied: dict[str, int] = {"prediction": -1, "label": -1}
+        self.applied: dict[str, int] = {"prediction": -1, "label": -1, "forwarded": -1}
+        # The last origin offset applied per "<kind>:<origin partition>" of forwarded records: a
+        # record forwarded again after its sender's crash is applied once.
+        self.forward_applied: dict[str, int] = {}
         self.eventtime = EventClock(window_seconds, allowed_lateness, clock)
         # The last window boundary reported per (model, version) (not persisted: a repeat after
         # a restart is harmless, the merge stage keeps the furthest).
@@ -183,6 +212,7 @@ class PartitionProcessor:
             {
                 "topics": self.topics,
                 "applied": self.applied,
+                "forward_applied": self.forward_applied,
                 "watermarks": self.eventtime.to_state(),
                 "windows": self._open_window_states(),
                 "late": {k.encode(): w.to_state() for k, w in self.late.items()},
@@ -228,7 +258,8 @@ class PartitionProcessor:
         d = orjson.loads(raw)
         if self.topics is not None:
             check_topics(d.get("topics"), self.topics, f"join partition {self.partition}")
-        self.applied = d["applied"]
+        self.applied = {"forwarded": -1, **d["applied"]}
+        self.forward_applied = d.get("forward_applied", {})
         self.eventtime.load_state(d.get("watermarks"))
         self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
         self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
@@ -273,15 +304,14 @@ class PartitionProcessor:
         self._gbuf: dict[WindowPartial, tuple[tuple[str, ...], list[dict[str, str]], list[int], list[int]]] = {}
         self.last_activity = self.clock()
         self.input_seen = True
-        for msg in messages:
-            if msg.offset <= self.applied[msg.kind]:
-                self._count("replayed_skipped")
-                continue
-            self.applied[msg.kind] = msg.offset
-            self._count(f"messages_{msg.kind}")
-            events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
-            for rej, raw in rejections:
-                self._dead_letter(msg, rej, raw)
+        batch = [d for msg in messages if (d := self._decode(msg)) is not None]
+        owners = self._owners(batch)
+        at = 0
+        for msg, events, forwarded in batch:
+            mine = owners[at : at + len(events)] if owners is not None else None
+            at += len(events)
+            if mine is not None and not (mine == self.partition).all():
+                events = self._reroute(msg, events, mine, forwarded)
             for ev in events:
                 try:
                     if msg.kind == "prediction":
@@ -296,6 +326,60 @@ class PartitionProcessor:
         self._compact_expiry()
         self._close_windows(force=False)
         return self._finish()
+
+    def _decode(self, msg: Message) -> tuple[Message, list[Any], bool] | None:
+        """A message's events (its rejections go to the dead-letter topic), or None to skip it.
+
+        A forwarded record comes back as its original message, with this partition's own
+        position on the repartition topic as its identity (``-1 - offset``: waiting records
+        are tagged by partition and offset, and must read as this partition's).
+        """
+        if msg.offset <= self.applied[msg.kind]:
+            self._count("replayed_skipped")
+            return None
+        self.applied[msg.kind] = msg.offset
+        self._count(f"messages_{msg.kind}")
+        if msg.kind == "forwarded":
+            origin = unwrap_forward(msg.value)
+            if origin is None:  # only workers write the internal topic: nothing to dead-letter
+                self._count("forwarded_malformed")
+                return None
+            kind, from_partition, from_offset, value = origin
+            source = f"{kind}:{from_partition}"
+            if from_offset <= self.forward_applied.get(source, -1):
+                self._count("forwarded_duplicates")
+                return None
+            self.forward_applied[source] = from_offset
+            events, _ = decode_message(value, kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+            return Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value), events, True
+        events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+        for rej, raw in rejections:
+            self._dead_letter(msg, rej, raw)
+        return msg, events, False
+
+    def _owners(self, batch: list[tuple[Message, list[Any], bool]]) -> np.ndarray | None:
+        """The partition each event of the batch belongs to (murmur2 of its prediction id)."""
+        if self.partitions is None:
+            return None
+        ids = [ev.prediction_id.encode() for _, events, _ in batch for ev in events]
+        return partitions_for(ids, self.partitions)
+
+    def _reroute(self, msg: Message, events: list[Any], owners: np.ndarray, forwarded: bool) -> list[Any]:
+        """Forward a message holding other partitions' events to them; return this partition's.
+
+        The whole message goes to each partition that owns one of its events, through the
+        repartition topic; each keeps its own events. Forwards are a batch effect, sent before
+        the partition record marks the message applied (``driftline.streams.app``).
+        """
+        own = owners == self.partition
+        if forwarded:  # a message forwarded to several partitions: the others' events are theirs
+            return [ev for ev, keep in zip(events, own, strict=True) if keep]
+        reason = "no_key" if msg.key is None and len(events) == 1 else "wrong_partition"
+        self._count(f"rerouted_{msg.kind}s_{reason}", int((~own).sum()))
+        wrapped = wrap_forward(msg.kind, msg.partition, msg.offset, msg.value or b"")
+        for target in sorted(set(owners[~own].tolist())):
+            self._res.forwards.append((int(target), msg.key, wrapped))
+        return [ev for ev, keep in zip(events, own, strict=True) if keep]
 
     def _flush_buffers(self) -> None:
         """Apply the batch's buffered window updates: one numpy call per series, not per

@@ -19,7 +19,7 @@ from typing import Any
 
 from driftline.streams.models import load_models_config
 from driftline.streams.settings import Settings
-from driftline.streams.topics import create_topics, topic_names
+from driftline.streams.topics import TopicError, create_topics, input_partitions, topic_names
 
 log = logging.getLogger("driftline.worker")
 
@@ -101,8 +101,18 @@ def run_worker(settings: Settings) -> int:
 
     if settings.store.startswith("rocksdb"):
         _reset_local_tables(settings)
-    names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
-                          client_config=dict(settings.kafka))
+    try:
+        names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
+                              client_config=dict(settings.kafka))
+        # The inputs' actual partition count decides where each prediction id belongs: it is
+        # what every record's partition is checked against (misrouted records are forwarded).
+        partitions = input_partitions(settings.bootstrap, settings.topic_prefix, dict(settings.kafka))
+    except TopicError as exc:
+        log.critical("topics refused: %s", exc)
+        return 78  # EX_CONFIG
+    if partitions != settings.partitions:
+        log.info("input topics have their own partition count", extra={"partitions": partitions})
+        settings = settings.with_overrides(partitions=partitions)
     log.info("worker starting", extra={"settings": settings.redacted(), "topics": names})
     runner, query = build_sink(settings)
     dl = DriftlineApp(settings, models, sink=runner, query=query)
