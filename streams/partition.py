@@ -41,7 +41,6 @@ runs on them (docs/beyond-accuracy.md, "Ranking and recommendation").
 
 from __future__ import annotations
 
-import bisect
 import functools
 import math
 import time
@@ -62,11 +61,10 @@ from driftline.schemas.codec import decode_message
 from driftline.schemas.events import Label, Prediction, Rejection, binary_label
 from driftline.schemas.messages import (
     make_dead_letter,
-    make_drift_event,
     make_outcome,
     segment_string,
 )
-from driftline.schemas.partitioning import partitions_for
+from driftline.streams.detectorfeed import DetectorFeed
 from driftline.streams.eventtime import EventClock
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.pending import (
@@ -76,6 +74,7 @@ from driftline.streams.pending import (
     encode_label,
     encode_prediction,
 )
+from driftline.streams.reroute import owners, reason, unwrap_forward, wrap_forward
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
@@ -107,25 +106,6 @@ class BatchResult:
     counters: dict[str, int] = field(default_factory=dict)
     # Misrouted input for the repartition topic: (target partition, key, wrapped value).
     forwards: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
-
-
-def wrap_forward(kind: str, partition: int, offset: int, value: bytes) -> bytes:
-    """A repartition-topic value: the original message's kind, partition, offset and value.
-
-    >>> unwrap_forward(wrap_forward("label", 3, 42, b'{"prediction_id": "a"}'))
-    ('label', 3, 42, b'{"prediction_id": "a"}')
-    """
-    return b"%s\x00%d\x00%d\x00%s" % (kind.encode(), partition, offset, value)
-
-
-def unwrap_forward(raw: bytes | None) -> tuple[str, int, int, bytes] | None:
-    """Inverse of :func:`wrap_forward` (a JSON value never holds a raw NUL); None if malformed."""
-    try:
-        kind, partition, offset, value = (raw or b"").split(b"\x00", 3)
-        k = kind.decode()
-        return (k, int(partition), int(offset), value) if k in ("prediction", "label") else None
-    except ValueError:
-        return None
 
 
 class PartitionProcessor:
@@ -182,13 +162,9 @@ class PartitionProcessor:
         # The last window boundary reported per (model, version) (not persisted: a repeat after
         # a restart is harmless, the merge stage keeps the furthest).
         self._progress_sent: dict[tuple[str, str], float] = {}
-        # Joined outcomes waiting to be fed to their detectors in event-time order (see
-        # ``_run_detectors``): (model, version) -> [task, [(time, prediction_id, error, prediction ts)]].
-        self.detector_queue: dict[tuple[str, str], list[Any]] = {}
         self.windows: dict[SeriesKey, WindowPartial] = {}
         self.late: dict[SeriesKey, WindowPartial] = {}
-        self.banks: dict[tuple[str, str], DetectorBank] = {}
-        self.policies: dict[tuple[str, str], AlarmPolicy] = {}
+        self.detectors = DetectorFeed(models, partition, window_seconds, max_models, self._count)
         self.tasks: dict[str, str] = {}
         self.outbox: list[dict[str, Any]] = []
         self.seq = 0
@@ -216,10 +192,8 @@ class PartitionProcessor:
                 "watermarks": self.eventtime.to_state(),
                 "windows": self._open_window_states(),
                 "late": {k.encode(): w.to_state() for k, w in self.late.items()},
-                "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
-                "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
+                **self.detectors.to_state(),
                 "tasks": self.tasks,
-                "detector_queue": [[m, v, q[0], q[1]] for (m, v), q in self.detector_queue.items() if q[1]],
                 "segment_values": self._segment_values_state(),
                 "outbox": self.outbox,
                 "seq": self.seq,
@@ -263,11 +237,8 @@ class PartitionProcessor:
         self.eventtime.load_state(d.get("watermarks"))
         self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
         self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
-        self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
-        self.policies = {tuple(k.split("\x1f")): AlarmPolicy.from_state(v) for k, v in d["policies"].items()}  # type: ignore[misc]
+        self.detectors.load_state(d)
         self.tasks = d["tasks"]
-        self.detector_queue = {(m, v): [task, [tuple(e) for e in entries]]
-                               for m, v, task, entries in d.get("detector_queue", [])}
         self.segment_values = {k: set(v) for k, v in d.get("segment_values", {}).items()}
         self.outbox = d["outbox"]
         self.seq = d["seq"]
@@ -358,11 +329,10 @@ class PartitionProcessor:
         return msg, events, False
 
     def _owners(self, batch: list[tuple[Message, list[Any], bool]]) -> np.ndarray | None:
-        """The partition each event of the batch belongs to (murmur2 of its prediction id)."""
+        """The partition each event of the batch belongs to (``driftline.streams.reroute``)."""
         if self.partitions is None:
             return None
-        ids = [ev.prediction_id.encode() for _, events, _ in batch for ev in events]
-        return partitions_for(ids, self.partitions)
+        return owners([ev for _, events, _ in batch for ev in events], self.partitions)
 
     def _reroute(self, msg: Message, events: list[Any], owners: np.ndarray, forwarded: bool) -> list[Any]:
         """Forward a message holding other partitions' events to them; return this partition's.
@@ -374,8 +344,7 @@ class PartitionProcessor:
         own = owners == self.partition
         if forwarded:  # a message forwarded to several partitions: the others' events are theirs
             return [ev for ev, keep in zip(events, own, strict=True) if keep]
-        reason = "no_key" if msg.key is None and len(events) == 1 else "wrong_partition"
-        self._count(f"rerouted_{msg.kind}s_{reason}", int((~own).sum()))
+        self._count(f"rerouted_{msg.kind}s_{reason(msg.key, len(events))}", int((~own).sum()))
         wrapped = wrap_forward(msg.kind, msg.partition, msg.offset, msg.value or b"")
         for target in sorted(set(owners[~own].tolist())):
             self._res.forwards.append((int(target), msg.key, wrapped))
@@ -455,6 +424,14 @@ class PartitionProcessor:
         res.partials = list(self.outbox)
         res.state = self.dump_state()
         return res
+
+    @property
+    def banks(self) -> dict[tuple[str, str], DetectorBank]:
+        return self.detectors.banks
+
+    @property
+    def policies(self) -> dict[tuple[str, str], AlarmPolicy]:
+        return self.detectors.policies
 
     def _count(self, name: str, n: int = 1) -> None:
         c = self._res.counters
@@ -735,68 +712,16 @@ class PartitionProcessor:
             self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 
     def _run_detectors(self, force: bool = False) -> None:
-        """Feed the detectors the joined outcomes that are settled, in event-time order.
-
-        A detector is order-sensitive, and the order in which joins complete depends on how
-        the predictions and labels topics interleave in a batch: a backlog, a pause or a crash
-        would change detection points. So outcomes queue per (model, version) and are fed
-        sorted by (outcome time = the later of prediction and label time, prediction id) once
-        both the model's predictions and the partition's labels have moved the allowed
-        lateness past them (``EventClock.settled_through``), or all of them when the
-        partition is idle (``force``). The queue is in the partition record: its size is the
-        outcomes of the last ``allowed_lateness`` seconds. An outcome later than that is fed
-        at once, after those already fed.
-        """
+        """Queue the batch's joins for the detectors; feed the settled ones (``DetectorFeed``)."""
         for (model, version), joined in self._joins.items():
-            queue = self.detector_queue.get((model, version))
-            if queue is None:
-                queue = self.detector_queue[(model, version)] = [joined[0][0].task, []]
-            queue[1].extend((max(p.timestamp, lab.timestamp), p.prediction_id, err, p.timestamp)
-                            for p, lab, err in joined)
-        for (model, version), queue in self.detector_queue.items():
-            entries = queue[1]
-            if not entries:
-                continue
-            cutoff = math.inf if force else self.eventtime.settled_through(model, version)
-            entries.sort()
-            n = len(entries) if cutoff == math.inf else bisect.bisect_right(entries, (cutoff, "\U0010ffff"))
-            if n:
-                queue[1] = entries[n:]
-                self._feed_detectors(model, version, queue[0], entries[:n])
-
-    def _feed_detectors(self, model: str, version: str, task: str,
-                    joined: list[tuple[float, str, float, float]]) -> None:
-        cfg = self.models.for_model(model) or self.models.defaults
-        bank = self.banks.get((model, version))
-        if bank is None:
-            det_cfg = {k: dict(v) for k, v in cfg.detectors.items() if task != "regression" or k == "adwin"}
-            if not det_cfg:  # no detector applies (``detectors: {}``, or a regressor without ADWIN)
-                return
-            if len(self.banks) >= self.max_models:  # joined and windowed, not watched by detectors
-                self._count("models_overflow", len(joined))
-                return
-            bank = self.banks[(model, version)] = DetectorBank(det_cfg)
-            self.policies[(model, version)] = AlarmPolicy(corroboration_window=cfg.corroboration_window, ddm_warmup=cfg.ddm_warmup,
-                                                              warning_alerts=cfg.detector_warning_alerts)
-        start = bank.n
-        alarms = bank.update_many(np.array([e for _, _, e, _ in joined], dtype=float))
-        decisions = self.policies[(model, version)].decide((model, version), alarms)
-        for d in decisions:
-            a = d.alarm
-            severity = d.severity
-            outcome_time, _, _, prediction_ts = joined[a.position - start]
-            ws = window_start(prediction_ts, self.window_seconds)
-            event = make_drift_event(
-                model_id=model, model_version=version, partition=self.partition, detector=a.detector,
-                kind=a.kind, direction=a.direction, position=a.position, window_start=ws,
-                window_end=ws + self.window_seconds, detected_at=outcome_time,
-                params=dict(bank.config.get(a.detector, {})), estimate_before=a.estimate_before,
-                estimate_after=a.estimate_after,
-            )
-            self._count(f"detector_{a.detector}_{a.kind}")
+            self.detectors.add(model, version, joined[0][0].task,
+                               [(max(p.timestamp, lab.timestamp), p.prediction_id, err, p.timestamp)
+                                for p, lab, err in joined])
+        for alarm in self.detectors.release(self.eventtime.settled_through, force):
             self.seq += 1
-            self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": model,
-                                "drift_event": dict(event), "severity": severity, "reason": d.reason})
+            self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": alarm.model_id,
+                                "drift_event": alarm.drift_event, "severity": alarm.severity,
+                                "reason": alarm.reason})
 
     def _expire(self) -> None:
         # By the partition's furthest progress: the expiry index is one for all models.
