@@ -9,13 +9,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.server
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from driftline.schemas.messages import make_alert
 from driftline.sinks.alertmanager import AlertmanagerTarget, alert_labels, rfc3339, to_alertmanager
@@ -206,3 +210,24 @@ def test_settings_validate_and_redact_delivery_urls() -> None:
         Settings(alertmanager_url="am1:9093")
     with pytest.raises(ValueError, match="alert_repost_seconds"):
         Settings(alert_repost_seconds=0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool comes with prometheus-alertmanager")
+def test_the_compose_alertmanager_config_is_valid_and_wired() -> None:
+    config = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    check = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    am = compose["services"]["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager")
+    assert f"./deploy/alertmanager/alertmanager.yml:{_flag(am['command'], '--config.file')}:ro" in am["volumes"]
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["DRIFTLINE_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    assert "alertmanager" in worker["depends_on"]
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in argv if a.startswith(name + "="))
