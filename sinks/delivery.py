@@ -16,6 +16,7 @@ Kafka, not memory, holds what waits.
 from __future__ import annotations
 
 import collections
+import http.client
 import logging
 import threading
 import time
@@ -66,6 +67,12 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeliveryError(f"{type(exc).__name__}: {reason}") from None
+    except http.client.InvalidURL:
+        raise DeliveryError("invalid URL", retryable=False) from None  # its text would show the URL
+    except http.client.HTTPException as exc:  # a broken answer: the next attempt may get a good one
+        raise DeliveryError(f"{type(exc).__name__}") from None
+    except ValueError as exc:  # urllib's "unknown url type" and the like quote the URL too
+        raise DeliveryError(f"{type(exc).__name__} in the request", retryable=False) from None
 
 
 @dataclass

@@ -257,3 +257,44 @@ def test_delivery_rides_out_targets_that_are_down(bootstrap: str, topic_prefix: 
     finally:
         worker.stop()
         am.stop()
+
+
+def test_two_runners_share_the_partitions_and_one_takes_over(bootstrap: str, topics: dict[str, str],
+                                                             alertmanager: LocalAlertmanager,
+                                                             receiver: Receiver) -> None:
+    topic, group = topics["alerts"], f"{topics['alerts']}-shared"
+    now = time.time() - 60
+
+    def transitions(status: str) -> list[bytes]:  # eight models: keys spread over the 4 partitions
+        return [orjson.dumps(make_alert(
+            status=status, severity="warning", kind="volume", rule="volume_drop", model_id=f"m{i}",  # type: ignore[arg-type]
+            model_version="v1", segment="", metric="prediction_count", value=1.0, threshold=10.0,
+            window_start=now - 10, window_end=now, detected_at=now + (0 if status == "firing" else 5),
+            incident_start=now, message=f"m{i} {status}", emitted_at=now)) for i in range(8)]
+
+    def produce(values: list[bytes]) -> None:
+        p = Producer({"bootstrap.servers": bootstrap})
+        for v in values:
+            p.produce(topic, key=orjson.loads(v)["model_id"].encode(), value=v)
+        assert p.flush(10) == 0
+
+    r1 = _runner(bootstrap, topic, alertmanager, receiver, group)
+    r2 = _runner(bootstrap, topic, alertmanager, receiver, group)
+    try:
+        _wait(lambda: r1.stats()["assigned"] + r2.stats()["assigned"] == 4 and r1.stats()["assigned"] > 0
+              and r2.stats()["assigned"] > 0, 30, "the partitions shared")
+        produce(transitions("firing"))
+        receiver.wait("/hook", lambda ps: len(ps) >= 8, 20, "eight firing")
+        _wait(lambda: len(alertmanager.alerts()) == 8, 10, "eight active")
+        r2.stop()  # r1 takes over r2's partitions, rebuilding them from the topic
+        _wait(lambda: r1.stats()["assigned"] == 4 and r1.stats()["rebuilding"] == 0, 30, "the take-over")
+        assert r1.stats()["firing"] == 8
+        produce(transitions("resolved"))
+        receiver.wait("/hook", lambda ps: len(ps) >= 16, 20, "eight resolved")
+        time.sleep(1.5)
+        ids = [_verify(p)["alert_id"] for p in receiver.at("/hook")]
+        assert len(ids) == 16 and len(set(ids)) == 16  # each transition once, across both runners
+        _wait(lambda: alertmanager.alerts() == [], 10, "all resolved in Alertmanager")
+    finally:
+        r1.stop()
+        r2.stop()
