@@ -43,6 +43,13 @@ Guarantees
   at its lease) until its resolve arrives, which is still delivered.
 * Logs and metric labels name a target by host and port only: never a URL path, user info or
   the webhook secret.
+
+Why not a :class:`driftline.sinks.runner.SinkRunner` with a sink: a sink writes a batch in one
+synchronous call and a failure retries the whole batch, so one target that is down would hold
+back (and make repeat) the others; here each target progresses on its own and an offset is
+committed once all of them have finished it. A sink also starts a partition where its
+destination says it stopped; delivery has to read the partition from its beginning, without
+delivering, to know which alerts are still firing.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from driftline.sinks.alertmanager import AlertmanagerTarget
 from driftline.sinks.delivery import Job, Sender
+from driftline.sinks.runner import consumer_config
 from driftline.sinks.webhook import WebhookTarget
 
 log = logging.getLogger(__name__)
@@ -124,15 +132,7 @@ class AlertDeliveryRunner:
         self._am = [Sender(t, self._done, **kw) for t in alertmanagers]
         self._hook = Sender(webhook, self._done, **kw) if webhook is not None else None
         self.senders = [*self._am, *([self._hook] if self._hook else [])]
-        self.config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,  # Tansu: the 45 s default makes a join take ~23 s
-            "enable.partition.eof": False,
-            **(client_config or {}),
-        }
+        self.config = consumer_config(bootstrap, group_id, client_config)
         self._lock = threading.Lock()
         self._parts: dict[TP, _Partition] = {}
         self._epoch = 0
