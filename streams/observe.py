@@ -69,6 +69,8 @@ class AlertDeliveryCollector:
             queued.add_metric([target], t.get("queued", 0))
         yield deliveries
         yield queued
+        yield GaugeMetricFamily("driftline_alert_delivery_up", "1 while the alert delivery consumer runs (0: it "
+                                "stopped on an error, see the log)", value=1 if st["running"] else 0)
         yield GaugeMetricFamily("driftline_alert_delivery_partitions", "Alerts-topic partitions this worker delivers",
                                 value=st["assigned"])
         yield GaugeMetricFamily("driftline_alert_delivery_firing", "Firing alerts of those partitions (re-posted)",

@@ -249,6 +249,7 @@ def test_delivery_rides_out_targets_that_are_down(bootstrap: str, topic_prefix: 
         am.start()  # Alertmanager comes up: the retried post (or the next re-post) gets through
         _wait(lambda: am.alerts(), 30, "the alert in Alertmanager")
         worker.wait_for(lambda: _delivered(worker, am_target, "delivered") >= 1, 10, "counted as delivered")
+        assert _metrics(worker)["driftline_alert_delivery_up"] == 1
         assert _delivered(worker, hook_target, "delivered") == 1 and _delivered(worker, hook_target, "dropped") == 0
         log = worker.log()
         assert "alert delivery to" in log  # the failures were logged ...
