@@ -80,7 +80,7 @@ def build_alert_delivery(settings: Settings) -> Any:
                           timeout=settings.alert_delivery_timeout) if settings.alert_webhook_url else None)
     runner = AlertDeliveryRunner(
         settings.bootstrap, topic_names(settings.topic_prefix)["alerts"], alertmanagers=ams, webhook=hook,
-        group_id=f"{settings.app_id}-alerts", repost_seconds=settings.alert_repost_seconds,
+        group_id=f"{settings.application_id}-alerts", repost_seconds=settings.alert_repost_seconds,
         max_attempts=settings.alert_delivery_attempts, max_queue=settings.alert_delivery_queue,
         client_config=dict(settings.kafka))
     return runner.start()
