@@ -227,27 +227,16 @@ class AlertDeliveryRunner:
         if live and not st.rebuilt:
             self._mark_rebuilt(key, st)  # a gap in the offsets jumped past the last replayed one
         alert = _decode(raw)
-        if alert is None:
-            with self._lock:
-                self._counts["undecodable"] += 1
-                if live:
-                    st.next_offset = off + 1
-            log.error("undecodable alert at %s[%d]@%d skipped", key[0], key[1], off)
-            return
+        duplicate, opened = False, None
         with self._lock:
-            duplicate = alert["alert_id"] in st.seen
-            st.seen[alert["alert_id"]] = None
-            st.seen.move_to_end(alert["alert_id"])
-            while len(st.seen) > self.seen_limit:
-                st.seen.popitem(last=False)
-            incident = alert["incident_id"]
-            opened = None
-            if alert["status"] == "firing":
-                st.firing[incident] = alert
-            else:
-                opened = st.firing.pop(incident, None)
             if live:
                 st.next_offset = off + 1
+            if alert is None:
+                self._counts["undecodable"] += 1
+            else:
+                duplicate, opened = self._apply(st, alert)
+        if alert is None:
+            log.error("undecodable alert at %s[%d]@%d skipped", key[0], key[1], off)
         if not live:
             if off >= st.deliver_from - 1:
                 self._mark_rebuilt(key, st)
@@ -255,8 +244,26 @@ class AlertDeliveryRunner:
         if duplicate:
             with self._lock:
                 self._counts["duplicates"] += 1
-            return
-        self._deliver(key, off, st, alert, opened, raw)
+        elif alert is not None:
+            self._deliver(key, off, st, alert, opened, raw)
+
+    def _apply(self, st: _Partition, alert: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """Record a transition in the partition's state: ``(duplicate, the firing alert it resolves)``.
+
+        A transition already seen changes nothing: a repeated firing must not bring back an
+        incident that has resolved since.
+        """
+        aid = alert["alert_id"]
+        if aid in st.seen:
+            st.seen.move_to_end(aid)
+            return True, None
+        st.seen[aid] = None
+        while len(st.seen) > self.seen_limit:
+            st.seen.popitem(last=False)
+        if alert["status"] == "firing":
+            st.firing[alert["incident_id"]] = alert
+            return False, None
+        return False, st.firing.pop(alert["incident_id"], None)
 
     def _deliver(self, key: TP, off: int, st: _Partition, alert: dict[str, Any],
                  opened: dict[str, Any] | None, raw: bytes) -> None:

@@ -108,8 +108,9 @@ def test_runner_delivers_each_transition_once_across_a_restart(bootstrap: str, t
     finally:
         runner.stop()
 
-    # While no runner runs: A resolves, and B's firing lands on the topic a second time.
-    _produce(bootstrap, topic, [_transition("resolved", "a_min", now), fire_b])
+    # While no runner runs: A resolves, and both firings land on the topic a second time (the
+    # pipeline is at least once): neither is delivered again, and A must stay resolved.
+    _produce(bootstrap, topic, [_transition("resolved", "a_min", now), fire_b, fire_a])
     time.sleep(1.0)  # Alertmanager's clock must move for endsAt to differ
     runner = _runner(bootstrap, topic, alertmanager, receiver, group)
     try:
@@ -120,7 +121,7 @@ def test_runner_delivers_each_transition_once_across_a_restart(bootstrap: str, t
         assert [(a["rule"], a["status"]) for a in alerts] == [("a_min", "firing"), ("b_min", "firing"),
                                                               ("a_min", "resolved")]
         assert hooks[0].body == fire_a  # the message exactly as on the topic
-        assert runner.stats()["duplicates"] == 1
+        assert runner.stats()["duplicates"] == 2 and runner.stats()["firing"] == 1
         # B is still firing: the new owner re-posted it after rebuilding (a fresh lease) ...
         active = _wait(lambda: [a for a in alertmanager.alerts() if a["endsAt"] != ends_before["b_min"]],
                        10, "B re-posted")
