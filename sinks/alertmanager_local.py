@@ -110,3 +110,9 @@ class LocalAlertmanager:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def __del__(self) -> None:
+        # Never leave an orphan Alertmanager behind if the owner forgot stop().
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
