@@ -41,7 +41,6 @@ runs on them (docs/beyond-accuracy.md, "Ranking and recommendation").
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import OrderedDict
@@ -62,7 +61,6 @@ from driftline.schemas.events import Label, Prediction, Rejection, binary_label
 from driftline.schemas.messages import (
     make_dead_letter,
     make_outcome,
-    segment_string,
 )
 from driftline.streams.detectorfeed import DetectorFeed
 from driftline.streams.eventtime import EventClock
@@ -75,11 +73,10 @@ from driftline.streams.pending import (
     encode_prediction,
 )
 from driftline.streams.reroute import owners, reason, unwrap_forward, wrap_forward
+from driftline.streams.series import SeriesTables
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
-#: The value a segment key takes once it has shown ``max_segment_values`` others on a partition.
-OVERFLOW_SEGMENT = "__other__"
 EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
 RECENT_JOINED = 50_000  # ids remembered to tell a second label from an unknown one
 MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this many more entries than records
@@ -141,12 +138,7 @@ class PartitionProcessor:
         self.allowed_lateness = allowed_lateness
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
-        self.max_series = max_series  # open window series (model, version, segment, window) per table
-        self.max_models = max_models
-        # Distinct values kept per (model, segment key); further ones count in OVERFLOW_SEGMENT.
-        self.max_segment_values = max_segment_values
-        self.segment_values: dict[str, set[str]] = {}
-        self._segment_state: dict[str, list[str]] | None = None  # serialised once per change  # models with a remembered task; (model, version) detector banks
+        self.max_models = max_models  # models with a remembered task; (model, version) detector banks
         self._get = store_get
         # Waiting records start with their partition (``driftline.streams.pending``). One worker's table
         # holds several partitions' records in one store: this partition reads only its own, as
@@ -162,8 +154,10 @@ class PartitionProcessor:
         # The last window boundary reported per (model, version) (not persisted: a repeat after
         # a restart is harmless, the merge stage keeps the furthest).
         self._progress_sent: dict[tuple[str, str], float] = {}
-        self.windows: dict[SeriesKey, WindowPartial] = {}
-        self.late: dict[SeriesKey, WindowPartial] = {}
+        self.tables = SeriesTables(models, max_series=max_series, max_models=max_models,
+                                   max_segment_values=max_segment_values, count=self._count)
+        self._partial = self.tables.partial
+        self._series = self.tables.series
         self.detectors = DetectorFeed(models, partition, window_seconds, max_models, self._count)
         self.tasks: dict[str, str] = {}
         self.outbox: list[dict[str, Any]] = []
@@ -173,9 +167,6 @@ class PartitionProcessor:
         self.pending_count = 0
         self._compact_at = MIN_EXPIRY_COMPACT
         self.recent_joined: OrderedDict[str, None] = OrderedDict()
-        self._series_cache: dict[tuple[Any, ...], list[SeriesKey]] = {}
-        self._state_cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
-        self._touched: set[WindowPartial] = set()
         self.last_activity = clock()
         self.input_seen = False  # any message read since this processor was created
 
@@ -190,41 +181,14 @@ class PartitionProcessor:
                 "applied": self.applied,
                 "forward_applied": self.forward_applied,
                 "watermarks": self.eventtime.to_state(),
-                "windows": self._open_window_states(),
-                "late": {k.encode(): w.to_state() for k, w in self.late.items()},
+                **self.tables.to_state(),
                 **self.detectors.to_state(),
                 "tasks": self.tasks,
-                "segment_values": self._segment_values_state(),
                 "outbox": self.outbox,
                 "seq": self.seq,
                 "last_deleted": [k.decode() for k in self.last_deleted],
             }
         )
-
-    def _segment_values_state(self) -> dict[str, list[str]]:
-        if self._segment_state is None:
-            self._segment_state = {k: sorted(v) for k, v in self.segment_values.items()}
-        return self._segment_state
-
-    def _open_window_states(self) -> dict[str, Any]:
-        """The open windows' states for the partition record, re-serialised only when changed.
-
-        Every batch writes every open window, but a batch touches few of them; turning an
-        untouched window's sketches and histograms into lists again cost ~15% of the join
-        stage's CPU. A window is touched when ``_partial`` hands it out (all changes go
-        through it); the cache holds the window object itself, so a replaced one never matches.
-        """
-        cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
-        out: dict[str, Any] = {}
-        for k, w in self.windows.items():
-            hit = self._state_cache.get(k)
-            if hit is None or hit[0] is not w or w in self._touched:
-                hit = (w, k.encode(), w.to_state())
-            cache[k] = hit
-            out[hit[1]] = hit[2]
-        self._state_cache = cache
-        self._touched.clear()
-        return out
 
     def load_state(self, raw: bytes | None) -> None:
         if not raw:
@@ -235,11 +199,9 @@ class PartitionProcessor:
         self.applied = {"forwarded": -1, **d["applied"]}
         self.forward_applied = d.get("forward_applied", {})
         self.eventtime.load_state(d.get("watermarks"))
-        self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
-        self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
+        self.tables.load_state(d)
         self.detectors.load_state(d)
         self.tasks = d["tasks"]
-        self.segment_values = {k: set(v) for k, v in d.get("segment_values", {}).items()}
         self.outbox = d["outbox"]
         self.seq = d["seq"]
         self.last_deleted = [k.encode() for k in d["last_deleted"]]
@@ -426,6 +388,20 @@ class PartitionProcessor:
         return res
 
     @property
+    def windows(self) -> dict[SeriesKey, WindowPartial]:
+        """Open windows (``SeriesTables``)."""
+        return self.tables.windows
+
+    @property
+    def late(self) -> dict[SeriesKey, WindowPartial]:
+        """Closed windows this batch revises."""
+        return self.tables.late
+
+    @late.setter
+    def late(self, table: dict[SeriesKey, WindowPartial]) -> None:
+        self.tables.late = table
+
+    @property
     def banks(self) -> dict[tuple[str, str], DetectorBank]:
         return self.detectors.banks
 
@@ -465,69 +441,6 @@ class PartitionProcessor:
             else:  # joined and windowed, but its first-seen task is not remembered
                 self._count("models_overflow")
         return cfg
-
-    def _partial(self, table: dict[SeriesKey, WindowPartial], key: SeriesKey, task: str) -> WindowPartial | None:
-        """The partial of ``key``; None (counted) when ``table`` already holds ``max_series``.
-
-        Whole-model series (segment ``""``) have a reserve of ``max_models`` above the cap: a
-        flood of segments never starves a model's own metrics, and a flood of models is still
-        bounded.
-        """
-        w = table.get(key)
-        if w is None:
-            if len(table) >= self.max_series + (0 if key.segment else self.max_models):
-                self._count("series_overflow")
-                return None
-            if task == "ranking":
-                cfg = self.models.for_model(key.model_id) or self.models.defaults
-                w = table[key] = WindowPartial(task, cfg.ranking_k, cfg.catalog_size)
-            else:
-                w = table[key] = WindowPartial(task)
-        self._touched.add(w)  # whoever asks for a partial may change it (see ``dump_state``)
-        return w
-
-    def _series(self, cfg: ModelConfig, p: Prediction, ws: float) -> list[SeriesKey]:
-        """The series an event counts in: the whole model, then one per segmentation.
-
-        Cached per batch: an envelope's events share a handful of (model, window, segment)
-        combinations, and building the keys costs more than the rest of the event.
-        """
-        seg = p.segments
-        values = tuple(seg.get(k, "") for k in _segment_fields(cfg.segment_keys)) if cfg.segment_keys and seg else ()
-        ck = (p.model_id, p.model_version, ws, values)
-        keys = self._series_cache.get(ck)
-        if keys is None:
-            keys = [SeriesKey(p.model_id, p.model_version, "", ws)]
-            if cfg.segment_keys:
-                seg = self._fold_segments(p.model_id, seg or {}, _segment_fields(cfg.segment_keys))
-            for combo in cfg.segment_keys:
-                keys.append(SeriesKey(p.model_id, p.model_version, segment_string(seg, combo.split(",")), ws))
-            if len(self._series_cache) > 100_000:
-                self._series_cache.clear()
-            self._series_cache[ck] = keys
-        return keys
-
-    def _fold_segments(self, model_id: str, seg: dict[str, str], fields: tuple[str, ...]) -> dict[str, str]:
-        """``seg`` with values past ``max_segment_values`` per (model, key) as ``OVERFLOW_SEGMENT``.
-
-        A value once kept stays kept and the set only grows, so a value's fate is decided once,
-        in log order, the same on every delivery (the sets are in the partition record).
-        """
-        out = seg
-        for k in fields:
-            value = seg.get(k, "")
-            seen = self.segment_values.setdefault(f"{model_id}\x1f{k}", set())
-            if value in seen:
-                continue
-            if len(seen) < self.max_segment_values:
-                seen.add(value)
-                self._segment_state = None
-                continue
-            if out is seg:
-                out = dict(seg)
-            out[k] = OVERFLOW_SEGMENT
-            self._count("segment_overflow")
-        return out
 
     def _is_closed(self, p: Prediction, ws: float) -> bool:
         return self.eventtime.is_closed(p.model_id, p.model_version, ws)
@@ -835,12 +748,6 @@ def _exact(data: bytes) -> bytes:
     4 GB instead of ~140 MB. Records in the join table live for the label horizon.
     """
     return bytes(memoryview(data))
-
-
-@functools.lru_cache(maxsize=1024)
-def _segment_fields(segment_keys: tuple[str, ...]) -> tuple[str, ...]:
-    """Every segment field the segmentations read ("a,b" reads a and b)."""
-    return tuple(sorted({k for combo in segment_keys for k in combo.split(",")}))
 
 
 def _binary_truth(label: Any, positive_class: str) -> int:
