@@ -37,6 +37,7 @@ from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
 from driftline.streams import faust_compat
 from driftline.streams.changelog import ChangelogWriter, read_range
+from driftline.streams.commit import apply_join_batches, apply_merge
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
@@ -55,7 +56,6 @@ TICK_SECONDS = 0.25
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
 
 
-OUTCOMES_PER_ENVELOPE = 1000
 APPLY_AT = 50_000  # processed partitions are applied together until they hold this many outcomes + writes
 # A partition's messages of one batch are processed (and applied) in steps of at most this many
 # bytes of labels: a batch of 2,000 label envelopes (a million labels) was one step per
@@ -77,6 +77,38 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+class _StageIO:
+    """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
+    outputs, the stage's table and its changelog writer for state."""
+
+    def __init__(self, owner: DriftlineApp, table_set: Callable[[int, bytes, bytes], None],
+                 table_del: Callable[[int, bytes], None], changelog: Callable[[], ChangelogWriter]) -> None:
+        self.owner = owner
+        self.table_set = table_set
+        self.table_del = table_del
+        self.changelog = changelog
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        await self.owner.out[topic].send(key=key, value=value, partition=partition)
+
+    async def flush_outputs(self) -> None:
+        await self.owner.app.producer.flush()
+
+    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        with faust_compat.partition_context(partition):
+            for key, value in writes:
+                if value is None:
+                    self.table_del(partition, key)
+                else:
+                    self.table_set(partition, key, value)  # the key object the expiry index holds
+
+    async def flush_table(self) -> None:
+        await self.changelog().flush()
+
+    def save_reference(self, profile: Profile) -> None:
+        self.owner._save_reference(profile)
 
 
 class DriftlineApp:
@@ -105,6 +137,8 @@ class DriftlineApp:
         self.mergers: dict[int, WindowMerger] = {}
         self._next_reference_check = 0.0
         self.app = self._build_app()
+        self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
+        self._merge_io = _StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
 
     # ---- construction ----------------------------------------------------------------------
     def _load_references(self) -> dict[str, Profile]:
@@ -174,7 +208,7 @@ class DriftlineApp:
         inputs = app.topic(t["predictions"], t["labels"], t["repartition"])
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
         self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
-                                                          "comparisons", "repartition")}
+                                                          "comparisons", "repartition", "partials")}
         options = ROCKSDB_OPTIONS if s.store.startswith("rocksdb") else None
         self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
                                     options=options)
@@ -359,62 +393,13 @@ class DriftlineApp:
         return {v: k for k, v in kinds.items()} if inverse else kinds
 
     async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
-        """Apply processed batches of several partitions, in the order that makes each exactly-once.
-
-        Per partition the order is that of one: outputs delivered, then the table writes and
-        their changelog durable, then the partials. Doing each stage for every partition at once
-        keeps that order per partition and waits for the broker once per stage.
-        """
-        producer = self.app.producer
-        sent = False
-        for proc, res in steps:
-            p = proc.partition
-            # Delivered before the partition record that marks their input as applied:
-            # a crash in between replays the input and re-sends them (at-least-once,
-            # deduplicated downstream by prediction_id), never loses them.
-            for dlq_key, rec in res.dlq:
-                await self.out["dlq"].send(key=dlq_key, value=orjson.dumps(rec))
-            for target, key, wrapped in res.forwards:
-                await self.out["repartition"].send(key=key, value=wrapped, partition=target)
-            # Outcomes leave as envelopes, like the input: one Kafka message per event would
-            # cost more than the rest of the event's processing (faust's per-message cost).
-            for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
-                chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
-                await self.out["outcomes"].send(value=orjson.dumps({"events": chunk}), partition=p)
-            sent = sent or bool(res.dlq or res.outcomes or res.forwards)
-        if sent:
-            await producer.flush()
-        for proc, res in steps:
-            p = proc.partition
-            with faust_compat.partition_context(p):
-                for set_key, value in res.sets.items():
-                    self._join_set(p, set_key, value)  # the key object the expiry index holds
-                self._join_set(p, proc.state_key(), res.state)
-                for del_key in res.deletes:
-                    self._join_del(p, del_key)
-        # Before the batch's offsets can be committed (and before its partials leave): the
-        # partition record holding an outbox must be durable before the partials leave, or a
-        # replay could reuse their ids for other content.
-        await self.changelog().flush()
-        partials = False
-        # A partition's later step carries its earlier steps' partials too (the outbox empties
-        # only once delivered): send each partition's last.
-        last = {proc.partition: res for proc, res in steps}
+        """Apply processed batches in the one order that makes them exactly-once (``commit``)."""
+        await apply_join_batches(steps, self._join_io)
         for proc, res in steps:
             self.metrics.count(res.counters)
-            if last[proc.partition] is not res:
-                continue
-            for part in res.partials:
-                await self.partials_topic.send(key=part["model_id"].encode(), value=orjson.dumps(part))
-            partials = partials or bool(res.partials)
-        if partials:
-            await producer.flush()
-        for proc, res in steps:
-            if res.partials:
-                proc.outbox_delivered()
-            p = proc.partition
-            self.metrics.pending.labels(partition=str(p)).set(proc.pending_count)
-            self.metrics.open_windows.labels(partition=str(p)).set(len(proc.windows))
+            p = str(proc.partition)
+            self.metrics.pending.labels(partition=p).set(proc.pending_count)
+            self.metrics.open_windows.labels(partition=p).set(len(proc.windows))
 
     # ---- merge stage -------------------------------------------------------------------------
     def _merger(self, partition: int) -> WindowMerger:
@@ -470,33 +455,13 @@ class DriftlineApp:
 
     async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput, *,
                            offsets: bool = False) -> None:
-        # Outputs first, delivered, then the state that records them: a crash in between
-        # re-sends them with the same ids (alert_id, event_id, window revision), never loses them.
-        for m in out.metrics:
-            await self.out["metrics"].send(key=m["model_id"].encode(), value=orjson.dumps(m))
+        """Outputs delivered, then the state that records them (``commit.apply_merge``)."""
+        await apply_merge(partition, merger, out, self._merge_io, offsets=offsets)
         self.metrics.windows_emitted.inc(len(out.metrics))
-        for ev in out.drift_events:
-            await self.out["drift_events"].send(key=ev["model_id"].encode(), value=orjson.dumps(ev))
-        for c in out.comparisons:
-            await self.out["comparisons"].send(key=c["model_id"].encode(), value=orjson.dumps(c))
         for a in out.alerts:
-            await self.out["alerts"].send(key=a["model_id"].encode(), value=orjson.dumps(a))
             self.metrics.alerts.labels(status=a["status"], severity=a["severity"], kind=a["kind"]).inc()
             log.warning("alert %s %s %s", a["status"], a["severity"], a["message"],
                         extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
-        if out.metrics or out.drift_events or out.alerts or out.comparisons:
-            await self.app.producer.flush()
-        for ref in out.references:  # saved before the changelog records the builder as frozen
-            self._save_reference(ref)
-        records = merger.state_records(partition, out, offsets=offsets)
-        with faust_compat.partition_context(partition):
-            for key, value in records:
-                if value is None:
-                    self._merge_del(partition, key)
-                else:
-                    self._merge_set(partition, key, value)
-        if records:
-            await self.merge_changelog().flush()
 
     # ---- references from the first hours --------------------------------------------------------
     def _save_reference(self, ref: Profile) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from driftline.detectors.policy import DEFAULT_BANK_CONFIG
 from driftline.schemas import encode_envelope, encode_event
+from driftline.streams.commit import apply_join_batches, join_table_writes
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
@@ -25,23 +26,46 @@ CLOCK = 2.0e9  # the processors' wall clock: far ahead, so it never caps the wat
 # ---- harness -----------------------------------------------------------------------------
 
 
-def write_sequence(
-    proc: PartitionProcessor, res: BatchResult
-) -> list[tuple[str, bytes, bytes | None]]:
-    """The table writes of one batch in the order ``driftline.streams.app._apply_join`` makes them."""
-    seq: list[tuple[str, bytes, bytes | None]] = [("set", k, v) for k, v in res.sets.items()]
-    seq.append(("set", proc.state_key(), res.state))
-    seq += [("del", k, None) for k in res.deletes]
-    return seq
+def write_sequence(proc: PartitionProcessor, res: BatchResult) -> list[tuple[bytes, bytes | None]]:
+    """The table writes of one batch, in the worker's order (``commit.join_table_writes``)."""
+    return join_table_writes(proc, res)
 
 
-def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[str, bytes, bytes | None]]) -> None:
-    for op, key, value in writes:
-        if op == "set":
-            assert value is not None
-            store[key] = value
-        else:
+def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    for key, value in writes:
+        if value is None:
             store.pop(key, None)
+        else:
+            store[key] = value
+
+
+class DictJoinIO:
+    """``commit.JoinEffects`` over a dict table, recording what the worker would send."""
+
+    def __init__(self, store: dict[bytes, bytes]) -> None:
+        self.store = store
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    async def flush_outputs(self) -> None:
+        return None
+
+    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        apply_writes(self.store, writes)
+
+    async def flush_table(self) -> None:
+        return None
+
+
+def run_now(coro: Any) -> Any:
+    """Run a coroutine that never waits (dict-backed effects) without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine waited")
 
 
 def recover(
@@ -72,9 +96,10 @@ class Harness:
         self.counters: dict[str, int] = {}
 
     def apply(self, res: BatchResult) -> BatchResult:
-        apply_writes(self.store, write_sequence(self.proc, res))
+        """Apply ``res`` in the worker's order (``commit.apply_join_batches``)."""
         self.collect(res)
-        self.proc.outbox_delivered()
+        run_now(apply_join_batches([(self.proc, res)], DictJoinIO(self.store)))
+        self.proc.outbox_delivered()  # (also when the batch had no partials)
         return res
 
     def collect(self, res: BatchResult) -> None:
@@ -459,8 +484,8 @@ def test_crash_with_every_prefix_of_writes(
                 h.process(batch)
             h.close_idle()
             assert merge_all(h.partials, REPLAY_MODELS) == expected_wins, (b, length)
-            # The app delivers a batch's outcomes before its first table write (streams/app.py,
-            # _apply_join), so every prefix has them: at-least-once, never lost.
+            # The worker delivers a batch's outcomes before its first table write
+            # (``commit.apply_join_batches``), so every prefix has them: at-least-once, never lost.
             got = {o["prediction_id"] for o in h.outcomes} | lost
             assert got == want, (b, length)
             tried += 1
