@@ -257,7 +257,7 @@ def _num(x: Any) -> str:
 
 def _start_alertmanager(root: Path) -> Any:
     """A local Alertmanager when the binary exists and no Alertmanager URL is configured."""
-    from driftline.sinks.alertmanager_local import LocalAlertmanager, alertmanager_binary
+    from driftline.streams.alertmanager_local import LocalAlertmanager, alertmanager_binary
 
     if os.environ.get("DRIFTLINE_ALERTMANAGER_URL") or alertmanager_binary() is None:
         return None

@@ -23,8 +23,8 @@ from worker_harness import Worker, free_port
 from driftline.schemas.messages import make_alert
 from driftline.sinks.alert_runner import AlertDeliveryRunner
 from driftline.sinks.alertmanager import AlertmanagerTarget
-from driftline.sinks.alertmanager_local import LocalAlertmanager, alertmanager_binary
 from driftline.sinks.webhook import WebhookTarget
+from driftline.streams.alertmanager_local import LocalAlertmanager, alertmanager_binary
 from driftline.streams.sdk import DriftlineProducer
 
 pytestmark = [

@@ -23,9 +23,9 @@ import yaml
 
 from driftline.schemas.messages import make_alert
 from driftline.sinks.alertmanager import AlertmanagerTarget, alert_labels, rfc3339, to_alertmanager
-from driftline.sinks.alertmanager_local import LocalAlertmanager, alertmanager_binary
 from driftline.sinks.delivery import Job, Sender
 from driftline.sinks.webhook import WebhookTarget
+from driftline.streams.alertmanager_local import LocalAlertmanager, alertmanager_binary
 from driftline.streams.settings import Settings
 
 T0 = 1.8e9

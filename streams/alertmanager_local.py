@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import orjson
 
+from driftline.streams.broker import terminate
+
 #: Routes everything to a receiver with no integrations: alerts are kept, shown by the API.
 NULL_CONFIG = """\
 route:
@@ -94,13 +96,7 @@ class LocalAlertmanager:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        terminate(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
