@@ -64,6 +64,9 @@ APPLY_AT = 50_000  # processed partitions are applied together until they hold t
 # stay anyway: cutting their runs too (an apply per 4 MB of predictions) raised the RSS at rest
 # with a million waiting from ~385 to ~485 MB (the extra in live malloc'd blocks, not traced).
 STEP_LABEL_BYTES = 4 << 20
+# A caught-up join partition tells the merge stage this often when it last read each model
+# (availability: a silent model); the merge stage ignores reports older than HEARTBEAT_STALE_S.
+HEARTBEAT_SECONDS = 10.0
 
 
 def _label_bytes(m: Message) -> int:
@@ -135,6 +138,7 @@ class DriftlineApp:
         self._merge_changelog: ChangelogWriter | None = None
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
+        self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
         self._next_reference_check = 0.0
         self.app = self._build_app()
         self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
@@ -527,10 +531,16 @@ class DriftlineApp:
                 idle_after = self.settings.idle_close_seconds * (1 if proc.input_seen else 3)
                 # Idle only when caught up: while records of this partition wait in Kafka, its
                 # windows close by event time alone (a backlog, a pause, a slow sink).
-                idle = now - proc.last_activity >= idle_after and self._caught_up(proc.partition)
+                caught_up = self._caught_up(proc.partition)
+                idle = now - proc.last_activity >= idle_after and caught_up
                 if idle and (proc.windows or proc.late):
                     with faust_compat.partition_context(proc.partition):
                         res = proc.close_idle()
+                    await self._apply_join(proc, res)
+                elif caught_up and proc.seen_at and now - self._heartbeats.get(proc.partition, 0.0) >= HEARTBEAT_SECONDS:
+                    self._heartbeats[proc.partition] = now
+                    with faust_compat.partition_context(proc.partition):
+                        res = proc.heartbeat()
                     await self._apply_join(proc, res)
                 elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
                     with faust_compat.partition_context(proc.partition):

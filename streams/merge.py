@@ -96,6 +96,8 @@ class MergedWindow:
                    d["emit"], d["upd"], d["dirty"], d.get("cov", False), d.get("vol", d["rev"] >= 0))
 
 
+#: A partition whose last heartbeat is older than this is behind or down: no silence judgement.
+HEARTBEAT_STALE_S = 30.0
 _ZLIB = b"\x78"  # the first byte of a zlib stream; a JSON record starts with "{"
 
 
@@ -154,6 +156,8 @@ class WindowMerger:
         # on its first emission, for callers that feed every partial before emitting).
         self.input_partitions = input_partitions
         self.progress: dict[str, dict[str, dict[str, float]]] = {}  # model -> version -> partition -> through
+        # model -> version -> partition -> [last prediction read (wall clock), heartbeat time]
+        self.liveness: dict[str, dict[str, dict[str, list[float]]]] = {}
         # The partials topic that offset is of (None: not checked); see driftline.streams.statecheck.
         self.source_topic = source_topic
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
@@ -181,7 +185,8 @@ class WindowMerger:
                 {"partition": partition, "e": eng.to_state(), "seen": self.seen_alarms.get(model, [])})))
         for model in sorted(out.changed_progress):
             recs.append((b"g:" + model.encode(), orjson.dumps(
-                {"partition": partition, "model_id": model, "progress": self.progress.get(model, {})})))
+                {"partition": partition, "model_id": model, "progress": self.progress.get(model, {}),
+                 "liveness": self.liveness.get(model, {})})))
         for model in sorted(out.changed_builders):
             rb = self.builders.get(model)
             if rb is not None:
@@ -219,6 +224,7 @@ class WindowMerger:
             self.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
         elif key.startswith(b"g:"):
             self.progress[d["model_id"]] = d["progress"]
+            self.liveness[d["model_id"]] = d.get("liveness", {})
         else:
             if self.source_topic is not None:
                 recorded = {"partials": d["topic"]} if "topic" in d else None
@@ -247,6 +253,11 @@ class WindowMerger:
             return
         if msg["type"] == "progress":
             self._on_progress(msg, out)
+            return
+        if msg["type"] == "heartbeat":
+            per_version = self.liveness.setdefault(msg["model_id"], {}).setdefault(msg["model_version"], {})
+            per_version[str(msg["partition"])] = [float(msg["seen_at"]), float(msg["at"])]
+            out.changed_progress.add(msg["model_id"])
             return
         key = SeriesKey(msg["model_id"], msg["model_version"], msg["segment"], float(msg["window_start"]))
         mw = self.window(key)
@@ -349,7 +360,25 @@ class WindowMerger:
                 del self.windows[key]
                 out.dropped_windows.add(key)
         self._compare(now, out)
+        self._judge_silence(now, out)
         self._settle(now, out)
+
+    def _judge_silence(self, now: float, out: MergeOutput) -> None:
+        """Availability: a model version none of whose partitions read a prediction for
+        ``silence_after_s``, judged only while each of them reports being caught up (a recent
+        heartbeat): a worker behind on its input, or down, makes no judgement."""
+        for model, versions in sorted(self.liveness.items()):
+            cfg = self.models.for_model(model) or self.models.defaults
+            if cfg.silence_after_s is None:
+                continue
+            for version, partitions in sorted(versions.items()):
+                if not partitions or min(at for _, at in partitions.values()) < now - HEARTBEAT_STALE_S:
+                    continue
+                last = max(seen for seen, _ in partitions.values())
+                alerts = self.engine(model).on_silence(cfg, version, now - last >= cfg.silence_after_s, last, now)
+                if alerts:
+                    out.alerts += alerts
+                    out.changed_models.add(model)
 
     # ---- retained windows -------------------------------------------------------------------------
     def window(self, key: SeriesKey) -> MergedWindow | None:

@@ -154,6 +154,9 @@ class PartitionProcessor:
         # The last window boundary reported per (model, version) (not persisted: a repeat after
         # a restart is harmless, the merge stage keeps the furthest).
         self._progress_sent: dict[tuple[str, str], float] = {}
+        # Wall-clock time of the last prediction read per "model\x1fversion": the heartbeats
+        # that let the merge stage tell a silent model (``heartbeat``).
+        self.seen_at: dict[str, float] = {}
         self.tables = SeriesTables(models, max_series=max_series, max_models=max_models,
                                    max_segment_values=max_segment_values, count=self._count)
         self._partial = self.tables.partial
@@ -184,6 +187,7 @@ class PartitionProcessor:
                 **self.tables.to_state(),
                 **self.detectors.to_state(),
                 "tasks": self.tasks,
+                "seen_at": self.seen_at,
                 "outbox": self.outbox,
                 "seq": self.seq,
                 "last_deleted": [k.decode() for k in self.last_deleted],
@@ -202,6 +206,7 @@ class PartitionProcessor:
         self.tables.load_state(d)
         self.detectors.load_state(d)
         self.tasks = d["tasks"]
+        self.seen_at = d.get("seen_at", {})
         self.outbox = d["outbox"]
         self.seq = d["seq"]
         self.last_deleted = [k.encode() for k in d["last_deleted"]]
@@ -366,6 +371,20 @@ class PartitionProcessor:
         self._pbuf, self._obuf, self._fbuf, self._cbuf, self._gbuf = {}, {}, {}, {}, {}
         return self._finish()
 
+    def heartbeat(self) -> BatchResult:
+        """Tell the merge stage when this partition last read each model's predictions.
+
+        Sent only while the partition is caught up (the app's timer decides): a partition with
+        records waiting sends none, so the merge stage never judges silence on a backlog.
+        """
+        now = self.clock()
+        for key, seen in self.seen_at.items():
+            model, _, version = key.partition("\x1f")
+            self.seq += 1
+            self.outbox.append({"type": "heartbeat", "pid": f"{self.partition}:{self.seq}", "partition": self.partition,
+                                "model_id": model, "model_version": version, "seen_at": seen, "at": now})
+        return self.checkpoint()
+
     def outbox_delivered(self) -> None:
         """The app confirmed delivery of the outbox; the next partition record drops it."""
         self.outbox = []
@@ -465,6 +484,7 @@ class PartitionProcessor:
             self._count("duplicate_predictions")
             return
         self.eventtime.advance(p.model_id, p.model_version, p.timestamp)
+        self.seen_at[f"{p.model_id}\x1f{p.model_version}"] = self.last_activity
         closed = self._is_closed(p, ws)
         if closed and self.eventtime.too_late(p.model_id, p.model_version, ws, cfg.label_horizon_s):
             detail = (f"window {ws:.0f} of model {p.model_id!r} {p.model_version!r} is more than the label horizon "
