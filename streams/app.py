@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import faust
@@ -43,6 +42,7 @@ from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
 from driftline.streams.observe import PipelineMetrics
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
+from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
 from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
@@ -111,7 +111,7 @@ class _StageIO:
         await self.changelog().flush()
 
     def save_reference(self, profile: Profile) -> None:
-        self.owner._save_reference(profile)
+        self.owner.refs.save(profile)
 
 
 class DriftlineApp:
@@ -122,7 +122,8 @@ class DriftlineApp:
         self.settings = settings
         self.models = models
         # Reference profiles of the models with ``data_drift`` (loaded once, at start).
-        self.references = references if references is not None else self._load_references()
+        self.refs = References(models, settings.data_dir, references)
+        self.references = self.refs.profiles  # shared with every processor and merger built
         self.topics = topic_names(settings.topic_prefix)
         self.metrics = PipelineMetrics()
         self.sink = sink
@@ -139,35 +140,12 @@ class DriftlineApp:
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
         self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
-        self._next_reference_check = 0.0
+        self.refs.on_install(self._install_reference)
         self.app = self._build_app()
         self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
         self._merge_io = _StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
 
     # ---- construction ----------------------------------------------------------------------
-    def _load_references(self) -> dict[str, Profile]:
-        from driftline.streams.baseline_cmd import load_references
-
-        wanted = [m for m, cfg in self.models.models.items() if cfg.data_drift]
-        if not wanted and not self.models.defaults.data_drift:
-            return {}
-        root = Path(self.settings.data_dir) / "profiles"
-        refs = load_references(root, self.models)
-        for m in wanted:
-            hours = self.models.models[m].first_hours()
-            if m in refs:
-                continue
-            if hours is not None:
-                log.info("no reference profile yet: building it from the first hours of traffic",
-                         extra={"model_id": m, "hours": hours, "dir": str(root / m)})
-            else:
-                log.warning("no reference profile: data drift off for this model",
-                            extra={"model_id": m, "dir": str(root / m)})
-        for m, ref in refs.items():
-            log.info("reference profile loaded", extra={"model_id": m, "version": ref.version,
-                                                        "features": len(ref.features), "events": ref.n_events})
-        return refs
-
     def _build_app(self) -> faust.App:
         s = self.settings
         faust_compat.check_faust_version()
@@ -467,44 +445,13 @@ class DriftlineApp:
             log.warning("alert %s %s %s", a["status"], a["severity"], a["message"],
                         extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
 
-    # ---- references from the first hours --------------------------------------------------------
-    def _save_reference(self, ref: Profile) -> None:
-        """Save a frozen first-hours reference where ``baseline create`` saves profiles; use it."""
-        from driftline.streams.baseline_cmd import save_profile
-
-        root = Path(self.settings.data_dir) / "profiles"
-        try:
-            path = save_profile(ref, root)
-        except OSError:
-            log.exception("cannot save the first-hours reference (kept in memory)", extra={"model_id": ref.model_id})
-        else:
-            log.info("reference profile built from the first hours",
-                     extra={"model_id": ref.model_id, "version": ref.version, "file": str(path),
-                            "events": ref.n_events})
-        self._install_reference(ref)
-
+    # ---- references -----------------------------------------------------------------------------
     def _install_reference(self, ref: Profile) -> None:
-        self.references[ref.model_id] = ref
+        """A profile saved, found or received: this worker's processors and mergers use it now."""
         for proc in self.processors.values():
             proc.references[ref.model_id] = ref
         for merger in self.mergers.values():
             merger.install_reference(ref)
-
-    def _refresh_references(self, now: float) -> None:
-        """Pick up first-hours references saved by another worker (or before a restart)."""
-        if now < self._next_reference_check:
-            return
-        self._next_reference_check = now + 5.0
-        from driftline.streams.baseline_cmd import load_latest
-
-        root = Path(self.settings.data_dir) / "profiles"
-        for model, cfg in self.models.models.items():
-            if cfg.first_hours() is None or model in self.references:
-                continue
-            try:
-                self._install_reference(load_latest(model, root))
-            except (FileNotFoundError, ValueError):
-                continue
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
@@ -517,7 +464,7 @@ class DriftlineApp:
             return
         now = time.time()
         self._ensure_assigned()
-        self._refresh_references(now)
+        self.refs.refresh(now)
         for proc in list(self.processors.values()):
             lock = self._partition_lock(proc.partition)
             if lock.locked():  # the join agent is applying a batch: its own record comes first
