@@ -71,14 +71,21 @@ def test_miscalibrated_reference_is_calibrated_and_the_map_is_sklearns() -> None
     assert expected_calibration_error(cal.calibrate(s2), y2) < 0.01
 
 
-def test_calibrated_reference_keeps_the_identity() -> None:
-    rng = np.random.default_rng(7)
+@pytest.mark.parametrize("seed", range(6))
+def test_a_calibrated_reference_is_calibrated_only_when_held_out_ece_drops(seed: int) -> None:
+    """NannyML's rule on scores calibrated by construction: the held-out ECE decides, and on
+    such a reference it often drops by chance (8 of 10 seeds at 20k events: documented in
+    docs/beyond-accuracy-estimation.md with what it costs)."""
+    rng = np.random.default_rng(seed)
     p = rng.beta(2, 3, 20_000)
-    y = (rng.random(20_000) < p).astype(int)  # calibrated by construction
+    y = (rng.random(20_000) < p).astype(int)
     cal = fit_calibrator(p, y)
-    assert cal.method == "identity" and cal.is_identity
-    assert cal.ece_raw is not None and cal.ece_calibrated is not None and cal.ece_calibrated >= cal.ece_raw
-    np.testing.assert_array_equal(cal.calibrate(p), p)
+    assert cal.ece_raw is not None and cal.ece_calibrated is not None
+    assert cal.method == ("isotonic" if cal.ece_calibrated < cal.ece_raw else "identity")
+    if cal.is_identity:
+        np.testing.assert_array_equal(cal.calibrate(p), p)
+    else:  # close to the identity: the isotonic map of calibrated scores
+        assert np.abs(cal.calibrate(p) - p).mean() < 0.02
 
 
 def test_no_calibration_for_one_class_or_separated_scores() -> None:
