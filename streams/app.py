@@ -145,7 +145,8 @@ class DriftlineApp:
         from driftline.streams.baseline_cmd import load_references
 
         wanted = [m for m, cfg in self.models.models.items() if cfg.data_drift]
-        if not wanted and not self.models.defaults.data_drift:
+        cbpe = self.models.defaults.cbpe or any(cfg.cbpe for cfg in self.models.models.values())
+        if not wanted and not self.models.defaults.data_drift and not cbpe:  # CBPE reads the calibrator
             return {}
         root = Path(self.settings.data_dir) / "profiles"
         refs = load_references(root, self.models)
