@@ -47,7 +47,7 @@ MAX_TABLE_ROWS = 500
 #: features drawn in the data drift and data quality charts: the ones that moved most
 TOP_FEATURES = 5
 #: CBPE estimates drawn beside the realised metric of the same name
-CBPE_METRICS = ("accuracy", "f1")
+CBPE_METRICS = ("accuracy", "f1", "roc_auc")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}

@@ -30,6 +30,9 @@ arrives (once: partial ids are deduplicated), kept in ``builders`` (the ``merge`
 survives restarts); when the span is covered the frozen profile is returned in
 ``MergeOutput.references`` for the app to save, and becomes the model's reference.
 
+CBPE (binary models with ``cbpe: true``): the window's estimates read its scores through the
+score calibrator of the model's reference profile, when it has one (``_calibrator``).
+
 Fairness (binary models with ``fairness``): every revision of a whole-model window adds the
 ``GroupRates`` metrics (``fairness.<key>.<disparity>``, ``fairness.<key>=<group>.<rate>``) and
 the alert engine judges the disparities (kind ``fairness``).
@@ -51,6 +54,7 @@ from typing import Any
 
 import orjson
 
+from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.datadrift import compare_profiles
 from driftline.detectors.fairness import GroupRates
 from driftline.detectors.profile import PREDICTION, Profile
@@ -423,7 +427,7 @@ class WindowMerger:
         mw.revision = mw.merged - 1
         mw.dirty = False
         mw.last_emit = now
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         data = self._data_checks(key, mw, cfg, metrics, counts)
         fairness = self._fairness(key, mw, cfg, metrics, counts)
@@ -444,6 +448,11 @@ class WindowMerger:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
             out.alerts += alerts
+
+    def _calibrator(self, model_id: str) -> ScoreCalibrator | None:
+        """The score calibrator of the model's reference (None: CBPE reads the scores as they are)."""
+        ref = self.references.get(model_id)
+        return None if ref is None else ref.calibrator
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                      counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
@@ -509,7 +518,7 @@ class WindowMerger:
         if now - window_end < cfg.coverage_after_s:
             return
         mw.coverage_checked = True
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         win = {"model_id": key.model_id, "model_version": key.model_version, "segment": key.segment,
                "window_start": key.window_start, "window_end": window_end, "revision": mw.revision,
                "metrics": metrics, "counts": counts}
