@@ -14,8 +14,9 @@ categorical one), so ``count + missing + mismatch`` is the number of events seen
 ``Profile`` is the set of feature profiles of one model plus the prediction distribution
 (``"__prediction__"``: the score, the regression value or the predicted label) and, for
 a labelled reference, its metrics and, for a binary classifier, the ``ScoreCalibrator`` that
-CBPE reads its scores through (``driftline.detectors.calibration``; format 2, absent from
-format 1 profiles, which still load). ``Profile.new_window_like(reference)`` gives an empty
+CBPE reads its scores through (``driftline.detectors.calibration``), for a regressor the loss
+model that estimates its MAE and RMSE before labels (``driftline.detectors.dle``; both format 2,
+absent from format 1 profiles, which still load). ``Profile.new_window_like(reference)`` gives an empty
 profile with the reference's bins and categories, so that window and reference compare
 bin to bin. A profile may also be *unbinned* (numeric ``edges`` is ``None``: sketch only),
 which is what a reference built from the first hours of production accumulates before
@@ -32,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,9 +41,13 @@ from .calibration import ScoreCalibrator, fit_calibrator
 from .metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
 from .sketch import QuantileSketch
 
+if TYPE_CHECKING:  # dle reads profiles: imported where used, not at module level
+    from .dle import LossModel
+
 __all__ = ["FeatureProfile", "Profile", "load_records", "sketch_buckets", "PREDICTION", "OTHER"]
 
-# 2: reference profiles of binary classifiers carry a score calibrator (older ones load without)
+# 2: references carry a binary classifier's score calibrator or a regressor's loss model
+# (older ones load without)
 PROFILE_FORMAT = 2
 PREDICTION = "__prediction__"
 OTHER = "__other__"
@@ -418,6 +423,15 @@ def _reference_metrics(p: Sequence[Any], y: Sequence[Any]) -> dict[str, float]:
     return m.metrics()
 
 
+def _fit_loss_model(profile: Profile, split: list[tuple[dict[str, Any], Any, Any]]) -> LossModel | None:
+    """A regressor's loss model, fitted on the rows with a numeric prediction and label."""
+    from .dle import LossModel
+
+    rows = [(f, pr, y) for f, pr, y in split if _is_num(pr) and _is_num(y)]
+    return LossModel.fit(profile, [f for f, _, _ in rows], [float(pr) for _, pr, _ in rows],
+                         [float(y) for _, _, y in rows])
+
+
 class Profile:
     """Feature profiles, prediction profile and reference metrics of one model.
 
@@ -426,7 +440,8 @@ class Profile:
     file's name, ``"first_hours"``, or ``""`` when unknown), ``n_events``, ``features`` (name -> ``FeatureProfile``),
     ``prediction`` (``FeatureProfile`` named ``"__prediction__"`` or ``None``), ``metrics``
     (reference metrics, labelled data only), ``calibrator`` (a binary classifier's score
-    calibrator, labelled data only, else ``None``) and ``unknown_features`` (name -> events that
+    calibrator, labelled data only, else ``None``), ``loss_model`` (a regressor's
+    ``LossModel``, labelled data only, else ``None``) and ``unknown_features`` (name -> events that
     carried a feature this profile does not know, at most 100 names: schema drift).
 
     Examples
@@ -465,6 +480,7 @@ class Profile:
         self.prediction = prediction
         self.metrics: dict[str, float] = {}
         self.calibrator: ScoreCalibrator | None = None
+        self.loss_model: LossModel | None = None
         self.n_events = 0
         self.unknown_features: dict[str, int] = {}
         # Unbinned warm-up profiles add the features they meet (kind inferred per batch).
@@ -487,7 +503,8 @@ class Profile:
 
         Labelled rows give the reference metrics; for a binary classifier (0/1 labels, scores
         in [0, 1]) and ``calibrate``, also the score calibrator (``fit_calibrator``: isotonic
-        when the scores are miscalibrated, else the identity).
+        when the scores are miscalibrated, else the identity); for a regressor (numbers) and
+        ``calibrate``, the loss model of its errors (``LossModel.fit``).
         """
         split = [_split_row(r, prediction_column, label_column) for r in rows]
         feats = [f for f, _, _ in split]
@@ -509,6 +526,8 @@ class Profile:
                 binary = _binary_scores(*labelled) if calibrate else None
                 if binary is not None:
                     p.calibrator = fit_calibrator(*binary)
+                elif calibrate and "mae" in p.metrics:  # a regressor: fit its loss model
+                    p.loss_model = _fit_loss_model(p, split)
         p.n_events = len(rows)
         return p
 
@@ -604,6 +623,7 @@ class Profile:
             "unknown_features": dict(self.unknown_features),
             # only references have one: window states (written every batch) stay as they were
             **({} if self.calibrator is None else {"calibrator": self.calibrator.to_state()}),
+            **({} if self.loss_model is None else {"loss_model": self.loss_model.to_state()}),
         }
 
     @classmethod
@@ -627,6 +647,10 @@ class Profile:
         # absent from format 1 profiles and from window profiles: CBPE reads the scores as they are
         if d.get("calibrator") is not None:
             p.calibrator = ScoreCalibrator.from_state(d["calibrator"])
+        if d.get("loss_model") is not None:
+            from .dle import LossModel
+
+            p.loss_model = LossModel.from_state(d["loss_model"])
         return p
 
     def __eq__(self, other: object) -> bool:
