@@ -240,3 +240,12 @@ def test_cbpe_chart_draws_the_estimated_roc_auc_beside_the_realised() -> None:
     html = render_report(metrics=rows, alerts=[], drift_events=[], histograms=[])
     cbpe = html.split('aria-label="churn v1: estimated vs realised"')[1].split("</svg>")[0]
     assert "estimated_roc_auc" in cbpe and "estimated_accuracy" in cbpe and "estimated_f1" not in cbpe
+
+
+def test_dle_chart_draws_the_estimated_loss_beside_the_realised() -> None:
+    rows = [{"model_id": "eta", "model_version": "v7", "task": "regression", "metric": m, "t": 1.8e9 + 60 * i,
+             "value": v} for i in range(3)
+            for m, v in (("mae", 2.5), ("estimated_mae", 2.6), ("rmse", 3.5), ("estimated_rmse", 3.4))]
+    html = render_report(metrics=rows, alerts=[], drift_events=[], histograms=[])
+    dle = html.split('aria-label="eta v7: estimated vs realised loss"')[1].split("</svg>")[0]
+    assert "estimated_mae" in dle and "estimated_rmse" in dle and "Loss estimated before labels" in html
