@@ -19,8 +19,9 @@ every 30 s (``sinks/profiles.py``). Each version records its ``source``: the inp
 
 A labelled reference of a binary classifier also gets its score calibrator (isotonic when the
 held-out check finds the scores miscalibrated, else the identity: ``driftline.detectors.calibration``),
-which the worker's CBPE reads every window's scores through. A first-hours reference has no
-labels, hence no calibrator.
+which the worker's CBPE reads every window's scores through; that of a regressor gets the loss
+model that estimates its MAE and RMSE before labels (``driftline.detectors.dle``). A
+first-hours reference has no labels, hence neither.
 
 ``ReferenceBuilder`` is the pure alternative when no training sample is at hand: the
 worker feeds it the merged profile of each closed window (``Profile(infer=True)``,
@@ -40,7 +41,7 @@ from typing import Any
 
 from driftline.detectors.profile import Profile, load_records
 
-__all__ = ["ReferenceBuilder", "calibration_note", "create_baseline", "load_latest", "load_references", "save_profile"]
+__all__ = ["ReferenceBuilder", "create_baseline", "estimation_note", "load_latest", "load_references", "save_profile"]
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 _VERSION_FILE = re.compile(r"profile-v(\d+)\.json")
@@ -157,15 +158,17 @@ def load_version(model_id: str, out_dir: str | Path, version: int) -> Profile:
     return Profile.from_state(json.loads(path.read_text(encoding="utf-8")))
 
 
-def calibration_note(profile: Profile) -> str:
-    """One line on the profile's score calibrator, for ``driftline baseline create``.
+def estimation_note(profile: Profile) -> str:
+    """One line on what the profile gives performance estimation, for ``driftline baseline create``.
 
-    >>> calibration_note(Profile())
-    'no score calibrator (not a labelled binary classifier)'
+    >>> estimation_note(Profile())
+    'no score calibrator or loss model (labels needed: a binary classifier or a regressor)'
     """
+    if profile.loss_model is not None:
+        return f"loss model of the errors fitted on {profile.loss_model.n} labelled rows (estimated_mae, estimated_rmse)"
     cal = profile.calibrator
     if cal is None:
-        return "no score calibrator (not a labelled binary classifier)"
+        return "no score calibrator or loss model (labels needed: a binary classifier or a regressor)"
     if cal.ece_raw is None or cal.ece_calibrated is None:
         return "scores used as they are (one class, or classes separated)"
     verdict = "calibrated by isotonic regression" if not cal.is_identity else "scores used as they are"

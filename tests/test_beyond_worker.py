@@ -407,7 +407,7 @@ def test_calibrated_cbpe_with_roc_auc_in_the_pipeline(tmp_path: Path) -> None:
     assert fired and fired[0]["severity"] == "warning"
 
 
-def test_dle_estimates_the_regressors_loss_in_the_pipeline(references: dict[str, Profile]) -> None:
+def test_dle_estimates_the_regressors_loss_in_the_pipeline() -> None:
     """A labelled reference gives ``eta`` a loss model; its whole-model windows then carry
     ``estimated_mae`` / ``estimated_rmse`` from their profiles, and ``dle_error_*`` with labels.
 
@@ -428,7 +428,9 @@ def test_dle_estimates_the_regressors_loss_in_the_pipeline(references: dict[str,
     eta.version = 1
     assert eta.loss_model is not None
     preds, labels = generate(24_000, seed=9, rate=RATE, start_ts=T0, covariate_drift_at=300.0)
-    out, _ = run_pipeline(preds, labels, MODELS, {**references, "eta": eta})
+    models = parse_models_config({"models": {"eta": {"task": "regression", "data_drift": DRIFT, "thresholds": [
+        {"metric": "estimated_mae", "max": 3.0, "min_count": 100, "severity": "warning"}]}}})
+    out, _ = run_pipeline(preds, labels, models, {"eta": eta})
     windows = whole(out, "eta", "v7")
     assert len(windows) == 10
     for m, c in ((w["metrics"], w["counts"]) for w in windows.values()):
@@ -449,5 +451,8 @@ def test_dle_estimates_the_regressors_loss_in_the_pipeline(references: dict[str,
         est = float(np.array([windows[ws]["metrics"]["estimated_mae"] for ws in period]) @ n / n.sum())
         assert est == pytest.approx(expected, rel=0.02)
         assert abs(est - errs.mean()) < 3 * errs.std() / np.sqrt(errs.size) + 0.01 * errs.mean()
-    # Not for the other models, nor for segments.
+    # Not for the other models, nor for segments; and a threshold rule alerts on the estimate
+    # (after the drift the estimated MAE passes 3.0).
     assert not any("estimated_mae" in m["metrics"] for m in out.metrics if m["model_id"] != "eta" or m["segment"])
+    fired = [a for a in out.alerts if a["rule"] == "estimated_mae_max" and a["model_version"] == "v7"]
+    assert fired and min(a["window_start"] for a in fired) >= sorted(windows)[5]
