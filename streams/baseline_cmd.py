@@ -108,7 +108,8 @@ def create_baseline(
 
     Returns the path of ``profile-v<N>.json``. Rows are flat (feature columns plus optional
     ``prediction`` and ``label`` columns) or inference events (``features``, ``prediction``).
-    With labels and 0/1 scores the profile carries the score calibrator (module docstring).
+    With labels, a binary classifier's profile carries its score calibrator and a regressor's
+    its loss model (module docstring).
 
     Examples
     --------
