@@ -338,7 +338,8 @@ def test_worker_raises_data_drift_after_covariate_drift(bootstrap: str, topic_pr
         assert float(alerts[0]["ws"]) >= start_ts + drift_at  # none on the clean first half
         latest = worker.query("SELECT toUnixTimestamp(window_start) AS ws, "
                               "maxIf(value, metric = 'feature_psi.amount') AS psi, "
-                              "maxIf(value, metric = 'estimated_accuracy') AS est FROM driftline.metrics_latest "
+                              "maxIf(value, metric = 'estimated_accuracy') AS est, "
+                              "maxIf(value, metric = 'estimated_roc_auc') AS auc FROM driftline.metrics_latest "
                               "WHERE model_id = 'fraud' AND model_version = 'v1' AND segment = '' "
                               "GROUP BY ws ORDER BY ws")
         clean = [r for r in latest if float(r["ws"]) < start_ts + drift_at]
@@ -346,6 +347,7 @@ def test_worker_raises_data_drift_after_covariate_drift(bootstrap: str, topic_pr
         assert clean and drifted
         assert all(float(r["psi"]) < 0.1 for r in clean) and all(float(r["psi"]) >= 0.25 for r in drifted)
         assert all(0.5 < float(r["est"]) <= 1.0 for r in latest)
+        assert all(0.5 < float(r["auc"]) <= 1.0 for r in latest)  # estimated_roc_auc reaches ClickHouse
     finally:
         worker.stop()
 
