@@ -13,7 +13,10 @@ categorical one), so ``count + missing + mismatch`` is the number of events seen
 
 ``Profile`` is the set of feature profiles of one model plus the prediction distribution
 (``"__prediction__"``: the score, the regression value or the predicted label) and, for
-a labelled reference, its metrics. ``Profile.new_window_like(reference)`` gives an empty
+a labelled reference, its metrics and, for a binary classifier, the ``ScoreCalibrator`` that
+CBPE reads its scores through (``driftline.detectors.calibration``), for a regressor the loss
+model that estimates its MAE and RMSE before labels (``driftline.detectors.dle``; both format 2,
+absent from format 1 profiles, which still load). ``Profile.new_window_like(reference)`` gives an empty
 profile with the reference's bins and categories, so that window and reference compare
 bin to bin. A profile may also be *unbinned* (numeric ``edges`` is ``None``: sketch only),
 which is what a reference built from the first hours of production accumulates before
@@ -30,16 +33,22 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .calibration import ScoreCalibrator, fit_calibrator
 from .metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
 from .sketch import QuantileSketch
 
+if TYPE_CHECKING:  # dle reads profiles: imported where used, not at module level
+    from .dle import LossModel
+
 __all__ = ["FeatureProfile", "Profile", "load_records", "sketch_buckets", "PREDICTION", "OTHER"]
 
-PROFILE_FORMAT = 1
+# 2: references carry a binary classifier's score calibrator or a regressor's loss model
+# (older ones load without)
+PROFILE_FORMAT = 2
 PREDICTION = "__prediction__"
 OTHER = "__other__"
 # A window may hold this many categories the reference never saw, then "__other__".
@@ -379,23 +388,48 @@ def _split_row(
     return feats, row.get(prediction_column), row.get(label_column)
 
 
-def _reference_metrics(preds: list[Any], labels: list[Any]) -> dict[str, float]:
+def _labelled(preds: list[Any], labels: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """(predictions, labels) of the rows that have both, or None."""
     pairs = [(p, y) for p, y in zip(preds, labels, strict=True) if p is not None and y is not None]
     if not pairs:
-        return {}
+        return None
     p, y = zip(*pairs, strict=True)
+    return p, y
+
+
+def _binary_scores(p: Sequence[Any], y: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scores, 0/1 labels) when the pairs are a binary classifier's (scores in [0, 1]), else None."""
+    if not (all(_is_num(v) for v in p) and all(_is_num(v) or isinstance(v, bool) for v in y)):
+        return None
+    s, t = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if set(np.unique(t)) <= {0.0, 1.0} and s.min() >= 0.0 and s.max() <= 1.0:
+        return s, t.astype(int)
+    return None
+
+
+def _reference_metrics(p: Sequence[Any], y: Sequence[Any]) -> dict[str, float]:
+    binary = _binary_scores(p, y)
+    if binary is not None:
+        s, t = binary
+        b = BinaryAccumulator()
+        b.update_many(t, (s >= 0.5).astype(int), s)
+        return b.metrics()
     if all(_is_num(v) for v in p) and all(_is_num(v) or isinstance(v, bool) for v in y):
-        s, t = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        if set(np.unique(t)) <= {0.0, 1.0} and s.min() >= 0.0 and s.max() <= 1.0:
-            b = BinaryAccumulator()
-            b.update_many(t.astype(int), (s >= 0.5).astype(int), s)
-            return b.metrics()
         r = RegressionAccumulator()
-        r.update_many(t, s)
+        r.update_many(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64))
         return r.metrics()
     m = MulticlassAccumulator()
     m.update_many([str(v) for v in y], [str(v) for v in p])
     return m.metrics()
+
+
+def _fit_loss_model(profile: Profile, split: list[tuple[dict[str, Any], Any, Any]]) -> LossModel | None:
+    """A regressor's loss model, fitted on the rows with a numeric prediction and label."""
+    from .dle import LossModel
+
+    rows = [(f, pr, y) for f, pr, y in split if _is_num(pr) and _is_num(y)]
+    return LossModel.fit(profile, [f for f, _, _ in rows], [float(pr) for _, pr, _ in rows],
+                         [float(y) for _, _, y in rows])
 
 
 class Profile:
@@ -405,7 +439,9 @@ class Profile:
     ``created_at`` (epoch seconds), ``source`` (what the reference was built from: the input
     file's name, ``"first_hours"``, or ``""`` when unknown), ``n_events``, ``features`` (name -> ``FeatureProfile``),
     ``prediction`` (``FeatureProfile`` named ``"__prediction__"`` or ``None``), ``metrics``
-    (reference metrics, labelled data only) and ``unknown_features`` (name -> events that
+    (reference metrics, labelled data only), ``calibrator`` (a binary classifier's score
+    calibrator, labelled data only, else ``None``), ``loss_model`` (a regressor's
+    ``LossModel``, labelled data only, else ``None``) and ``unknown_features`` (name -> events that
     carried a feature this profile does not know, at most 100 names: schema drift).
 
     Examples
@@ -443,6 +479,8 @@ class Profile:
         self.features: dict[str, FeatureProfile] = dict(features or {})
         self.prediction = prediction
         self.metrics: dict[str, float] = {}
+        self.calibrator: ScoreCalibrator | None = None
+        self.loss_model: LossModel | None = None
         self.n_events = 0
         self.unknown_features: dict[str, int] = {}
         # Unbinned warm-up profiles add the features they meet (kind inferred per batch).
@@ -459,8 +497,15 @@ class Profile:
         max_categories: int = 50,
         prediction_column: str = "prediction",
         label_column: str = "label",
+        calibrate: bool = True,
     ) -> Profile:
-        """Reference profile of rows (flat dicts, or inference events with ``features``)."""
+        """Reference profile of rows (flat dicts, or inference events with ``features``).
+
+        Labelled rows give the reference metrics; for a binary classifier (0/1 labels, scores
+        in [0, 1]) and ``calibrate``, also the score calibrator (``fit_calibrator``: isotonic
+        when the scores are miscalibrated, else the identity); for a regressor (numbers) and
+        ``calibrate``, the loss model of its errors (``LossModel.fit``).
+        """
         split = [_split_row(r, prediction_column, label_column) for r in rows]
         feats = [f for f, _, _ in split]
         if feature_names is None:
@@ -475,7 +520,14 @@ class Profile:
             p.prediction = FeatureProfile.from_values(
                 PREDICTION, preds, bins=bins, max_categories=max_categories
             )
-            p.metrics = _reference_metrics(preds, [y for _, _, y in split])
+            labelled = _labelled(preds, [y for _, _, y in split])
+            if labelled is not None:
+                p.metrics = _reference_metrics(*labelled)
+                binary = _binary_scores(*labelled) if calibrate else None
+                if binary is not None:
+                    p.calibrator = fit_calibrator(*binary)
+                elif calibrate and "mae" in p.metrics:  # a regressor: fit its loss model
+                    p.loss_model = _fit_loss_model(p, split)
         p.n_events = len(rows)
         return p
 
@@ -569,6 +621,9 @@ class Profile:
             "prediction": None if self.prediction is None else self.prediction.to_state(),
             "metrics": dict(self.metrics),
             "unknown_features": dict(self.unknown_features),
+            # only references have one: window states (written every batch) stay as they were
+            **({} if self.calibrator is None else {"calibrator": self.calibrator.to_state()}),
+            **({} if self.loss_model is None else {"loss_model": self.loss_model.to_state()}),
         }
 
     @classmethod
@@ -589,6 +644,13 @@ class Profile:
         p.source = str(d.get("source", ""))
         p.metrics = {k: float(v) for k, v in d["metrics"].items()}
         p.unknown_features = {k: int(v) for k, v in d["unknown_features"].items()}
+        # absent from format 1 profiles and from window profiles: CBPE reads the scores as they are
+        if d.get("calibrator") is not None:
+            p.calibrator = ScoreCalibrator.from_state(d["calibrator"])
+        if d.get("loss_model") is not None:
+            from .dle import LossModel
+
+            p.loss_model = LossModel.from_state(d["loss_model"])
         return p
 
     def __eq__(self, other: object) -> bool:

@@ -30,6 +30,14 @@ arrives (once: partial ids are deduplicated), kept in ``builders`` (the ``merge`
 survives restarts); when the span is covered the frozen profile is returned in
 ``MergeOutput.references`` for the app to save, and becomes the model's reference.
 
+CBPE (binary models with ``cbpe: true``): the window's estimates read its scores through the
+score calibrator of the model's reference profile, when it has one (``_calibrator``).
+
+DLE (regression models with ``data_drift`` whose reference was labelled, so it carries a
+``LossModel``): every revision of a whole-model window adds ``estimated_mae`` and
+``estimated_rmse`` from its profile (``driftline.detectors.dle``), and ``dle_error_mae`` /
+``dle_error_rmse`` = estimate - realised once it has labels.
+
 Fairness (binary models with ``fairness``): every revision of a whole-model window adds the
 ``GroupRates`` metrics (``fairness.<key>.<disparity>``, ``fairness.<key>=<group>.<rate>``) and
 the alert engine judges the disparities (kind ``fairness``).
@@ -51,6 +59,7 @@ from typing import Any
 
 import orjson
 
+from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.datadrift import compare_profiles
 from driftline.detectors.fairness import GroupRates
 from driftline.detectors.profile import PREDICTION, Profile
@@ -452,9 +461,10 @@ class WindowMerger:
         mw.revision = mw.merged - 1
         mw.dirty = False
         mw.last_emit = now
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         data = self._data_checks(key, mw, cfg, metrics, counts)
+        self._loss_estimates(key, mw, cfg, metrics, counts)
         fairness = self._fairness(key, mw, cfg, metrics, counts)
         msg = make_metrics(model_id=key.model_id, model_version=key.model_version, segment=key.segment,
                            window_start=key.window_start, window_end=key.window_start + self.window_seconds,
@@ -473,6 +483,30 @@ class WindowMerger:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
             out.alerts += alerts
+
+    def _calibrator(self, model_id: str) -> ScoreCalibrator | None:
+        """The score calibrator of the model's reference (None: CBPE reads the scores as they are)."""
+        ref = self.references.get(model_id)
+        return None if ref is None else ref.calibrator
+
+    def _loss_estimates(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
+                        counts: dict[str, int]) -> None:
+        """Add a regression window's DLE estimates (and their errors once labelled) to ``metrics``."""
+        prof = mw.partial.profile
+        ref = self.references.get(key.model_id)
+        if (key.segment != "" or mw.partial.task != "regression" or prof is None or ref is None
+                or ref.loss_model is None or not cfg.data_drift or prof.infer or prof.version != ref.version):
+            return
+        est = ref.loss_model.estimate(prof)
+        if est is None:
+            return
+        for name, value in est.items():
+            metrics[name] = value
+            counts[name] = prof.n_events
+            realised = name.removeprefix("estimated_")
+            if realised in metrics and mw.partial.acc.n:
+                metrics[f"dle_error_{realised}"] = value - metrics[realised]
+                counts[f"dle_error_{realised}"] = mw.partial.acc.n
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                      counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
@@ -538,7 +572,7 @@ class WindowMerger:
         if now - window_end < cfg.coverage_after_s:
             return
         mw.coverage_checked = True
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         win = {"model_id": key.model_id, "model_version": key.model_version, "segment": key.segment,
                "window_start": key.window_start, "window_end": window_end, "revision": mw.revision,
                "metrics": metrics, "counts": counts}

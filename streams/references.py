@@ -76,7 +76,8 @@ class References:
         from driftline.streams.baseline_cmd import load_references
 
         wanted = [m for m, cfg in self.models.models.items() if cfg.data_drift]
-        if not wanted and not self.models.defaults.data_drift:
+        cbpe = self.models.defaults.cbpe or any(cfg.cbpe for cfg in self.models.models.values())
+        if not wanted and not self.models.defaults.data_drift and not cbpe:  # CBPE reads the calibrator
             return {}
         refs = load_references(self.root, self.models)
         for m in wanted:
