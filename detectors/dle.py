@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from .profile import OTHER, PREDICTION, FeatureProfile, Profile, _is_num, sketch_buckets
+from .feature_profile import OTHER, FeatureProfile, is_number, sketch_buckets
+from .profile import PREDICTION, Profile
 
 __all__ = ["LossModel"]
 
@@ -64,7 +65,7 @@ class _Term:
     def encode(self, values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per value: two (column, weight) pairs whose weights sum to 1 (the basis row)."""
         if self.kind == "numeric":
-            x = np.array([float(v) if _is_num(v) else np.nan for v in values], dtype=np.float64)
+            x = np.array([float(v) if is_number(v) else np.nan for v in values], dtype=np.float64)
             return self._tent(x)
         rest = len(self.categories)
         keys = [_category(v) for v in values]
