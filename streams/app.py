@@ -42,6 +42,7 @@ from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
 from driftline.streams.observe import PipelineMetrics
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
+from driftline.streams.recovery import plan_rewinds, with_skipped
 from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
 from driftline.streams.statecheck import ForeignStateError
@@ -327,30 +328,17 @@ class DriftlineApp:
 
     async def _with_skipped(self, topic: str, partition: int, expected: int, messages: list[Any],
                             make: Callable[[int, bytes | None, bytes | None], Any]) -> list[Any]:
-        """``messages`` with the records of ``topic[partition]`` that faust skipped put back in place.
+        """``messages`` with the records faust's consumer skipped read again (``recovery``)."""
 
-        faust's consumer can drop fetched records while flow stops or a partition is paused
-        (``Consumer.getmany``) and then counts the offsets it skipped as acked, so they would be
-        committed unprocessed. From ``expected`` (the state's next offset) on, every offset of the
-        partition must arrive in order; a jump is read again here with a separate consumer.
-        """
-        out: list[Any] = []
-        after = 0  # where the records read again go: after this topic's previous record in the batch
-        for m in messages:
-            if m.topic == topic and m.offset > expected >= 0:
-                loop = asyncio.get_running_loop()
-                missing = await loop.run_in_executor(None, read_range, self.settings.bootstrap, topic, partition,
-                                                     expected, m.offset, self.settings.kafka)
-                if missing:
-                    log.warning("records skipped by the consumer, read again",
-                                extra={"topic": topic, "partition": partition, "from": expected, "to": m.offset - 1,
-                                       "records": len(missing)})
-                    self.metrics.count({"skipped_records_reread": len(missing)})
-                out[after:after] = [make(*rec) for rec in missing]
-            out.append(m)
-            if m.topic == topic:
-                expected = max(expected, m.offset + 1)
-                after = len(out)
+        async def read_missing(first: int, end: int) -> list[Any]:
+            loop = asyncio.get_running_loop()
+            records = await loop.run_in_executor(None, read_range, self.settings.bootstrap, topic, partition,
+                                                 first, end, self.settings.kafka)
+            return [make(*rec) for rec in records]
+
+        out, reread = await with_skipped(messages, topic, expected, read_missing)
+        if reread:
+            self.metrics.count({"skipped_records_reread": reread})
         return out
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
@@ -570,31 +558,20 @@ class DriftlineApp:
         faust_compat.after_seek_to_committed(self.app.consumer, after_seek)
 
     async def _resume_from_state(self) -> None:
-        """Rewind each input partition whose committed offset is past what our state has applied.
-
-        Offsets and state together: the join stage's partition records and the merge stage's
-        ``o:`` records say which input offsets their effects include; faust's committed offset is
-        only where reading may start. faust acks a whole ``take_events`` batch when its generator
-        closes, also when the agent was cancelled or crashed mid-batch, and may then commit offsets
-        whose effects never reached the changelog. Reading again from the state's position
-        re-applies them once (the join skips offsets it applied; the merge skips partial ids).
-        """
+        """Rewind each input partition whose committed offset is past what our state has applied:
+        the state's offset records say what its effects include (``driftline.streams.recovery``)."""
         consumer = self.app.consumer
         kinds = self._input_kinds_by_name()
-        rewinds: dict[Any, int] = {}
-        for tp in consumer.assignment():
+
+        def resume_at(tp: Any) -> int | None:
             if tp.topic in kinds:
-                want = self._processor(tp.partition).applied[kinds[tp.topic]] + 1
-            elif tp.topic == self.topics["partials"]:
-                want = self._merger(tp.partition).next_offset
-            else:
-                continue
-            committed = faust_compat.read_position(consumer, tp)  # set by the seek to committed
-            if committed is not None and want < committed:
-                rewinds[tp] = want
-                log.warning("committed offset is past the applied state: reading again from there",
-                            extra={"topic": tp.topic, "partition": tp.partition, "committed": committed,
-                                   "resume": want})
+                return self._processor(tp.partition).applied[kinds[tp.topic]] + 1
+            if tp.topic == self.topics["partials"]:
+                return self._merger(tp.partition).next_offset
+            return None
+
+        rewinds = plan_rewinds(consumer.assignment(), resume_at,
+                               lambda tp: faust_compat.read_position(consumer, tp))  # set by the seek to committed
         if rewinds:
             await consumer.seek_wait(rewinds)
             self.metrics.count({"offset_rewinds": len(rewinds)})
@@ -608,12 +585,7 @@ class DriftlineApp:
                 if hw is not None and pos is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
         if self.sink is not None:
-            st = self.sink.stats()
-            for table, n in st.get("rows_written", {}).items():
-                self.metrics.sink_rows.labels(table=table).set(n)
-            self.metrics.sink_buffered.set(st.get("buffered_rows", 0))
-            self.metrics.sink_backpressure.set(1 if st.get("backpressured") else 0)
-            self.metrics.sink_failures.set(st.get("failures", 0))
+            self.metrics.sink_stats(self.sink.stats())
 
     def health(self) -> dict[str, Any]:
         sink = self.sink.stats() if self.sink is not None else None

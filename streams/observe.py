@@ -41,6 +41,14 @@ class PipelineMetrics:
             else:
                 self.events.labels(name=name).inc(n)
 
+    def sink_stats(self, st: dict[str, Any]) -> None:
+        """The ClickHouse sink's own figures, as gauges."""
+        for table, n in st.get("rows_written", {}).items():
+            self.sink_rows.labels(table=table).set(n)
+        self.sink_buffered.set(st.get("buffered_rows", 0))
+        self.sink_backpressure.set(1 if st.get("backpressured") else 0)
+        self.sink_failures.set(st.get("failures", 0))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
