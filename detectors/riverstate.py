@@ -34,7 +34,7 @@ DDM, EDDM and their ``Mean``/``Var`` have exactly the attributes listed above, a
 fed a fixed stream (with a drift) encodes to the very bytes :func:`adwin_encode` makes from the
 decoded fields, and continues identically after a restore. If not, it raises
 :class:`DetectorStateError` naming the installed river version: install the river that
-``pyproject.toml`` pins (``>=0.26,<0.27``) or update this module, and test it. Each state
+``pyproject.toml`` pins (:data:`RIVER_PIN`) or update this module, and test it. Each state
 records the river version that wrote it (for diagnosis); the layout check, not the version
 string, decides whether it can be restored.
 """
@@ -47,6 +47,7 @@ import struct
 from typing import Any
 
 __all__ = [
+    "RIVER_PIN",
     "DetectorStateError",
     "adwin_decode",
     "adwin_encode",
@@ -55,6 +56,10 @@ __all__ = [
     "detector_to_state",
     "river_version",
 ]
+
+
+#: The river releases whose private layout this module knows (pyproject.toml's pin, checked by a test).
+RIVER_PIN = ">=0.26.1,<0.27"
 
 
 class DetectorStateError(ValueError):
@@ -176,7 +181,7 @@ def _layout_error(detail: str) -> DetectorStateError:
     return DetectorStateError(
         f"river {river_version()}: ADWIN's state bytes are not in the layout this Driftline knows "
         f"(river 0.26's AdaptiveWindowing): {detail}. Install the river version pyproject.toml pins "
-        f"(>=0.26,<0.27), or update driftline.detectors.riverstate for this river. {RESET_HINT}"
+        f"(river{RIVER_PIN}), or update driftline.detectors.riverstate for this river. {RESET_HINT}"
     )
 
 

@@ -24,6 +24,7 @@ from river.drift.binary import DDM, EDDM
 import driftline.detectors.drift as drift_module
 from driftline.detectors import DetectorBank, DetectorStateError
 from driftline.detectors.riverstate import (
+    RIVER_PIN,
     adwin_decode,
     adwin_encode,
     check_river_layout,
@@ -279,6 +280,18 @@ def test_installed_river_layout_is_the_known_one() -> None:
     check_river_layout(CLASSES)  # raises otherwise
 
 
+def test_pyproject_pins_the_river_releases_this_layout_is_known_for() -> None:
+    import pathlib
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    worker = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    assert f"river{RIVER_PIN}" in worker
+    assert importlib.metadata.version("river") in SpecifierSet(RIVER_PIN)
+
+
 @pytest.mark.parametrize("classes,what", [
     ({**CLASSES, "ddm": _GrownDDM}, "_n_seen"),
     ({**CLASSES, "adwin": _ChangedADWIN}, "8 bytes left over"),
@@ -290,9 +303,25 @@ def test_changed_river_layout_is_refused_with_a_clear_error(
     with pytest.raises(DetectorStateError, match=what) as err:
         check_river_layout(classes)
     msg = str(err.value)
-    assert f"river {importlib.metadata.version('river')}" in msg and ">=0.26,<0.27" in msg
+    assert f"river {importlib.metadata.version('river')}" in msg and f"river{RIVER_PIN}" in msg
     monkeypatch.setattr(drift_module, "river_detector_classes", lambda: classes)
     with pytest.raises(DetectorStateError, match=what):
         DetectorBank.from_state(state)
     with pytest.raises(DetectorStateError, match=what):
         DetectorBank({"ddm": {}}).to_state()
+
+
+def test_worker_exits_with_ex_config_on_detector_state_error() -> None:
+    """The worker must not restart-loop on state it can never read: exit 78 with the reason."""
+    import subprocess
+    import sys
+
+    code = (
+        "from driftline.streams.app import DriftlineApp\n"
+        "from driftline.detectors import DetectorBank\n"
+        "with DriftlineApp._halt_on_error(None, 'join agent'):\n"
+        "    DetectorBank.from_state({'config': {'ddm': {}}, 'n': 1, 'in_warning': {}, 'detectors': 'gASV'})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 78, run.stderr
+    assert "refusing the recovered detector state" in run.stderr and "DRIFTLINE_APP_ID" in run.stderr
