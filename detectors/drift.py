@@ -26,9 +26,11 @@ restored raises :class:`DetectorStateError` saying why and how to start afresh (
 ``DRIFTLINE_APP_ID``, or deleting this app id's changelog topics). The check of river's private
 layout, and what happens when a river upgrade changes it, is in ``riverstate``'s docstring.
 
-Cost (2-core shared machine, river 0.26.1): a bank of ADWIN + DDM + EDDM fed 10,000 errors
-(ADWIN holding ~10 buckets) takes ~25 us for ``to_state()`` and ~60 us for ``from_state()``; an
-unchanged bank's ``to_state()`` is returned from a cache (~0.1 us).
+Cost (2-core shared machine, river 0.26.1, best of 5): a bank of ADWIN + DDM + EDDM fed 10,000
+errors (ADWIN holding 11 buckets; 1.9 kB of JSON) takes ~22-26 us for ``to_state()`` (the pickle
+it replaces took ~24 us), ~55-65 us for ``from_state()``, ~100 us for the whole round trip
+through orjson bytes. An unchanged bank's ``to_state()`` comes from a cache (~0.1 us); the first
+call in a process also runs the river layout check once (~0.5 ms).
 """
 
 from __future__ import annotations
@@ -305,6 +307,15 @@ class DetectorBank:
 
         The dict is cached until the next ``update_many`` that feeds values (partition records
         are written per batch, for every bank, touched or not): do not modify it.
+
+        >>> bank = DetectorBank({"ddm": {}})
+        >>> bank.update_many([0.0, 1.0, 0.0])
+        []
+        >>> state = bank.to_state()
+        >>> state["format"], state["detectors"]["ddm"]["p"], state["detectors"]["ddm"]["ps_min"]
+        (2, {'n': 3.0, 'mean': 0.333...}, 'inf')
+        >>> DetectorBank.from_state(state).detectors["ddm"]._p.get() == bank.detectors["ddm"]._p.get()
+        True
         """
         if self._state is not None and self._state[0] == self.n:
             return self._state[1]

@@ -16,20 +16,22 @@ What is stored (river 0.26.1)
   flag and ``window``, the fields of river's Rust ``AdaptiveWindowing`` (``rust_src/adwin.rs``):
   ``total``, ``variance``, ``width``, ``total_width``, ``n_buckets``, ``max_n_buckets``,
   ``tick``, ``n_detections`` and ``buckets``, where ``buckets[i]`` lists the ``totals`` and
-  ``variances`` of the summaries of 2**i values each (oldest first). river exposes that struct
+  ``variances`` of the summaries of 2**i values each, oldest first (a higher ``i`` holds older
+  values; the unused, zeroed slots river allocates are not stored). river exposes that struct
   only as bincode bytes (``__getstate__`` / ``__setstate__``, a data decoder): this module reads
   those bytes into the fields and writes them back, byte for byte (:func:`adwin_decode`,
   :func:`adwin_encode`).
 
 Floats are kept exactly (JSON's shortest round-trip repr); the non-finite ones JSON lacks
 (DDM's initial ``ps_min`` is infinite; a NaN error reaches ADWIN's totals) are the strings
-"inf", "-inf", "nan".
+"inf", "-inf", "nan" (a NaN's sign and payload bits are not kept; no arithmetic sees them).
 
 When river's internals change
 -----------------------------
 The fields above are river's private attributes and the byte layout of a Rust struct; any
-river release may change them. Before it writes or restores state this module checks, once
-per process, that the installed river has the layout it knows (:func:`check_river_layout`):
+river release may change them. Before a ``DetectorBank`` writes or restores state it checks,
+once per process, that the installed river has the layout this module knows
+(:func:`check_river_layout`):
 DDM, EDDM and their ``Mean``/``Var`` have exactly the attributes listed above, and an ADWIN
 fed a fixed stream (with a drift) encodes to the very bytes :func:`adwin_encode` makes from the
 decoded fields, and continues identically after a restore. If not, it raises

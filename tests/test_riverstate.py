@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from river.drift import ADWIN
 from river.drift.binary import DDM, EDDM
 
@@ -85,6 +87,24 @@ def test_adwin_bytes_round_trip_through_named_fields(name: str, params: dict[str
     assert checked > 4
     if not name.startswith("non-finite"):
         assert drifts, "every stream here has a change ADWIN finds: the right-after-a-drift case is covered"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    # Finite sums: the NaN that an overflow makes has sign bits that are not kept (see above).
+    values=st.lists(st.floats(-1e100, 1e100), max_size=400),
+    clock=st.integers(1, 40), max_buckets=st.integers(1, 7), min_window_length=st.integers(1, 12),
+    grace_period=st.integers(0, 30), delta=st.floats(1e-6, 0.5),
+)
+def test_adwin_bytes_round_trip_property(values: list[float], clock: int, max_buckets: int,
+                                         min_window_length: int, grace_period: int, delta: float) -> None:
+    det = ADWIN(delta=delta, clock=clock, max_buckets=max_buckets, min_window_length=min_window_length,
+                grace_period=grace_period)
+    for i, x in enumerate(values):
+        det.update(x)
+        if i % 50 == 0 or det.drift_detected or i == len(values) - 1:
+            raw = det._helper.__getstate__()
+            assert adwin_encode(*_json(adwin_decode(raw))) == raw
 
 
 def _direct(det: Any, stream: list[float]) -> list[tuple[int, str]]:
