@@ -181,8 +181,8 @@ def _bucket_struct(cap: int) -> struct.Struct:
 
 def _layout_error(detail: str) -> DetectorStateError:
     return DetectorStateError(
-        f"river {river_version()}: ADWIN's state bytes are not in the layout this Driftline knows "
-        f"(river 0.26's AdaptiveWindowing): {detail}. Install the river version pyproject.toml pins "
+        f"river {river_version()} keeps detector state in a layout this Driftline does not know "
+        f"(it knows river 0.26's): {detail}. Install the river version pyproject.toml pins "
         f"(river{RIVER_PIN}), or update driftline.detectors.riverstate for this river. {RESET_HINT}"
     )
 
@@ -210,10 +210,10 @@ def adwin_decode(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
          n_buckets, max_n_buckets, tick, n_detections, n_lists) = _HEAD.unpack_from(raw, 0)
         off = _HEAD.size
         cap = max_buckets + 1
+        if (16 * cap + 32) * n_lists > len(raw):
+            raise _layout_error(f"{n_lists} buckets of {cap} slots cannot fit in {len(raw)} bytes")
         one = _bucket_struct(cap)
         end = off + n_lists * one.size
-        if cap > len(raw) or end > len(raw):
-            raise _layout_error(f"{n_lists} buckets of {cap} slots in {len(raw)} bytes")
         buckets = []
         for i, b in enumerate(one.iter_unpack(raw[off:end])):
             # max_size, current_idx, len(totals), *totals, len(variances), *variances
@@ -266,8 +266,8 @@ def adwin_encode(params: dict[str, Any], window: dict[str, Any]) -> bytes:
     scalars = [_float(w[k], f"adwin {k}") for k in _WINDOW_SCALARS]
     counters = [_int(w[k], f"adwin {k}") for k in _WINDOW_COUNTERS]
     buckets = w["buckets"]
-    if not isinstance(buckets, list) or not buckets:
-        raise DetectorStateError("detector state: adwin buckets must be a non-empty list")
+    if not isinstance(buckets, list) or not 1 <= len(buckets) <= 63:  # river shifts a u64 by the index
+        raise DetectorStateError("detector state: adwin buckets must be a list of 1 to 63 buckets")
     vec = struct.Struct(f"<{cap}d")
     body = []
     values = 0

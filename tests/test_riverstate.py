@@ -345,3 +345,13 @@ def test_worker_exits_with_ex_config_on_detector_state_error() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 78, run.stderr
     assert "refusing the recovered detector state" in run.stderr and "DRIFTLINE_APP_ID" in run.stderr
+
+
+def test_adwin_decode_refuses_bytes_of_another_layout() -> None:
+    det = ADWIN()
+    for x in np.random.default_rng(4).random(500).tolist():
+        det.update(x)
+    raw = det._helper.__getstate__()
+    for bad in (b"", raw[:10], raw[:-1], raw + b"\x00", raw[:12] + (2**40).to_bytes(8, "little") + raw[20:]):
+        with pytest.raises(DetectorStateError, match="layout"):
+            adwin_decode(bad)
