@@ -32,6 +32,7 @@ import faust
 import orjson
 from faust.types import TP
 
+from driftline.detectors.drift import DetectorStateError
 from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
 from driftline.streams import faust_compat
@@ -285,6 +286,12 @@ class DriftlineApp:
         except ForeignStateError as exc:
             # A configuration error, not a crash: a restart would meet the same state.
             log.critical("refusing another deployment's state: %s", exc)
+            logging.shutdown()
+            os._exit(78)  # EX_CONFIG
+        except DetectorStateError as exc:
+            # Old (pickle) or unreadable detector state, or a river this code does not know: a
+            # restart would meet the same state; the message says how to start afresh.
+            log.critical("refusing the recovered detector state: %s", exc)
             logging.shutdown()
             os._exit(78)  # EX_CONFIG
         except Exception:

@@ -610,6 +610,47 @@ def test_detector_state_survives_restart(
     assert got == [(a["drift_event"]["event_id"], a["severity"]) for a in alarms]
 
 
+def test_restart_refuses_old_pickle_detector_state_without_unpickling() -> None:
+    """A partition record from before state format 2 holds base64(pickle) detector banks: the
+    restart raises DetectorStateError (the worker exits with EX_CONFIG) and runs nothing."""
+    import base64
+    import pickle
+
+    from driftline.detectors import DetectorStateError
+
+    errors = _error_stream(5, 0.1, 0.1, n=400)
+    models = ModelsConfig(models={"m": ModelConfig(task="binary")})
+    h, f = Harness(0, models), Feed()
+    h.process(f.events("prediction", [pred(f"e{i}", T0 + i * 0.05, label=0, score=0.2) for i in range(400)])
+              + f.events("label", [label(f"e{i}", T0 + i * 0.05 + 1.0, label=int(errors[i])) for i in range(400)]))
+    h.close_idle()
+    record = orjson.loads(h.store[h.proc.state_key()])
+    bank = record["banks"]["m\x1fv1"]
+    assert bank["format"] == 2 and bank["n"] == 400
+    h.restart()  # format 2 restores
+    payload = pickle.dumps(_Unpickled())
+    record["banks"]["m\x1fv1"] = {"config": bank["config"], "n": 400, "in_warning": bank["in_warning"],
+                                  "detectors": base64.b64encode(payload).decode("ascii")}
+    h.store[h.proc.state_key()] = orjson.dumps(record)
+    with pytest.raises(DetectorStateError, match="old pickle format"):
+        h.restart()
+    assert _UNPICKLED == []
+    pickle.loads(payload)  # the payload is live: loading it the old way would have run it
+    assert _UNPICKLED == ["ran"]
+
+
+_UNPICKLED: list[str] = []
+
+
+def _mark_unpickled() -> None:
+    _UNPICKLED.append("ran")
+
+
+class _Unpickled:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_mark_unpickled, ())
+
+
 def test_stable_stream_raises_no_critical_alarm() -> None:
     errors = _error_stream(3, 0.1, 0.1)
     _, alarms = _processor_alarms(errors)
