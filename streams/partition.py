@@ -90,6 +90,8 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    # A forwarded record's original (topic, partition, offset): where its dead letters point.
+    origin: tuple[str, int, int] | None = None
 
 
 @dataclass
@@ -289,7 +291,9 @@ class PartitionProcessor:
                 return None
             self.forward_applied[source] = from_offset
             events, _ = decode_message(value, kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
-            return Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value), events, True
+            origin_topic = (self.topics or {}).get(kind, msg.topic)
+            return (Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value,
+                            (origin_topic, from_partition, from_offset)), events, True)
         events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
         for rej, raw in rejections:
             self._dead_letter(msg, rej, raw)
@@ -442,7 +446,8 @@ class PartitionProcessor:
 
     def _dead_letter(self, msg: Message, rej: Rejection, raw: object) -> None:
         self._count(f"dlq_{rej.code}")
-        rec = make_dead_letter(rej, raw, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        topic, partition, offset = msg.origin or (msg.topic, msg.partition, msg.offset)
+        rec = make_dead_letter(rej, raw, topic=topic, partition=partition, offset=offset)
         self._res.dlq.append((msg.key, dict(rec)))
 
     def _model(self, msg: Message, model_id: str, task: str | None, event: Prediction) -> ModelConfig | None:
