@@ -162,3 +162,21 @@ def sync_profiles(
         log.info("reference profile synced to ClickHouse",
                  extra={"model_id": model_id, "version": version, "features": len(rows)})  # fmt: skip
     return done
+
+
+def sync_states(client: Any, states: list[dict[str, Any]], database: str = "driftline") -> list[tuple[str, int]]:
+    """Copy the profile versions in ``states`` (``Profile.to_state()`` dicts, e.g. read from the
+    baselines topic) that ``reference_profiles`` lacks; returns the pairs inserted."""
+    if not states:
+        return []
+    have = synced_versions(client, database)
+    done: list[tuple[str, int]] = []
+    for state in states:
+        pair = (str(state.get("model_id")), int(state.get("version") or 0))
+        if pair in have or not pair[1]:
+            continue
+        insert_rows(client, profile_rows(state), database)
+        done.append(pair)
+        log.info("reference profile synced to ClickHouse from the baselines topic",
+                 extra={"model_id": pair[0], "version": pair[1]})
+    return done

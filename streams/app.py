@@ -36,6 +36,7 @@ from driftline.detectors.drift import DetectorStateError
 from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
 from driftline.streams import faust_compat
+from driftline.streams.baselines import BaselineFeed
 from driftline.streams.changelog import ChangelogWriter, read_range
 from driftline.streams.commit import apply_join_batches, apply_merge
 from driftline.streams.malloc import FreeMemoryReleaser
@@ -120,7 +121,7 @@ class DriftlineApp:
     """Builds and owns the faust app of one worker process."""
 
     def __init__(self, settings: Settings, models: ModelsConfig, *, sink: Any = None, query: Any = None,
-                 references: dict[str, Profile] | None = None) -> None:
+                 references: dict[str, Profile] | None = None, baselines: BaselineFeed | None = None) -> None:
         self.settings = settings
         self.models = models
         # Reference profiles of the models with ``data_drift`` (loaded once, at start).
@@ -143,6 +144,7 @@ class DriftlineApp:
         self.mergers: dict[int, WindowMerger] = {}
         self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
         self.refs.on_install(self._install_reference)
+        self.baselines = baselines
         self.app = self._build_app()
         self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
         self._merge_io = _StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
@@ -441,6 +443,16 @@ class DriftlineApp:
                         extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
 
     # ---- references -----------------------------------------------------------------------------
+    def _apply_published_baselines(self) -> None:
+        """Install profile versions newer than this worker's, as the baselines topic brings them."""
+        for profile in self.baselines.take_new() if self.baselines is not None else []:
+            have = self.references.get(profile.model_id)
+            if have is None or profile.version > have.version:
+                log.info("reference profile applied from the baselines topic",
+                         extra={"model_id": profile.model_id, "version": profile.version,
+                                "features": len(profile.features)})
+                self.refs.install(profile)
+
     def _install_reference(self, ref: Profile) -> None:
         """A profile saved, found or received: this worker's processors and mergers use it now."""
         for proc in self.processors.values():
@@ -460,6 +472,7 @@ class DriftlineApp:
         now = time.time()
         self._ensure_assigned()
         self.refs.refresh(now)
+        self._apply_published_baselines()
         for proc in list(self.processors.values()):
             lock = self._partition_lock(proc.partition)
             if lock.locked():  # the join agent is applying a batch: its own record comes first

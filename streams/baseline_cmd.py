@@ -68,12 +68,13 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def save_profile(profile: Profile, out_dir: str | Path) -> Path:
-    """Write ``profile`` as the next version of its model and point ``latest.json`` at it."""
+def save_profile(profile: Profile, out_dir: str | Path, min_version: int = 1) -> Path:
+    """Write ``profile`` as the next version of its model (at least ``min_version``: versions
+    published from elsewhere come first) and point ``latest.json`` at it."""
     d = _model_dir(profile.model_id, out_dir)
     d.mkdir(parents=True, exist_ok=True)
     versions = [int(m.group(1)) for p in d.iterdir() if (m := _VERSION_FILE.fullmatch(p.name))]
-    n = max(versions, default=0) + 1
+    n = max(max(versions, default=0) + 1, min_version)
     while True:  # claim the version number; a concurrent writer makes us take the next one
         path = d / f"profile-v{n}.json"
         try:
@@ -103,6 +104,7 @@ def create_baseline(
     max_categories: int = 50,
     prediction_column: str = "prediction",
     label_column: str = "label",
+    min_version: int = 1,
 ) -> Path:
     """Profile the records of ``path`` (CSV, JSONL, JSON, Parquet) and save a new version.
 
@@ -138,7 +140,7 @@ def create_baseline(
     )
     # the name only: the folder it came from means nothing on the machines that read the table
     profile.source = Path(path).name
-    return save_profile(profile, out_dir)
+    return save_profile(profile, out_dir, min_version)
 
 
 def load_latest(model_id: str, out_dir: str | Path) -> Profile:
@@ -178,7 +180,7 @@ def estimation_note(profile: Profile) -> str:
 
 def _wants_reference(cfg: Any) -> bool:
     """Data drift compares with the reference; CBPE reads its score calibrator."""
-    return bool(cfg.data_drift or cfg.cbpe)
+    return cfg.data_drift is not False or bool(cfg.cbpe)
 
 
 def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--from", dest="source", required=True, help="reference file: .csv, .jsonl, .json or .parquet")
     pc.add_argument("--dir", default=None, help="profiles folder (default <DRIFTLINE_DATA_DIR>/profiles)")
     pc.add_argument("--features", default=None, help="comma-separated feature columns (default: all but prediction and label)")
+    pc.add_argument("--no-publish", action="store_true",
+                    help="only write the file; by default the profile is also published to <prefix>baselines, "
+                         "where every worker picks it up live")
+    _common(pc)
 
     p = sub.add_parser("report", help="a self-contained HTML report: metrics, drift, alerts, score distributions")
     p.add_argument("--model", help="only this model_id (default: every model)")
@@ -254,12 +258,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     from driftline.streams.baseline_cmd import create_baseline, estimation_note, load_latest
 
-    out_dir = args.dir or str(Path(Settings.from_env().data_dir) / "profiles")
+    s = _settings(args)
+    out_dir = args.dir or str(Path(s.data_dir) / "profiles")
     feats = args.features.split(",") if args.features else None
-    path = create_baseline(args.model, args.source, out_dir, feature_names=feats)
+    topic, newest = None, 0
+    if not args.no_publish:
+        from driftline.streams.baselines import read_baselines
+        from driftline.streams.topics import create_topics
+
+        topic = create_topics(s.bootstrap, s.topic_prefix, s.partitions, client_config=dict(s.kafka))["baselines"]
+        published = read_baselines(s.bootstrap, topic, dict(s.kafka)).get(args.model)
+        newest = published.version if published is not None else 0  # versions go on from the topic's
+    path = create_baseline(args.model, args.source, out_dir, feature_names=feats, min_version=newest + 1)
     prof = load_latest(args.model, out_dir)
     _print(f"{path} (version {prof.version}: {prof.n_events} records, {len(prof.features)} features)")
     _print(estimation_note(prof))
+    if topic is not None:
+        from driftline.streams.baselines import publish_baseline
+
+        publish_baseline(s.bootstrap, topic, prof, dict(s.kafka))
+        _print(f"published to {topic} as {args.model}@{prof.version}: running workers apply it now")
     return 0
 
 

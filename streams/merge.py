@@ -495,7 +495,7 @@ class WindowMerger:
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
         if (key.segment != "" or mw.partial.task != "regression" or prof is None or ref is None
-                or ref.loss_model is None or not cfg.data_drift or prof.infer or prof.version != ref.version):
+                or ref.loss_model is None or cfg.data_drift is False or prof.infer or prof.version != ref.version):
             return
         est = ref.loss_model.estimate(prof)
         if est is None:
@@ -517,7 +517,7 @@ class WindowMerger:
         """
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
-        if (key.segment != "" or prof is None or ref is None or not cfg.data_drift or prof.infer
+        if (key.segment != "" or prof is None or ref is None or cfg.data_drift is False or prof.infer
                 or prof.version != ref.version):  # an unbinned profile feeds a first-hours reference
             return None
         try:

@@ -184,7 +184,7 @@ class ModelConfig:
     def baseline(self) -> str | None:
         """Which reference profile ``data_drift`` asks for: ``"latest"``, ``"v<N>"``,
         ``"first_hours"`` (built from the first ``hours`` of production), or None (off)."""
-        if not self.data_drift:
+        if self.data_drift is False:
             return None
         if isinstance(self.data_drift, Mapping):
             b = self.data_drift.get("baseline", "latest")

@@ -502,7 +502,8 @@ class PartitionProcessor:
         # A prediction for a closed window counts exactly as an on-time one, in a ``late``
         # partial that revises the window: the same events give the same windows whenever
         # they are read (live, from a backlog, after a pause or a crash).
-        ref = self.references.get(p.model_id) if cfg.data_drift else None
+        # A model with a reference gets data drift and quality unless its entry says ``false``.
+        ref = self.references.get(p.model_id) if cfg.data_drift is not False else None
         # No reference yet, and the model builds it from its first hours: profile unbinned.
         warmup = ref is None and bool(cfg.data_drift) and not closed and cfg.first_hours() is not None
         cbpe = cfg.cbpe and p.task == "binary"

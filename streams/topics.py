@@ -19,7 +19,14 @@ TOPIC_KEYS: tuple[str, ...] = (
     "partials",
     "comparisons",
     "repartition",
+    "baselines",
 )
+#: Topic configs other than the broker's defaults. Baselines: one record per profile version,
+#: compacted (every version kept, one key each), and profiles can exceed 1 MB.
+MAX_BASELINE_BYTES = 16 * 1024 * 1024
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    "baselines": {"cleanup.policy": "compact", "max.message.bytes": str(MAX_BASELINE_BYTES)},
+}
 #: Internal topics the join reads with its inputs: they need the inputs' partition count.
 COPARTITIONED: tuple[str, ...] = ("predictions", "labels", "repartition")
 
@@ -36,7 +43,7 @@ def topic_names(prefix: str) -> dict[str, str]:
     >>> topic_names("driftline.")["predictions"]
     'driftline.predictions'
     >>> sorted(topic_names("x."))[:3]
-    ['alerts', 'comparisons', 'dlq']
+    ['alerts', 'baselines', 'comparisons']
     """
     return {key: f"{prefix}{key}" for key in TOPIC_KEYS}
 
@@ -115,7 +122,7 @@ def create_topics(
         futures = admin.create_topics(
             [
                 NewTopic(n, num_partitions=input_count if n == names["repartition"] else partitions,
-                         replication_factor=replication)
+                         replication_factor=replication, config=TOPIC_CONFIGS.get(_key_of(names, n), {}))
                 for n in missing
             ],
             operation_timeout=timeout,
@@ -168,6 +175,10 @@ def _check_copartitioned(
             "and caught up) and restart a worker to recreate it."
         )
     return p
+
+
+def _key_of(names: dict[str, str], name: str) -> str:
+    return next(k for k, v in names.items() if v == name)
 
 
 def input_partitions(bootstrap: str, prefix: str, client_config: dict[str, Any] | None = None,

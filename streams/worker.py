@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import Any
 
+from driftline.streams.baselines import BaselineFeed
 from driftline.streams.models import load_models_config
 from driftline.streams.settings import Settings
 from driftline.streams.topics import TopicError, create_topics, input_partitions, topic_names
@@ -31,14 +32,14 @@ SINK_TOPICS = ("metrics", "alerts", "drift_events", "outcomes", "comparisons")
 PROFILE_SYNC_SECONDS = 30.0
 
 
-def build_sink(settings: Settings) -> tuple[Any, Any]:
+def build_sink(settings: Settings, baselines: BaselineFeed | None = None) -> tuple[Any, Any]:
     """The sink runner and a read-only query function, or (None, None) without a sink."""
     if not settings.sink:
         return None, None
     from pathlib import Path
 
     from driftline.sinks.clickhouse import ClickHouseSink
-    from driftline.sinks.profiles import sync_profiles
+    from driftline.sinks.profiles import sync_profiles, sync_states
     from driftline.sinks.query import open_query_client, run_query
     from driftline.sinks.runner import SinkRunner
 
@@ -50,6 +51,8 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
 
     def sync() -> None:  # the sink's client, so it runs in the sink's thread (a job)
         sync_profiles(sink.client, profiles, sink.database)
+        if baselines is not None:  # ... and what the baselines topic holds
+            sync_states(sink.client, [p.to_state() for p in baselines.latest().values()], sink.database)
 
     runner = SinkRunner(settings.bootstrap, [names[t] for t in SINK_TOPICS], sink,
                         group_id=f"{settings.application_id}-sink", client_config=dict(settings.kafka),
@@ -138,9 +141,12 @@ def run_worker(settings: Settings) -> int:
         log.info("input topics have their own partition count", extra={"partitions": partitions})
         settings = settings.with_overrides(partitions=partitions)
     log.info("worker starting", extra={"settings": settings.redacted(), "topics": names})
-    runner, query = build_sink(settings)
+    # Reference profiles published by ``driftline baseline create``: read from the topic's start,
+    # applied live by the app's timer, copied into ClickHouse by the sink.
+    baselines = BaselineFeed(settings.bootstrap, names["baselines"], dict(settings.kafka)).start()
+    runner, query = build_sink(settings, baselines)
     delivery = build_alert_delivery(settings)
-    dl = DriftlineApp(settings, models, sink=runner, query=query)
+    dl = DriftlineApp(settings, models, sink=runner, query=query, baselines=baselines)
     if delivery is not None:
         from driftline.streams.observe import AlertDeliveryCollector
 
@@ -156,5 +162,6 @@ def run_worker(settings: Settings) -> int:
             delivery.stop()
         if runner is not None:
             runner.stop()
+        baselines.close()
         log.info("worker stopped", extra={"counters": dl.metrics.counters})
     return 0

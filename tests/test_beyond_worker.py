@@ -38,6 +38,12 @@ PLAIN = ModelsConfig(models={
     "intent": ModelConfig(task="multiclass"),
     "eta": ModelConfig(task="regression"),
 })
+#: Data drift turned off in the models file, references or not.
+OFF = ModelsConfig(models={
+    "fraud": ModelConfig(task="binary", segment_keys=("country",), data_drift=False),
+    "intent": ModelConfig(task="multiclass", data_drift=False),
+    "eta": ModelConfig(task="regression", data_drift=False),
+})
 DATA_KINDS = ("data_drift", "data_quality")
 
 
@@ -124,15 +130,25 @@ def test_clean_run_raises_no_data_alert_and_emits_feature_metrics(references: di
     assert "feature_psi.msg_length" in intent and "prediction_psi" in intent and "estimated_accuracy" not in intent
 
 
-def test_feature_off_without_config_or_reference(references: dict[str, Profile]) -> None:
+def test_feature_off_when_turned_off_or_without_reference(references: dict[str, Profile]) -> None:
     preds, labels = generate(3000, seed=3, rate=RATE, start_ts=T0)
-    for models, refs in ((PLAIN, references), (MODELS, {})):
+    for models, refs in ((OFF, references), (MODELS, {})):
         out, partials = run_pipeline(preds, labels, models, refs)
         assert not any("prof" in p.get("state", {}) for p in partials)
         assert not any(k.startswith(("feature_", "prediction_psi")) for m in out.metrics for k in m["metrics"])
     out, partials = run_pipeline(preds, labels, PLAIN, references)
     assert not any("cbpe" in p.get("state", {}) for p in partials)
     assert not any("estimated_accuracy" in m["metrics"] for m in out.metrics)
+
+
+def test_a_model_with_a_baseline_gets_data_drift_by_default(references: dict[str, Profile]) -> None:
+    """No ``data_drift`` entry: the reference alone turns data drift and quality on, with the
+    documented defaults."""
+    preds, labels = generate(3000, seed=3, rate=RATE, start_ts=T0)
+    out, partials = run_pipeline(preds, labels, PLAIN, references)
+    assert any("prof" in p.get("state", {}) for p in partials)
+    whole = [m for m in out.metrics if m["model_id"] == "fraud" and m["segment"] == ""]
+    assert whole and all(any(k.startswith("feature_psi.") for k in m["metrics"]) for m in whole)
 
 
 def test_covariate_drift_raises_data_drift_naming_the_feature(references: dict[str, Profile]) -> None:
@@ -268,7 +284,8 @@ def test_models_file_settings() -> None:
     assert cfg is not None and cfg.cbpe and cfg.baseline() == "v2"
     assert cfg.drift_config().for_feature("amount").psi_warning == 0.05
     assert cfg.quality_thresholds().missing_increase == (0.1, 0.3)
-    assert ModelConfig().baseline() is None and ModelConfig(data_drift=True).baseline() == "latest"
+    assert ModelConfig(data_drift=False).baseline() is None and ModelConfig(data_drift=True).baseline() == "latest"
+    assert ModelConfig().baseline() == "latest"  # a model with a baseline gets data drift unless turned off
     for bad, where in (({"data_drift": {"psi_warn": 1}}, "models.m.data_drift"),
                        ({"data_drift": {"baseline": "old"}}, "models.m.data_drift.baseline"),
                        ({"data_quality": {"type_mismatch": [0.5, 0.1]}}, "models.m.data_quality"),
@@ -281,9 +298,11 @@ def test_load_references(tmp_path: Path, references: dict[str, Profile]) -> None
     save_profile(references["fraud"], tmp_path)
     save_profile(references["eta"], tmp_path)
     models = parse_models_config({"models": {"fraud": {"data_drift": {"baseline": "latest"}}, "intent": {"data_drift": True},
-                                             "eta": {}}})
+                                             "eta": {"data_drift": False}}})
     refs = load_references(tmp_path, models)
-    assert set(refs) == {"fraud"}  # intent has no baseline, eta does not ask
+    assert set(refs) == {"fraud"}  # intent has no baseline, eta turned data drift off
+    unlisted = parse_models_config({"models": {"fraud": {}}})
+    assert set(load_references(tmp_path, unlisted)) == {"fraud", "eta"}  # a baseline turns it on
     assert refs["fraud"].features.keys() == references["fraud"].features.keys()
     everyone = parse_models_config({"defaults": {"data_drift": True}})
     assert set(load_references(tmp_path, everyone)) == {"fraud", "eta"}

@@ -65,6 +65,7 @@ def test_create_topics_idempotent(bootstrap: str) -> None:
         "partials",
         "comparisons",
         "repartition",
+        "baselines",
     }
     again = create_topics(bootstrap, prefix, partitions=3)
     assert again == names
