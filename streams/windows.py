@@ -2,7 +2,7 @@
 
 A series is (model_id, model_version, segment); a window is an event-time tumbling
 interval ``[start, start + length)``. A ``WindowPartial`` holds the label-free part
-(prediction count, latency sketch, score/value summary) and the label-based part
+(prediction count, serving outcomes, latency sketch, score/value summary) and the label-based part
 (labelled count, label-delay sketch, the task's metric accumulator). Partials from
 different partitions and workers ``merge`` into the aggregate of the union, so the merge
 stage can combine them in any order.
@@ -18,6 +18,10 @@ a binary model (``estimated_*`` metrics, and ``cbpe_error_*`` = estimate - reali
 labels exist). A third, ``fairness``, maps each protected segment key of a binary model with
 ``fairness`` set to a ``GroupRates`` of its labelled events (whole-model series only); the merge
 stage turns it into ``fairness.*`` metrics (``driftline.streams.merge``).
+
+Serving outcome: ``add_status`` counts the predictions that carried a ``status`` and those whose
+status was ``error``; a window with at least one gets ``error_count`` and ``error_rate`` =
+errors / every prediction of the window (``prediction_count``), a window without any gets neither.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class WindowPartial:
     """
 
     __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions",
-                 "profile", "cbpe", "fairness")
+                 "profile", "cbpe", "fairness", "status_count", "error_count")
 
     def __init__(self, task: str, ranking_k: int = 10, catalog_size: int | None = None) -> None:
         self.task = task
@@ -118,6 +122,13 @@ class WindowPartial:
         self.profile: Profile | None = None
         self.cbpe: CBPEAccumulator | None = None
         self.fairness: dict[str, GroupRates] | None = None
+        self.status_count = 0  # predictions that carried a serving status
+        self.error_count = 0  # of those, status "error"
+
+    def add_status(self, error: bool) -> None:
+        """Count one prediction's serving status (``error``: it was ``"error"``, else ``"ok"``)."""
+        self.status_count += 1
+        self.error_count += error
 
     def add_predictions(self, latencies: np.ndarray, scores: np.ndarray) -> None:
         """Count predictions; NaN latencies/scores (absent fields) are skipped by the sketches."""
@@ -162,6 +173,8 @@ class WindowPartial:
         self.unlabeled_expired += other.unlabeled_expired
         self.late_predictions += other.late_predictions
         self.duplicate_predictions += other.duplicate_predictions
+        self.status_count += other.status_count
+        self.error_count += other.error_count
         if other.profile is not None:
             if self.profile is None or self.profile.version < other.profile.version:
                 # A partial profiled against a newer reference (a new baseline after a restart)
@@ -202,6 +215,9 @@ class WindowPartial:
         put("labeled_count", self.labeled, self.labeled)
         if n:
             put("label_coverage", min(self.labeled / n, 1.0), n)
+        if self.status_count:
+            put("error_count", self.error_count, n)
+            put("error_rate", self.error_count / n if n else 0.0, n)
         if self.latency.count:
             for q, name in ((0.5, "latency_p50"), (0.95, "latency_p95"), (0.99, "latency_p99")):
                 put(name, self.latency.quantile(q), self.latency.count)
@@ -220,8 +236,9 @@ class WindowPartial:
                     put(name, value, judged if name in _JUDGED_METRICS else self.acc.n)
                 put("judged_lists", judged, self.acc.n)
         elif self.acc.n:
+            support = self.acc.metric_counts() if isinstance(self.acc, BinaryAccumulator | MulticlassAccumulator) else {}
             for name, value in self.acc.metrics().items():
-                put(name, value, self.acc.n)
+                put(name, value, support.get(name, self.acc.n))
         if self.unlabeled_expired:
             put("unlabeled_expired", self.unlabeled_expired, self.unlabeled_expired)
         if self.late_predictions:
@@ -255,6 +272,7 @@ class WindowPartial:
             **({} if self.profile is None else {"prof": self.profile.to_state()}),
             **({} if self.cbpe is None else {"cbpe": self.cbpe.to_state()}),
             **({} if self.fairness is None else {"fair": {k: r.to_state() for k, r in self.fairness.items()}}),
+            **({"st": self.status_count, "err": self.error_count} if self.status_count else {}),
         }
 
     @classmethod
@@ -275,4 +293,6 @@ class WindowPartial:
             w.cbpe = CBPEAccumulator.from_state(d["cbpe"])
         if d.get("fair") is not None:
             w.fairness = {k: GroupRates.from_state(r) for k, r in d["fair"].items()}
+        w.status_count = int(d.get("st", 0))  # absent: no status seen (or a state from before statuses)
+        w.error_count = int(d.get("err", 0))
         return w
