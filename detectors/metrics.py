@@ -187,8 +187,9 @@ class BinaryAccumulator:
     def ece(self) -> float | None:
         """Expected calibration error over :data:`CALIBRATION_BINS` equal-width bins, or None."""
         bins = self.calibration()
-        if bins is None:
-            return None
+        return None if bins is None else self._ece(bins)
+
+    def _ece(self, bins: list[tuple[int, int, float, float]]) -> float:
         return sum(n * abs(obs - exp) for _, n, exp, obs in bins) / self.n_scored
 
     def metric_counts(self) -> dict[str, int]:
@@ -225,7 +226,7 @@ class BinaryAccumulator:
             out["brier"] = self.sum_brier / self.n_scored
         bins = self.calibration()
         if bins is not None:
-            out["ece"] = sum(nb * abs(obs - exp) for _, nb, exp, obs in bins) / self.n_scored
+            out["ece"] = self._ece(bins)
             for b, _, exp, obs in bins:
                 out[f"calibration.{b}.expected"] = exp
                 out[f"calibration.{b}.observed"] = obs

@@ -332,11 +332,12 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
             return segs
     status = o.get("status")
     code = o.get("error_code")
-    if code is not None or (status is not None and status != "ok" and status != "error"):
+    # Fast path: no status, or exactly "ok"/"error" without a code; else check and normalise.
+    if code is not None or (status is not None and (type(status) is not str or (status != "ok" and status != "error"))):
         served = check_status(status, code)
         if type(served) is Rejection:
             return served
-        status, code = served  # type: ignore[misc]
+        status, code = served  # type: ignore[misc]  # a 2-tuple here: type() narrowing is lost on NamedTuples
     # tuple.__new__ skips the generated Python-level __new__ (measurably faster per event).
     return _new(
         Prediction,

@@ -158,6 +158,9 @@ def test_serving_status_and_error_code() -> None:
         assert validate_prediction(orjson.loads(encode_event(p)), now=NOW) == p
         assert schema_ok("inference_event", {**BASE, **kw}) and schema_ok("inference_event", p.to_wire())
     assert "status" not in pred().to_wire()  # type: ignore[union-attr]
+    np = pytest.importorskip("numpy")
+    for sub in (np.str_("error"), type("S", (str,), {})("ok")):  # normalised to plain str
+        assert type(pred(status=sub).status) is str  # type: ignore[union-attr]
 
 
 def test_not_an_object_and_hostile_objects() -> None:
