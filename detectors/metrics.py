@@ -33,6 +33,7 @@ from .continuous import RegressionAccumulator, ScoreSummary
 __all__ = [
     "CALIBRATION_BINS",
     "MAX_CLASS_METRICS",
+    "MAX_CONFUSION_CLASSES",
     "BinaryAccumulator",
     "MulticlassAccumulator",
     "RegressionAccumulator",
@@ -49,6 +50,9 @@ CALIBRATION_BINS = 10
 #: Most classes a multiclass window writes per-class metrics for (the most supported ones), so
 #: that the metric names of a window stay bounded whatever the label space.
 MAX_CLASS_METRICS = 25
+#: Most classes whose confusion cells a window writes (the most supported ones again): at most
+#: 100 cells, since segment series (up to 500 values per key) multiply every per-window name.
+MAX_CONFUSION_CLASSES = 10
 
 
 def _ratio(num: float, den: float) -> float:
@@ -335,9 +339,10 @@ class MulticlassAccumulator:
 
     Per class ``c`` (:func:`class_metric_name` spells the names): ``precision.c``, ``recall.c``,
     ``f1.c`` (sklearn's ``precision_recall_fscore_support``, ``zero_division=0``), ``support.c``
-    (true events of ``c``), and ``confusion.t.p`` (events of true class ``t`` predicted ``p``;
-    non-zero cells only, a missing cell is 0), for the :data:`MAX_CLASS_METRICS` classes with the
-    largest support (then predicted count, then name); ``class_count`` is every class seen.
+    (true events of ``c``) for the :data:`MAX_CLASS_METRICS` classes with the largest support
+    (then predicted count, then name), and ``confusion.t.p`` (events of true class ``t`` predicted
+    ``p``; non-zero cells only, a missing cell is 0) among the first :data:`MAX_CONFUSION_CLASSES`
+    of them; ``class_count`` is every class seen.
 
     Examples
     --------
@@ -431,9 +436,10 @@ class MulticlassAccumulator:
             out[class_metric_name("recall", c)] = float(rec[i])
             out[class_metric_name("f1", c)] = float(f1[i])
             out[class_metric_name("support", c)] = float(true[i])
-        sub = self.cm[np.ix_(shown, shown)]
+        top = shown[:MAX_CONFUSION_CLASSES]
+        sub = self.cm[np.ix_(top, top)]
         for a, b in zip(*np.nonzero(sub), strict=True):
-            out[class_metric_name("confusion", self.classes[shown[a]], self.classes[shown[b]])] = float(sub[a, b])
+            out[class_metric_name("confusion", self.classes[top[a]], self.classes[top[b]])] = float(sub[a, b])
         return out
 
     def _shown(self) -> list[int]:
