@@ -148,10 +148,15 @@ class BinaryAccumulator:
         self.neg_hist += both[:, 0]
         self.pos_hist += both[:, 1]
         self.n_scored += int(s.size)
-        cb = np.clip((s * CALIBRATION_BINS).astype(np.int64), 0, CALIBRATION_BINS - 1)
-        self.cal_n += np.bincount(cb, minlength=CALIBRATION_BINS)
+        step = self.bins // CALIBRATION_BINS
+        if step * CALIBRATION_BINS == self.bins:  # calibration bins are runs of histogram bins
+            cb = idx // step
+        else:
+            cb = np.clip((s * CALIBRATION_BINS).astype(np.int64), 0, CALIBRATION_BINS - 1)
+        by_class = np.bincount(cb * 2 + yt, minlength=2 * CALIBRATION_BINS)
+        self.cal_n += by_class[0::2] + by_class[1::2]
+        self.cal_pos += by_class[1::2]
         self.cal_score += np.bincount(cb, weights=s, minlength=CALIBRATION_BINS)
-        self.cal_pos += np.bincount(cb[yt], minlength=CALIBRATION_BINS)
         # P(true class), clipped like sklearn clips each column of [1 - p, p].
         eps = self.log_loss_eps
         p_true = np.clip(np.where(yt, s, 1.0 - s), eps, 1.0 - eps)
