@@ -13,7 +13,7 @@ from test_partition import BINARY, T0, Feed, Harness, label, merge_all, pred
 from driftline.detectors.metrics import class_metric_name
 from driftline.streams.alerts import AlertEngine
 from driftline.streams.models import ModelConfig, ModelsConfig, parse_models_config
-from driftline.streams.windows import WindowPartial
+from driftline.streams.windows import MAX_ERROR_CODES, TOP_ERROR_CODES, WindowPartial
 
 # ---- the window ----------------------------------------------------------------------------
 
@@ -49,6 +49,29 @@ def test_no_status_no_error_metrics_and_old_states_load() -> None:
     assert (m["error_count"], m["error_rate"]) == (0.0, 0.0)  # reported and all fine: an explicit 0
 
 
+def test_error_codes_counted_per_code_top_ones_by_name() -> None:
+    a = _window(0, [])
+    for i in range(30):
+        a.add_status(True, f"E{i % 12:02d}" if i < 24 else "E.1%")  # 12 codes twice, "E.1%" 6 times
+    a.add_status(True)  # an error without a code
+    b = WindowPartial.from_state(orjson.loads(orjson.dumps(a.to_state())))
+    assert b.error_codes == a.error_codes
+    a.merge(b)
+    m, c = a.metrics(60.0)
+    coded = {k: v for k, v in m.items() if k.startswith("error_count.")}
+    assert coded["error_count.E%2E1%25"] == 12.0  # the most frequent first; '.' and '%' encoded
+    assert len([k for k in coded if k != "error_count.__other__"]) == TOP_ERROR_CODES
+    assert sum(coded.values()) == 60.0 and m["error_count"] == 62.0  # the two uncoded errors are in the total only
+    assert coded["error_count.__other__"] == 60.0 - 12.0 - 4.0 * (TOP_ERROR_CODES - 1)
+    assert "error_count.E10" not in coded and "error_count.E00" in coded  # ties: by name
+    # A flood of distinct codes: a partial keeps MAX_ERROR_CODES of them, the rest as __other__.
+    flood = _window(0, [])
+    for i in range(MAX_ERROR_CODES + 50):
+        flood.add_status(True, f"X{i}")
+    assert flood.error_codes is not None and len(flood.error_codes) == MAX_ERROR_CODES + 1
+    assert flood.error_codes["__other__"] == 50
+
+
 # ---- partition processor and merge stage ----------------------------------------------------
 
 
@@ -77,6 +100,7 @@ def test_status_flows_from_events_to_the_merged_window_and_its_segments() -> Non
         m, c = win["metrics"], win["counts"]
         assert m["prediction_count"] == 41
         assert m["error_count"] == 21 and m["error_rate"] == pytest.approx(21 / 41) and c["error_rate"] == 41
+        assert (m["error_count.TIMEOUT"], m["error_count.OOM"]) == (10, 10)  # the late error had no code
 
 
 def test_ece_and_per_class_metrics_reach_the_metrics_message_with_their_counts() -> None:

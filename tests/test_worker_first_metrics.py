@@ -85,6 +85,8 @@ def test_ece_per_class_and_error_rate_reach_clickhouse(bootstrap: str, topic_pre
             n_err = int((status[w] == "error").sum())
             assert fraud["error_count"][0] == n_err
             assert fraud["error_rate"][0] == pytest.approx(n_err / n, abs=1e-12) and fraud["error_rate"][1] == n
+            coded = int(((status[w] == "error") & (np.arange(N)[w] % 2 == 1)).sum())
+            assert fraud.get("error_count.UPSTREAM_TIMEOUT", (0.0, 0))[0] == coded
             labels = sorted(CLASSES.tolist())
             _, rec, _, sup = skm.precision_recall_fscore_support(yt[w], yp[w], labels=labels, zero_division=0)
             for k, c in enumerate(labels):
