@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Progress, machine_info
+from bench.partition_check import measure_partition_check
 from bench.report import evaluate, render
 from bench.retained import measure_retained
 from bench.scenarios import QUIX_PY, Bench
 
-ALL = ("1", "2", "3", "4", "5", "latency", "sdk", "retained", "quix", "naive")
-SMOKE = ("1", "2", "5", "sdk", "retained", "quix", "naive")  # < 60 s: each worker start costs ~6 s
+ALL = ("1", "2", "3", "4", "5", "latency", "sdk", "retained", "check", "quix", "naive")
+SMOKE = ("1", "2", "5", "sdk", "retained", "check", "quix", "naive")  # < 60 s: each worker start costs ~6 s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   a.latency_duration / 2)),
         "sdk": ("sdk", lambda: b.sdk(a.sdk_calls)),
         "retained": ("retained", measure_retained),
+        "check": ("partition_check", measure_partition_check),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),
     }

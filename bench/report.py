@@ -17,6 +17,8 @@ TARGETS: list[tuple[str, str, str, Any, str]] = [
     ("s5_rate", "outcome rows into chdb /s (s5)", ">= 200,000", lambda r: _g(r, "s5", "rows_per_s"), ">=200000"),
     ("retained_week", "100 series x 7 days of 60 s windows, 300 events each (MB)", "<= 1,024",
      lambda r: _g(r, "retained", "mb_100_series_week_at_300"), "<=1024"),
+    ("partition_check", "partition check per record, 4,000-event batch (us)", "< 1",
+     lambda r: _g(r, "partition_check", "batch_4000_us_per_record"), "<=0.999"),
     ("sdk_median", "SDK log_prediction median (us)", "<= 2", lambda r: _g2(r, "sdk", "broker_up", "median_us"), "<=2"),
     ("sdk_p99", "SDK log_prediction p99 (us)", "<= 20", lambda r: _g2(r, "sdk", "broker_up", "p99_us"), "<=20"),
     ("sdk_down_p99", "SDK p99 with broker down (us)", "<= 20", lambda r: _g2(r, "sdk", "broker_down", "p99_us"), "<=20"),

@@ -298,7 +298,7 @@ class Bench:
         from driftline.schemas import validate_label, validate_prediction
         from driftline.schemas.messages import make_outcome
         from driftline.schemas.partitioning import partition_for
-        from driftline.streams.app import OUTCOMES_PER_ENVELOPE
+        from driftline.streams.commit import OUTCOMES_PER_ENVELOPE
 
         preds, labels = self.data()
         prefix = new_prefix("s5")

@@ -1,7 +1,8 @@
 """Pure, state-serialisable metric accumulators, quantile sketches and drift detectors.
 
 No I/O here: every object updates from numpy arrays, merges with its peers, and
-round-trips through ``to_state()`` / ``from_state()`` (JSON-safe dicts) and pickle.
+round-trips through ``to_state()`` / ``from_state()``: JSON-safe dicts of plain data, which
+restore without executing anything (river's detectors included: ``riverstate``).
 """
 
 from .cbpe import CBPEAccumulator, estimation_error
@@ -13,7 +14,14 @@ from .comparison import (
     compare_regression,
 )
 from .datadrift import DriftConfig, DriftResult, DriftThresholds, compare_features, compare_profiles
-from .drift import DETECTORS, DetectorAlarm, DetectorBank, ErrorStreamDetector, make_detector
+from .drift import (
+    DETECTORS,
+    DetectorAlarm,
+    DetectorBank,
+    DetectorStateError,
+    ErrorStreamDetector,
+    make_detector,
+)
 from .fairness import FairnessRule, FairnessViolation, GroupRates
 from .metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator, ScoreSummary
 from .policy import DEFAULT_BANK_CONFIG, AlarmPolicy, PolicyDecision
@@ -32,6 +40,7 @@ __all__ = [
     "DriftResult",
     "DriftThresholds",
     "DetectorBank",
+    "DetectorStateError",
     "ErrorStreamDetector",
     "FeatureProfile",
     "MulticlassAccumulator",

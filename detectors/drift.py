@@ -13,16 +13,31 @@ Facts this relies on (river 0.26.1; ``docs/architecture.md``, "Facts the design 
   one (that would reset twice and shift every later index).
 - ADWIN fires when the error falls as well as when it rises; the bank compares
   ``estimation`` just before and just after the detecting update to tell them apart.
-- Every detector survives a pickle round trip with identical later alarms.
+- A detector's state is its parameters and fields, as data (``driftline.detectors.riverstate``):
+  restoring it runs nothing and gives identical later alarms.
+
+State format
+------------
+``DetectorBank.to_state()`` is a JSON-safe dict: ``{"format": 2, "river": <the river version
+that wrote it>, "config", "n", "in_warning", "detectors": {name: <riverstate's dict>}}``.
+Format 1 (Driftline before this one) stored the detectors as base64(pickle); it is refused, not
+unpickled, since unpickling runs whatever code the changelog topic holds. State that cannot be
+restored raises :class:`DetectorStateError` saying why and how to start afresh (a new
+``DRIFTLINE_APP_ID``, or deleting this app id's changelog topics). The check of river's private
+layout, and what happens when a river upgrade changes it, is in ``riverstate``'s docstring.
+
+Cost (2-core shared machine, river 0.26.1, best of 5): a bank of ADWIN + DDM + EDDM fed 10,000
+errors (ADWIN holding 11 buckets; 1.9 kB of JSON) takes ~22-26 us for ``to_state()`` (the pickle
+it replaces took ~24 us), ~55-65 us for ``from_state()``, ~100 us for the whole round trip
+through orjson bytes. An unchanged bank's ``to_state()`` comes from a cache (~0.1 us); the first
+call in a process also runs the river layout check once (~0.5 ms).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import importlib
 import importlib.util
-import pickle
 import sys
 import types
 from collections.abc import Sequence
@@ -31,9 +46,27 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["DetectorAlarm", "DetectorBank", "ErrorStreamDetector", "make_detector", "DETECTORS"]
+from .riverstate import (
+    RESET_HINT,
+    DetectorStateError,
+    check_river_layout,
+    detector_from_state,
+    detector_to_state,
+    river_version,
+)
+
+__all__ = [
+    "DetectorAlarm",
+    "DetectorBank",
+    "DetectorStateError",
+    "ErrorStreamDetector",
+    "make_detector",
+    "DETECTORS",
+    "STATE_FORMAT",
+]
 
 DETECTORS = ("adwin", "ddm", "eddm")
+STATE_FORMAT = 2  # of DetectorBank.to_state(); 1 was base64(pickle) and is refused
 
 
 @runtime_checkable
@@ -202,6 +235,7 @@ class DetectorBank:
         }
         self._in_warning = {name: False for name in self.detectors}
         self.n = 0
+        self._state: tuple[int, dict[str, Any]] | None = None  # (n, to_state()) while unchanged
 
     def update_many(self, errors: Sequence[float] | np.ndarray) -> list[DetectorAlarm]:
         """Feed ``errors`` in order to every detector; return the alarms in stream order."""
@@ -269,26 +303,73 @@ class DetectorBank:
         return out
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-safe state: river detectors as base64(pickle), plus the counters."""
-        blob = pickle.dumps(self.detectors, protocol=pickle.HIGHEST_PROTOCOL)
-        return {
+        """JSON-safe state: the detectors' parameters and fields as data, plus the counters.
+
+        The dict is cached until the next ``update_many`` that feeds values (partition records
+        are written per batch, for every bank, touched or not): do not modify it.
+
+        >>> bank = DetectorBank({"ddm": {}})
+        >>> bank.update_many([0.0, 1.0, 0.0])
+        []
+        >>> state = bank.to_state()
+        >>> state["format"], state["detectors"]["ddm"]["p"], state["detectors"]["ddm"]["ps_min"]
+        (2, {'n': 3.0, 'mean': 0.333...}, 'inf')
+        >>> DetectorBank.from_state(state).detectors["ddm"]._p.get() == bank.detectors["ddm"]._p.get()
+        True
+        """
+        if self._state is not None and self._state[0] == self.n:
+            return self._state[1]
+        check_river_layout(river_detector_classes())
+        state = {
+            "format": STATE_FORMAT,
+            "river": river_version(),
             "config": self.config,
             "n": self.n,
             "in_warning": dict(self._in_warning),
-            "detectors": base64.b64encode(blob).decode("ascii"),
+            "detectors": {name: detector_to_state(name, det) for name, det in self.detectors.items()},
         }
+        self._state = (self.n, state)
+        return state
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> DetectorBank:
         """Rebuild a bank; later alarms equal those of the bank that was saved.
 
-        Only load state this deployment wrote: unpickling runs code from the blob.
+        Nothing in ``d`` is executed or imported: detector classes come from a fixed table.
+        Raises :class:`DetectorStateError` for the old pickle format, an unknown format, fields
+        that do not fit, or an installed river whose private layout this code does not know.
         """
-        bank = cls.__new__(cls)
-        bank.config = {k: dict(v) for k, v in d["config"].items()}
-        bank.detectors = pickle.loads(base64.b64decode(d["detectors"]))
-        bank._in_warning = {k: bool(v) for k, v in d["in_warning"].items()}
-        bank.n = int(d["n"])
+        fmt = d.get("format") if isinstance(d, dict) else None
+        if fmt != STATE_FORMAT:
+            if fmt is None and isinstance(d, dict) and isinstance(d.get("detectors"), str):
+                raise DetectorStateError(
+                    "detector bank state is in the old pickle format (Driftline before state format "
+                    f"{STATE_FORMAT}): unsupported, and not unpickled, since unpickling runs code taken "
+                    f"from the changelog topic. {RESET_HINT}")
+            raise DetectorStateError(
+                f"detector bank state format {fmt!r} is unsupported (this Driftline reads format "
+                f"{STATE_FORMAT}). {RESET_HINT}")
+        classes = river_detector_classes()
+        check_river_layout(classes)
+        try:
+            config = {str(k): dict(v) for k, v in d["config"].items()}
+            states = d["detectors"]
+            if not isinstance(states, dict) or set(states) != set(config) or not set(config) <= set(DETECTORS):
+                raise DetectorStateError(
+                    f"detector bank state: detectors {sorted(states) if isinstance(states, dict) else states!r} "
+                    f"do not match its config {sorted(config)}")
+            bank = cls.__new__(cls)
+            bank.config = config
+            bank.detectors = {name: detector_from_state(name, states[name], classes[name]) for name in config}
+            bank._in_warning = {name: bool(d["in_warning"].get(name, False)) for name in config}
+            if type(d["n"]) is not int:
+                raise DetectorStateError(f"detector bank state: n must be an integer, got {d['n']!r}")
+            bank.n = d["n"]
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, DetectorStateError):
+                raise
+            raise DetectorStateError(f"detector bank state does not fit format {STATE_FORMAT}: {exc!r}") from None
+        bank._state = None
         return bank
 
     def __repr__(self) -> str:

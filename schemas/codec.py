@@ -144,7 +144,8 @@ def _decode(
         msg = str(exc)
         if "UTF-8" in msg:
             code = "not_utf8"
-        elif "depth limit" in msg:
+        # orjson 3.9.15-3.11 say "recursion depth exceeded", 3.13 "depth limit exceeded".
+        elif "depth limit" in msg or "recursion depth" in msg:
             code = "too_deep"
         else:
             code = "malformed_json"

@@ -58,7 +58,7 @@ class Alert(TypedDict):
     incident_id: str
     status: Literal["firing", "resolved"]
     severity: Literal["warning", "critical"]
-    kind: str  # concept_drift, threshold, data_drift, data_quality, latency, volume, label_coverage
+    kind: str  # concept_drift, threshold, data_drift, data_quality, latency, volume, label_coverage, availability, ...
     rule: str  # adwin, ddm, eddm, accuracy_min, ...
     model_id: str
     model_version: str

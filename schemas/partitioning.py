@@ -19,9 +19,12 @@ import ctypes.util
 import glob
 import os
 import struct
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 
-__all__ = ["murmur2", "partition_for", "partition_for_pure", "FAST_PATH"]
+import numpy as np
+
+__all__ = ["murmur2", "partition_for", "partition_for_pure", "partitions_for", "FAST_PATH"]
 
 _M32 = 0xFFFFFFFF
 _MUL = 0x5BD1E995
@@ -175,3 +178,58 @@ def partition_for(key: str | bytes, num_partitions: int) -> int:
     if _FAST is not None:
         return _FAST(None, key, len(key), num_partitions, None, None)
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+def partitions_for(keys: Sequence[bytes], num_partitions: int) -> np.ndarray:
+    """``partition_for`` of many keys at once: murmur2 in numpy, column by column.
+
+    The worker checks every input record's partition (a misrouted one is re-routed), so the
+    check must cost far less than the record: keys of one length are stacked into one
+    ``(n, length)`` byte matrix and hashed as uint32 columns (measured ~0.1 µs per 36-byte key
+    in batches of thousands, against ~0.7 µs per call of the C partitioner through ctypes).
+
+    Examples
+    --------
+    >>> partitions_for([b"21", b"foobar", b"21"], 8).tolist() == [partition_for(k, 8) for k in (b"21", b"foobar", b"21")]
+    True
+    >>> partitions_for([], 8).tolist()
+    []
+    """
+    if len(keys) < 64:  # below this, numpy's per-call cost is more than the C partitioner's
+        return np.array([partition_for(k, num_partitions) for k in keys], dtype=np.int64)
+    out = np.empty(len(keys), dtype=np.int64)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        by_length[len(k)].append(i)
+    for length, index in by_length.items():
+        rows = np.frombuffer(b"".join([keys[i] for i in index]), dtype=np.uint8).reshape(len(index), length)
+        out[index] = (_murmur2_rows(rows, length) & 0x7FFFFFFF) % num_partitions
+    return out
+
+
+def _murmur2_rows(rows: np.ndarray, length: int) -> np.ndarray:
+    """Java's murmur2 of each row of a ``(n, length)`` uint8 matrix, as uint32."""
+    mul = np.uint32(_MUL)
+    h = np.full(rows.shape[0], (_SEED ^ length) & _M32, dtype=np.uint32)
+    nblocks = length >> 2
+    if nblocks:
+        blocks = np.ascontiguousarray(rows[:, : nblocks * 4]).view("<u4")
+        for j in range(nblocks):
+            k = blocks[:, j] * mul
+            k ^= k >> np.uint32(24)
+            k *= mul
+            h *= mul
+            h ^= k
+    tail = length & 3
+    if tail:
+        base = nblocks * 4
+        if tail == 3:
+            h ^= rows[:, base + 2].astype(np.uint32) << np.uint32(16)
+        if tail >= 2:
+            h ^= rows[:, base + 1].astype(np.uint32) << np.uint32(8)
+        h ^= rows[:, base].astype(np.uint32)
+        h *= mul
+    h ^= h >> np.uint32(13)
+    h *= mul
+    h ^= h >> np.uint32(15)
+    return h.astype(np.int64)

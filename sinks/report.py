@@ -68,7 +68,9 @@ MAX_TABLE_ROWS = 500
 #: features drawn in the data drift and data quality charts: the ones that moved most
 TOP_FEATURES = 5
 #: CBPE estimates drawn beside the realised metric of the same name
-CBPE_METRICS = ("accuracy", "f1")
+CBPE_METRICS = ("accuracy", "f1", "roc_auc")
+#: DLE estimates of a regressor's loss, drawn beside the realised ones
+DLE_METRICS = ("mae", "rmse")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
@@ -217,8 +219,8 @@ def _top(by_metric: dict[str, list[tuple[float, float]]], prefix: str) -> tuple[
 
 def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, float]]],
                             t_range: tuple[float, float], marks: list[Marker]) -> list[tuple[str, str]]:  # fmt: skip
-    """Data drift (PSI), data quality (missing rates) and CBPE charts, each only when the model
-    has those metrics (docs/beyond-accuracy.md)."""
+    """Data drift (PSI), data quality (missing rates), CBPE and DLE charts, each only when the model
+    has those metrics (docs/beyond-accuracy.md, docs/beyond-accuracy-estimation.md)."""
     charts = []
     psi = _top(by_metric, "feature_psi.") + (("prediction_psi",) if "prediction_psi" in by_metric else ())
     if psi:
@@ -239,6 +241,13 @@ def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, fl
         charts.append(("Performance estimated before labels (CBPE) and realised", svg_line_chart(
             series, title=f"{name}: estimated vs realised", y_label="score", t_range=t_range, markers=marks,
             y_min=0.0, y_max=1.0)))  # fmt: skip
+    dle = [m for m in DLE_METRICS if f"estimated_{m}" in by_metric]
+    if dle:
+        series = [s for m in dle for s in (Series(f"estimated_{m}", by_metric[f"estimated_{m}"]),
+                                           Series(m, by_metric.get(m, [])))]  # fmt: skip
+        charts.append(("Loss estimated before labels (DLE) and realised", svg_line_chart(
+            series, title=f"{name}: estimated vs realised loss", y_label="error", t_range=t_range,
+            markers=marks, y_min=0.0)))  # fmt: skip
     return charts
 
 

@@ -36,6 +36,23 @@ Pending = tuple[str, int, int, dict[str, Any] | bytes | None]
 Job = tuple[float, Callable[[], object]]  # (interval in seconds, function)
 
 
+def consumer_config(bootstrap: str, group_id: str, client_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka settings of a consumer that commits offsets itself, after its writes.
+
+    >>> consumer_config("k:9092", "g", {"session.timeout.ms": 10000})["session.timeout.ms"]
+    10000
+    """
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,  # Tansu: the 45 s default makes a join take ~23 s
+        "enable.partition.eof": False,
+        **(client_config or {}),
+    }
+
+
 class SinkRunner:
     """Run a consumer thread feeding ``sink``.
 
@@ -97,15 +114,7 @@ class SinkRunner:
             batch_seconds,
             max_buffer_rows,
         )
-        self.config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,  # Tansu: the 45 s default makes a join take ~23 s
-            "enable.partition.eof": False,
-        }
-        self.config.update(client_config or {})
+        self.config = consumer_config(bootstrap, group_id, client_config)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -149,6 +149,24 @@ class AlertEngine:
             out += self._resolve_drift(cfg, win, emitted_at)
         return out
 
+    def on_silence(self, cfg: ModelConfig, model_version: str, silent: bool, last_seen: float,
+                   now: float) -> list[Alert]:
+        """A model version's traffic, judged on processing time (``WindowMerger``): firing once it
+        sent nothing for ``silence_after_s``, resolved when traffic returns.
+
+        The incident's span is (last prediction seen, now): a return of traffic has a later
+        last-seen time, which is what resolves it.
+        """
+        if cfg.silence_after_s is None:
+            return []
+        span = {"model_id": self.model_id, "model_version": model_version, "segment": "",
+                "window_start": last_seen, "window_end": now, "revision": 0}
+        quiet = now - last_seen
+        return self._condition(cfg, span, "silence", "availability", "seconds_since_last_prediction", silent,
+                               "critical", quiet, cfg.silence_after_s, 0, now,
+                               f"no prediction from {self.model_id} {model_version} for {quiet:.0f} s "
+                               f"(silence after {cfg.silence_after_s:.0f} s)")
+
     def on_coverage(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
         """Label coverage of a window, judged once ``coverage_after_s`` after its end.
 

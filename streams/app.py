@@ -26,22 +26,25 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import faust
 import orjson
 from faust.types import TP
 
+from driftline.detectors.drift import DetectorStateError
 from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
 from driftline.streams import faust_compat
 from driftline.streams.changelog import ChangelogWriter, read_range
+from driftline.streams.commit import apply_join_batches, apply_merge
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
 from driftline.streams.observe import PipelineMetrics
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
+from driftline.streams.recovery import plan_rewinds, with_skipped
+from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
 from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
@@ -55,7 +58,6 @@ TICK_SECONDS = 0.25
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
 
 
-OUTCOMES_PER_ENVELOPE = 1000
 APPLY_AT = 50_000  # processed partitions are applied together until they hold this many outcomes + writes
 # A partition's messages of one batch are processed (and applied) in steps of at most this many
 # bytes of labels: a batch of 2,000 label envelopes (a million labels) was one step per
@@ -64,6 +66,9 @@ APPLY_AT = 50_000  # processed partitions are applied together until they hold t
 # stay anyway: cutting their runs too (an apply per 4 MB of predictions) raised the RSS at rest
 # with a million waiting from ~385 to ~485 MB (the extra in live malloc'd blocks, not traced).
 STEP_LABEL_BYTES = 4 << 20
+# A caught-up join partition tells the merge stage this often when it last read each model
+# (availability: a silent model); the merge stage ignores reports older than HEARTBEAT_STALE_S.
+HEARTBEAT_SECONDS = 10.0
 
 
 def _label_bytes(m: Message) -> int:
@@ -79,6 +84,38 @@ class Record(NamedTuple):
     value: bytes | None
 
 
+class _StageIO:
+    """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
+    outputs, the stage's table and its changelog writer for state."""
+
+    def __init__(self, owner: DriftlineApp, table_set: Callable[[int, bytes, bytes], None],
+                 table_del: Callable[[int, bytes], None], changelog: Callable[[], ChangelogWriter]) -> None:
+        self.owner = owner
+        self.table_set = table_set
+        self.table_del = table_del
+        self.changelog = changelog
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        await self.owner.out[topic].send(key=key, value=value, partition=partition)
+
+    async def flush_outputs(self) -> None:
+        await self.owner.app.producer.flush()
+
+    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        with faust_compat.partition_context(partition):
+            for key, value in writes:
+                if value is None:
+                    self.table_del(partition, key)
+                else:
+                    self.table_set(partition, key, value)  # the key object the expiry index holds
+
+    async def flush_table(self) -> None:
+        await self.changelog().flush()
+
+    def save_reference(self, profile: Profile) -> None:
+        self.owner.refs.save(profile)
+
+
 class DriftlineApp:
     """Builds and owns the faust app of one worker process."""
 
@@ -87,7 +124,8 @@ class DriftlineApp:
         self.settings = settings
         self.models = models
         # Reference profiles of the models with ``data_drift`` (loaded once, at start).
-        self.references = references if references is not None else self._load_references()
+        self.refs = References(models, settings.data_dir, references)
+        self.references = self.refs.profiles  # shared with every processor and merger built
         self.topics = topic_names(settings.topic_prefix)
         self.metrics = PipelineMetrics()
         self.sink = sink
@@ -103,33 +141,13 @@ class DriftlineApp:
         self._merge_changelog: ChangelogWriter | None = None
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
-        self._next_reference_check = 0.0
+        self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
+        self.refs.on_install(self._install_reference)
         self.app = self._build_app()
+        self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
+        self._merge_io = _StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
 
     # ---- construction ----------------------------------------------------------------------
-    def _load_references(self) -> dict[str, Profile]:
-        from driftline.streams.baseline_cmd import load_references
-
-        wanted = [m for m, cfg in self.models.models.items() if cfg.data_drift]
-        if not wanted and not self.models.defaults.data_drift:
-            return {}
-        root = Path(self.settings.data_dir) / "profiles"
-        refs = load_references(root, self.models)
-        for m in wanted:
-            hours = self.models.models[m].first_hours()
-            if m in refs:
-                continue
-            if hours is not None:
-                log.info("no reference profile yet: building it from the first hours of traffic",
-                         extra={"model_id": m, "hours": hours, "dir": str(root / m)})
-            else:
-                log.warning("no reference profile: data drift off for this model",
-                            extra={"model_id": m, "dir": str(root / m)})
-        for m, ref in refs.items():
-            log.info("reference profile loaded", extra={"model_id": m, "version": ref.version,
-                                                        "features": len(ref.features), "events": ref.n_events})
-        return refs
-
     def _build_app(self) -> faust.App:
         s = self.settings
         faust_compat.check_faust_version()
@@ -169,10 +187,12 @@ class DriftlineApp:
             **aiokafka_security(s.kafka),
         )
         t = self.topics
-        inputs = app.topic(t["predictions"], t["labels"])
+        # The repartition topic carries records that arrived on the wrong partition, forwarded
+        # to the partition that owns their prediction id (``PartitionProcessor._reroute``).
+        inputs = app.topic(t["predictions"], t["labels"], t["repartition"])
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
         self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
-                                                          "comparisons")}
+                                                          "comparisons", "repartition", "partials")}
         options = ROCKSDB_OPTIONS if s.store.startswith("rocksdb") else None
         self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
                                     options=options)
@@ -200,7 +220,7 @@ class DriftlineApp:
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models, max_segment_values=s.max_segment_values,
                 store_get=faust_compat.raw_store(table).get, references=self.references,
-                topics={"prediction": self.topics["predictions"], "label": self.topics["labels"]},
+                topics=self._input_kinds_by_name(inverse=True), partitions=s.partitions,
             )
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
@@ -268,13 +288,19 @@ class DriftlineApp:
             log.critical("refusing another deployment's state: %s", exc)
             logging.shutdown()
             os._exit(78)  # EX_CONFIG
+        except DetectorStateError as exc:
+            # Old (pickle) or unreadable detector state, or a river this code does not know: a
+            # restart would meet the same state; the message says how to start afresh.
+            log.critical("refusing the recovered detector state: %s", exc)
+            logging.shutdown()
+            os._exit(78)  # EX_CONFIG
         except Exception:
             log.critical("%s failed: exiting so that a restart resumes from the tables", what, exc_info=True)
             logging.shutdown()
             os._exit(70)
 
     async def _join_batch(self, events: Any) -> None:
-        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
+        kinds = self._input_kinds_by_name()
         by_partition: dict[int, list[Message]] = {}
         for ev in events:
             m = ev.message
@@ -309,30 +335,17 @@ class DriftlineApp:
 
     async def _with_skipped(self, topic: str, partition: int, expected: int, messages: list[Any],
                             make: Callable[[int, bytes | None, bytes | None], Any]) -> list[Any]:
-        """``messages`` with the records of ``topic[partition]`` that faust skipped put back in place.
+        """``messages`` with the records faust's consumer skipped read again (``recovery``)."""
 
-        faust's consumer can drop fetched records while flow stops or a partition is paused
-        (``Consumer.getmany``) and then counts the offsets it skipped as acked, so they would be
-        committed unprocessed. From ``expected`` (the state's next offset) on, every offset of the
-        partition must arrive in order; a jump is read again here with a separate consumer.
-        """
-        out: list[Any] = []
-        after = 0  # where the records read again go: after this topic's previous record in the batch
-        for m in messages:
-            if m.topic == topic and m.offset > expected >= 0:
-                loop = asyncio.get_running_loop()
-                missing = await loop.run_in_executor(None, read_range, self.settings.bootstrap, topic, partition,
-                                                     expected, m.offset, self.settings.kafka)
-                if missing:
-                    log.warning("records skipped by the consumer, read again",
-                                extra={"topic": topic, "partition": partition, "from": expected, "to": m.offset - 1,
-                                       "records": len(missing)})
-                    self.metrics.count({"skipped_records_reread": len(missing)})
-                out[after:after] = [make(*rec) for rec in missing]
-            out.append(m)
-            if m.topic == topic:
-                expected = max(expected, m.offset + 1)
-                after = len(out)
+        async def read_missing(first: int, end: int) -> list[Any]:
+            loop = asyncio.get_running_loop()
+            records = await loop.run_in_executor(None, read_range, self.settings.bootstrap, topic, partition,
+                                                 first, end, self.settings.kafka)
+            return [make(*rec) for rec in records]
+
+        out, reread = await with_skipped(messages, topic, expected, read_missing)
+        if reread:
+            self.metrics.count({"skipped_records_reread": reread})
         return out
 
     def _partition_lock(self, partition: int) -> asyncio.Lock:
@@ -350,61 +363,20 @@ class DriftlineApp:
     async def _apply_join(self, proc: PartitionProcessor, res: BatchResult) -> None:
         await self._apply_joins([(proc, res)])
 
-    async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
-        """Apply processed batches of several partitions, in the order that makes each exactly-once.
+    def _input_kinds_by_name(self, inverse: bool = False) -> dict[str, str]:
+        """Input topic name -> the message kind the join stage reads it as (or the inverse)."""
+        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label",
+                 self.topics["repartition"]: "forwarded"}
+        return {v: k for k, v in kinds.items()} if inverse else kinds
 
-        Per partition the order is that of one: outputs delivered, then the table writes and
-        their changelog durable, then the partials. Doing each stage for every partition at once
-        keeps that order per partition and waits for the broker once per stage.
-        """
-        producer = self.app.producer
-        sent = False
-        for proc, res in steps:
-            p = proc.partition
-            # Delivered before the partition record that marks their input as applied:
-            # a crash in between replays the input and re-sends them (at-least-once,
-            # deduplicated downstream by prediction_id), never loses them.
-            for dlq_key, rec in res.dlq:
-                await self.out["dlq"].send(key=dlq_key, value=orjson.dumps(rec))
-            # Outcomes leave as envelopes, like the input: one Kafka message per event would
-            # cost more than the rest of the event's processing (faust's per-message cost).
-            for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
-                chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
-                await self.out["outcomes"].send(value=orjson.dumps({"events": chunk}), partition=p)
-            sent = sent or bool(res.dlq or res.outcomes)
-        if sent:
-            await producer.flush()
-        for proc, res in steps:
-            p = proc.partition
-            with faust_compat.partition_context(p):
-                for set_key, value in res.sets.items():
-                    self._join_set(p, set_key, value)  # the key object the expiry index holds
-                self._join_set(p, proc.state_key(), res.state)
-                for del_key in res.deletes:
-                    self._join_del(p, del_key)
-        # Before the batch's offsets can be committed (and before its partials leave): the
-        # partition record holding an outbox must be durable before the partials leave, or a
-        # replay could reuse their ids for other content.
-        await self.changelog().flush()
-        partials = False
-        # A partition's later step carries its earlier steps' partials too (the outbox empties
-        # only once delivered): send each partition's last.
-        last = {proc.partition: res for proc, res in steps}
+    async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
+        """Apply processed batches in the one order that makes them exactly-once (``commit``)."""
+        await apply_join_batches(steps, self._join_io)
         for proc, res in steps:
             self.metrics.count(res.counters)
-            if last[proc.partition] is not res:
-                continue
-            for part in res.partials:
-                await self.partials_topic.send(key=part["model_id"].encode(), value=orjson.dumps(part))
-            partials = partials or bool(res.partials)
-        if partials:
-            await producer.flush()
-        for proc, res in steps:
-            if res.partials:
-                proc.outbox_delivered()
-            p = proc.partition
-            self.metrics.pending.labels(partition=str(p)).set(proc.pending_count)
-            self.metrics.open_windows.labels(partition=str(p)).set(len(proc.windows))
+            p = str(proc.partition)
+            self.metrics.pending.labels(partition=p).set(proc.pending_count)
+            self.metrics.open_windows.labels(partition=p).set(len(proc.windows))
 
     # ---- merge stage -------------------------------------------------------------------------
     def _merger(self, partition: int) -> WindowMerger:
@@ -460,72 +432,21 @@ class DriftlineApp:
 
     async def _apply_merge(self, partition: int, merger: WindowMerger, out: MergeOutput, *,
                            offsets: bool = False) -> None:
-        # Outputs first, delivered, then the state that records them: a crash in between
-        # re-sends them with the same ids (alert_id, event_id, window revision), never loses them.
-        for m in out.metrics:
-            await self.out["metrics"].send(key=m["model_id"].encode(), value=orjson.dumps(m))
+        """Outputs delivered, then the state that records them (``commit.apply_merge``)."""
+        await apply_merge(partition, merger, out, self._merge_io, offsets=offsets)
         self.metrics.windows_emitted.inc(len(out.metrics))
-        for ev in out.drift_events:
-            await self.out["drift_events"].send(key=ev["model_id"].encode(), value=orjson.dumps(ev))
-        for c in out.comparisons:
-            await self.out["comparisons"].send(key=c["model_id"].encode(), value=orjson.dumps(c))
         for a in out.alerts:
-            await self.out["alerts"].send(key=a["model_id"].encode(), value=orjson.dumps(a))
             self.metrics.alerts.labels(status=a["status"], severity=a["severity"], kind=a["kind"]).inc()
             log.warning("alert %s %s %s", a["status"], a["severity"], a["message"],
                         extra={"alert_id": a["alert_id"], "model_id": a["model_id"], "rule": a["rule"]})
-        if out.metrics or out.drift_events or out.alerts or out.comparisons:
-            await self.app.producer.flush()
-        for ref in out.references:  # saved before the changelog records the builder as frozen
-            self._save_reference(ref)
-        records = merger.state_records(partition, out, offsets=offsets)
-        with faust_compat.partition_context(partition):
-            for key, value in records:
-                if value is None:
-                    self._merge_del(partition, key)
-                else:
-                    self._merge_set(partition, key, value)
-        if records:
-            await self.merge_changelog().flush()
 
-    # ---- references from the first hours --------------------------------------------------------
-    def _save_reference(self, ref: Profile) -> None:
-        """Save a frozen first-hours reference where ``baseline create`` saves profiles; use it."""
-        from driftline.streams.baseline_cmd import save_profile
-
-        root = Path(self.settings.data_dir) / "profiles"
-        try:
-            path = save_profile(ref, root)
-        except OSError:
-            log.exception("cannot save the first-hours reference (kept in memory)", extra={"model_id": ref.model_id})
-        else:
-            log.info("reference profile built from the first hours",
-                     extra={"model_id": ref.model_id, "version": ref.version, "file": str(path),
-                            "events": ref.n_events})
-        self._install_reference(ref)
-
+    # ---- references -----------------------------------------------------------------------------
     def _install_reference(self, ref: Profile) -> None:
-        self.references[ref.model_id] = ref
+        """A profile saved, found or received: this worker's processors and mergers use it now."""
         for proc in self.processors.values():
             proc.references[ref.model_id] = ref
         for merger in self.mergers.values():
             merger.install_reference(ref)
-
-    def _refresh_references(self, now: float) -> None:
-        """Pick up first-hours references saved by another worker (or before a restart)."""
-        if now < self._next_reference_check:
-            return
-        self._next_reference_check = now + 5.0
-        from driftline.streams.baseline_cmd import load_latest
-
-        root = Path(self.settings.data_dir) / "profiles"
-        for model, cfg in self.models.models.items():
-            if cfg.first_hours() is None or model in self.references:
-                continue
-            try:
-                self._install_reference(load_latest(model, root))
-            except (FileNotFoundError, ValueError):
-                continue
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
@@ -538,7 +459,7 @@ class DriftlineApp:
             return
         now = time.time()
         self._ensure_assigned()
-        self._refresh_references(now)
+        self.refs.refresh(now)
         for proc in list(self.processors.values()):
             lock = self._partition_lock(proc.partition)
             if lock.locked():  # the join agent is applying a batch: its own record comes first
@@ -552,10 +473,16 @@ class DriftlineApp:
                 idle_after = self.settings.idle_close_seconds * (1 if proc.input_seen else 3)
                 # Idle only when caught up: while records of this partition wait in Kafka, its
                 # windows close by event time alone (a backlog, a pause, a slow sink).
-                idle = now - proc.last_activity >= idle_after and self._caught_up(proc.partition)
+                caught_up = self._caught_up(proc.partition)
+                idle = now - proc.last_activity >= idle_after and caught_up
                 if idle and (proc.windows or proc.late):
                     with faust_compat.partition_context(proc.partition):
                         res = proc.close_idle()
+                    await self._apply_join(proc, res)
+                elif caught_up and proc.seen_at and now - self._heartbeats.get(proc.partition, 0.0) >= HEARTBEAT_SECONDS:
+                    self._heartbeats[proc.partition] = now
+                    with faust_compat.partition_context(proc.partition):
+                        res = proc.heartbeat()
                     await self._apply_join(proc, res)
                 elif proc.outbox:  # recovered undelivered partials: the merge stage deduplicates by id
                     with faust_compat.partition_context(proc.partition):
@@ -578,7 +505,7 @@ class DriftlineApp:
     def _caught_up(self, partition: int) -> bool:
         """Whether this worker has read every record of ``partition`` of both input topics."""
         consumer = self.app.consumer
-        for topic in (self.topics["predictions"], self.topics["labels"]):
+        for topic in (self.topics["predictions"], self.topics["labels"], self.topics["repartition"]):
             tp = TP(topic, partition)
             try:
                 high = consumer.highwater(tp)
@@ -638,31 +565,20 @@ class DriftlineApp:
         faust_compat.after_seek_to_committed(self.app.consumer, after_seek)
 
     async def _resume_from_state(self) -> None:
-        """Rewind each input partition whose committed offset is past what our state has applied.
-
-        Offsets and state together: the join stage's partition records and the merge stage's
-        ``o:`` records say which input offsets their effects include; faust's committed offset is
-        only where reading may start. faust acks a whole ``take_events`` batch when its generator
-        closes, also when the agent was cancelled or crashed mid-batch, and may then commit offsets
-        whose effects never reached the changelog. Reading again from the state's position
-        re-applies them once (the join skips offsets it applied; the merge skips partial ids).
-        """
+        """Rewind each input partition whose committed offset is past what our state has applied:
+        the state's offset records say what its effects include (``driftline.streams.recovery``)."""
         consumer = self.app.consumer
-        kinds = {self.topics["predictions"]: "prediction", self.topics["labels"]: "label"}
-        rewinds: dict[Any, int] = {}
-        for tp in consumer.assignment():
+        kinds = self._input_kinds_by_name()
+
+        def resume_at(tp: Any) -> int | None:
             if tp.topic in kinds:
-                want = self._processor(tp.partition).applied[kinds[tp.topic]] + 1
-            elif tp.topic == self.topics["partials"]:
-                want = self._merger(tp.partition).next_offset
-            else:
-                continue
-            committed = faust_compat.read_position(consumer, tp)  # set by the seek to committed
-            if committed is not None and want < committed:
-                rewinds[tp] = want
-                log.warning("committed offset is past the applied state: reading again from there",
-                            extra={"topic": tp.topic, "partition": tp.partition, "committed": committed,
-                                   "resume": want})
+                return self._processor(tp.partition).applied[kinds[tp.topic]] + 1
+            if tp.topic == self.topics["partials"]:
+                return self._merger(tp.partition).next_offset
+            return None
+
+        rewinds = plan_rewinds(consumer.assignment(), resume_at,
+                               lambda tp: faust_compat.read_position(consumer, tp))  # set by the seek to committed
         if rewinds:
             await consumer.seek_wait(rewinds)
             self.metrics.count({"offset_rewinds": len(rewinds)})
@@ -676,12 +592,7 @@ class DriftlineApp:
                 if hw is not None and pos is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
         if self.sink is not None:
-            st = self.sink.stats()
-            for table, n in st.get("rows_written", {}).items():
-                self.metrics.sink_rows.labels(table=table).set(n)
-            self.metrics.sink_buffered.set(st.get("buffered_rows", 0))
-            self.metrics.sink_backpressure.set(1 if st.get("backpressured") else 0)
-            self.metrics.sink_failures.set(st.get("failures", 0))
+            self.metrics.sink_stats(self.sink.stats())
 
     def health(self) -> dict[str, Any]:
         sink = self.sink.stats() if self.sink is not None else None

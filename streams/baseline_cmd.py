@@ -17,6 +17,12 @@ worker, whose sink copies every new version into ``driftline.reference_profiles`
 every 30 s (``sinks/profiles.py``). Each version records its ``source``: the input file's name
 (``create_baseline``) or ``"first_hours"`` (``ReferenceBuilder``).
 
+A labelled reference of a binary classifier also gets its score calibrator (isotonic when the
+held-out check finds the scores miscalibrated, else the identity: ``driftline.detectors.calibration``),
+which the worker's CBPE reads every window's scores through; that of a regressor gets the loss
+model that estimates its MAE and RMSE before labels (``driftline.detectors.dle``). A
+first-hours reference has no labels, hence neither.
+
 ``ReferenceBuilder`` is the pure alternative when no training sample is at hand: the
 worker feeds it the merged profile of each closed window (``Profile(infer=True)``,
 unbinned) and, once ``hours`` of event time are covered, it freezes the bins and the
@@ -35,7 +41,7 @@ from typing import Any
 
 from driftline.detectors.profile import Profile, load_records
 
-__all__ = ["ReferenceBuilder", "create_baseline", "load_latest", "load_references", "save_profile"]
+__all__ = ["ReferenceBuilder", "create_baseline", "estimation_note", "load_latest", "load_references", "save_profile"]
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 _VERSION_FILE = re.compile(r"profile-v(\d+)\.json")
@@ -102,6 +108,8 @@ def create_baseline(
 
     Returns the path of ``profile-v<N>.json``. Rows are flat (feature columns plus optional
     ``prediction`` and ``label`` columns) or inference events (``features``, ``prediction``).
+    With labels, a binary classifier's profile carries its score calibrator and a regressor's
+    its loss model (module docstring).
 
     Examples
     --------
@@ -151,22 +159,45 @@ def load_version(model_id: str, out_dir: str | Path, version: int) -> Profile:
     return Profile.from_state(json.loads(path.read_text(encoding="utf-8")))
 
 
-def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
-    """The reference profile of every model whose config asks for data drift.
+def estimation_note(profile: Profile) -> str:
+    """One line on what the profile gives performance estimation, for ``driftline baseline create``.
 
-    ``models`` is a ``driftline.streams.models.ModelsConfig``. Listed models with ``data_drift`` set,
-    and (when the defaults set it) every model folder under ``out_dir``, get the profile
-    their ``baseline`` names (``latest`` or a version number). A model without a baseline
-    on disk is skipped: it runs without data drift. Returns model_id -> profile.
+    >>> estimation_note(Profile())
+    'no score calibrator or loss model (labels needed: a binary classifier or a regressor)'
+    """
+    if profile.loss_model is not None:
+        return f"loss model of the errors fitted on {profile.loss_model.n} labelled rows (estimated_mae, estimated_rmse)"
+    cal = profile.calibrator
+    if cal is None:
+        return "no score calibrator or loss model (labels needed: a binary classifier or a regressor)"
+    if cal.ece_raw is None or cal.ece_calibrated is None:
+        return "scores used as they are (one class, or classes separated)"
+    verdict = "calibrated by isotonic regression" if not cal.is_identity else "scores used as they are"
+    return f"{verdict} (held-out ECE {cal.ece_raw:.4f} raw, {cal.ece_calibrated:.4f} calibrated)"
+
+
+def _wants_reference(cfg: Any) -> bool:
+    """Data drift compares with the reference; CBPE reads its score calibrator."""
+    return bool(cfg.data_drift or cfg.cbpe)
+
+
+def load_references(out_dir: str | Path, models: Any) -> dict[str, Profile]:
+    """The reference profile of every model whose config asks for data drift or CBPE.
+
+    ``models`` is a ``driftline.streams.models.ModelsConfig``. Listed models with ``data_drift``
+    or ``cbpe`` set, and (when the defaults set either) every model folder under ``out_dir``, get
+    the profile their ``baseline`` names (``latest`` or a version number; ``latest`` for a model
+    with CBPE and no data drift). A model without a baseline on disk is skipped: it runs without
+    data drift, and CBPE reads its scores as calibrated. Returns model_id -> profile.
     """
     root = Path(out_dir)
-    candidates = [m for m, cfg in models.models.items() if cfg.data_drift]
-    if models.defaults.data_drift and root.is_dir():
+    candidates = [m for m, cfg in models.models.items() if _wants_reference(cfg)]
+    if _wants_reference(models.defaults) and root.is_dir():
         candidates += [d.name for d in sorted(root.iterdir()) if d.is_dir() and d.name not in models.models]
     refs: dict[str, Profile] = {}
     for model_id in dict.fromkeys(candidates):
         cfg = models.for_model(model_id)
-        which = None if cfg is None else cfg.baseline()
+        which = None if cfg is None else cfg.baseline() or ("latest" if cfg.cbpe else None)
         if which is None:
             continue
         try:

@@ -252,13 +252,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from driftline.streams.baseline_cmd import create_baseline, load_latest
+    from driftline.streams.baseline_cmd import create_baseline, estimation_note, load_latest
 
     out_dir = args.dir or str(Path(Settings.from_env().data_dir) / "profiles")
     feats = args.features.split(",") if args.features else None
     path = create_baseline(args.model, args.source, out_dir, feature_names=feats)
     prof = load_latest(args.model, out_dir)
     _print(f"{path} (version {prof.version}: {prof.n_events} records, {len(prof.features)} features)")
+    _print(estimation_note(prof))
     return 0
 
 

@@ -3,7 +3,10 @@
 Starts the embedded Tansu broker, creates the topics, starts a worker (with the
 ClickHouse sink on an embedded chdb store) as a subprocess, runs the fleet simulator
 with concept drift on ``fraud`` at ``drift_at``, prints alerts as they fire, and ends
-with a summary read from ClickHouse through the worker's read-only query endpoint.
+with a summary read from ClickHouse through the worker's read-only query endpoint, and
+where the alerts went. When an Alertmanager binary is installed (Debian's
+``prometheus-alertmanager``) and ``DRIFTLINE_ALERTMANAGER_URL`` is not set, the demo runs a local
+Alertmanager too, has the worker post to it, and shows what it holds at the end.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
     broker = EmbeddedBroker(log_path=str(root / "broker.log")).start()
     worker: subprocess.Popen[bytes] | None = None
     printer: AlertPrinter | None = None
+    am = _start_alertmanager(root)
     try:
         prefix = "driftline."
         create_topics(broker.bootstrap, prefix, int(DEMO_ENV["DRIFTLINE_PARTITIONS"]))
@@ -142,7 +146,9 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
         env = {**os.environ, **DEMO_ENV, "DRIFTLINE_BOOTSTRAP": broker.bootstrap,
                "DRIFTLINE_CLICKHOUSE": f"chdb://{root / 'clickhouse'}", "DRIFTLINE_DATA_DIR": str(root / "state"),
                "DRIFTLINE_CONFIG": str(root / "models.yaml"), "DRIFTLINE_WEB_PORT": str(web_port),
-               "DRIFTLINE_TOPIC_PREFIX": prefix}
+               "DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_ALERT_REPOST_SECONDS": "15"}
+        if am is not None:
+            env["DRIFTLINE_ALERTMANAGER_URL"] = am.url
         worker_url = f"http://127.0.0.1:{web_port}"
         log = open(root / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
         worker = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "worker"], env=env, stdout=log,
@@ -158,6 +164,7 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
               "waiting for the last windows to close...")
         _wait_drained(worker_url, timeout=45.0)
         _summary(worker_url, float(stats["start_ts"]), drift_at, printer.alerts)
+        _delivery_summary(worker_url, printer.alerts, am)
         from driftline.streams.report_cmd import run_report
 
         report = root / "report.html"
@@ -174,6 +181,8 @@ def run_demo(*, duration: float = 120.0, rate: float = 300.0, drift_at: float | 
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+        if am is not None:
+            am.stop()
         broker.stop()
 
 
@@ -244,3 +253,68 @@ def _summary(url: str, start_ts: float, drift_at: float, alerts: list[dict[str, 
 
 def _num(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def _start_alertmanager(root: Path) -> Any:
+    """A local Alertmanager when the binary exists and no Alertmanager URL is configured."""
+    from driftline.streams.alertmanager_local import LocalAlertmanager, alertmanager_binary
+
+    if os.environ.get("DRIFTLINE_ALERTMANAGER_URL") or alertmanager_binary() is None:
+        return None
+    try:
+        am = LocalAlertmanager(workdir=str(root / "alertmanager")).start()
+    except RuntimeError as exc:  # the demo goes on without it
+        print(f"(local Alertmanager not started: {exc})")
+        return None
+    print(f"Alertmanager {am.url} (UI and API while the demo runs)")
+    return am
+
+
+def delivery_counts(metrics_text: str) -> dict[str, dict[str, int]]:
+    """``{target: {outcome: n}}`` from a worker's ``/metrics`` text.
+
+    >>> delivery_counts('driftline_alert_deliveries_total{outcome="delivered",target="webhook@h:1"} 3.0')
+    {'webhook@h:1': {'delivered': 3}}
+    """
+    import re
+
+    out: dict[str, dict[str, int]] = {}
+    pattern = r'^driftline_alert_deliveries_total\{outcome="([^"]+)",target="([^"]+)"\} ([0-9.e+]+)$'
+    for outcome, target, value in re.findall(pattern, metrics_text, re.M):
+        out.setdefault(target, {})[outcome] = int(float(value))
+    return out
+
+
+def _delivery_summary(url: str, alerts: list[dict[str, Any]], am: Any) -> None:
+    """Where the alerts went: the topic, ClickHouse, and each delivery target."""
+    firing = sum(a["status"] == "firing" for a in alerts)
+    print("\nWhere the alerts went")
+    print(f"  {'topic driftline.alerts':30s} {len(alerts)} transitions ({firing} firing, {len(alerts) - firing} resolved)")
+    try:
+        rows = query(url, "SELECT count() AS n FROM driftline.alerts")
+        print(f"  {'ClickHouse driftline.alerts':30s} {rows[0]['n']} rows")
+    except OSError:
+        pass
+    counts: dict[str, dict[str, int]] = {}
+    deadline = time.time() + 15
+    while time.time() < deadline:  # until every queued delivery is finished
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        counts = delivery_counts(text)
+        if "driftline_alert_delivery_queued{" not in text or all(
+                line.endswith(" 0.0") for line in text.splitlines() if line.startswith("driftline_alert_delivery_queued{")):
+            break
+        time.sleep(0.5)
+    for target, c in sorted(counts.items()):
+        print(f"  {target:30s} {c.get('delivered', 0)} posts delivered, {c.get('retried', 0)} retried, "
+              f"{c.get('dropped', 0)} dropped")
+    if not counts:
+        print("  (no delivery target: set DRIFTLINE_ALERTMANAGER_URL or DRIFTLINE_ALERT_WEBHOOK_URL; docs/alerting.md)")
+    if am is not None:
+        active = am.alerts()
+        print(f"  Alertmanager now holds {len(active)} active alerts:")
+        for a in sorted(active, key=lambda a: a["startsAt"])[:8]:
+            lab = a["labels"]
+            seg = f" [{lab['segment']}]" if lab.get("segment") else ""
+            print(f"    {lab['alertname']:24s} {lab['severity']:8s} {lab['model_id']} {lab.get('model_version', '')}{seg} "
+                  f"{lab['rule']}  since {a['startsAt'][11:19]}")

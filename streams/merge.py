@@ -30,6 +30,14 @@ arrives (once: partial ids are deduplicated), kept in ``builders`` (the ``merge`
 survives restarts); when the span is covered the frozen profile is returned in
 ``MergeOutput.references`` for the app to save, and becomes the model's reference.
 
+CBPE (binary models with ``cbpe: true``): the window's estimates read its scores through the
+score calibrator of the model's reference profile, when it has one (``_calibrator``).
+
+DLE (regression models with ``data_drift`` whose reference was labelled, so it carries a
+``LossModel``): every revision of a whole-model window adds ``estimated_mae`` and
+``estimated_rmse`` from its profile (``driftline.detectors.dle``), and ``dle_error_mae`` /
+``dle_error_rmse`` = estimate - realised once it has labels.
+
 Fairness (binary models with ``fairness``): every revision of a whole-model window adds the
 ``GroupRates`` metrics (``fairness.<key>.<disparity>``, ``fairness.<key>=<group>.<rate>``) and
 the alert engine judges the disparities (kind ``fairness``).
@@ -51,25 +59,21 @@ from typing import Any
 
 import orjson
 
-from driftline.detectors.comparison import (
-    Comparison,
-    compare_binary,
-    compare_proportions,
-    compare_regression,
-)
+from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.datadrift import compare_profiles
 from driftline.detectors.fairness import GroupRates
-from driftline.detectors.metrics import (
-    BinaryAccumulator,
-    MulticlassAccumulator,
-    RegressionAccumulator,
-)
-from driftline.detectors.profile import OTHER, PREDICTION, Profile
-from driftline.detectors.quality import QualityResult, QualityThresholds, check_quality
-from driftline.schemas.messages import make_comparison, make_metrics, segment_string
+from driftline.detectors.profile import PREDICTION, Profile
+from driftline.detectors.quality import check_quality
+from driftline.schemas.messages import make_comparison, make_metrics
 from driftline.streams.alerts import AlertEngine
 from driftline.streams.baseline_cmd import ReferenceBuilder
-from driftline.streams.models import ChampionConfig, ModelConfig, ModelsConfig
+from driftline.streams.judgements import (
+    compare_windows,
+    comparison_dict,
+    fairness_metrics,
+    quality_offenders,
+)
+from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
@@ -101,6 +105,8 @@ class MergedWindow:
                    d["emit"], d["upd"], d["dirty"], d.get("cov", False), d.get("vol", d["rev"] >= 0))
 
 
+#: A partition whose last heartbeat is older than this is behind or down: no silence judgement.
+HEARTBEAT_STALE_S = 30.0
 _ZLIB = b"\x78"  # the first byte of a zlib stream; a JSON record starts with "{"
 
 
@@ -159,6 +165,8 @@ class WindowMerger:
         # on its first emission, for callers that feed every partial before emitting).
         self.input_partitions = input_partitions
         self.progress: dict[str, dict[str, dict[str, float]]] = {}  # model -> version -> partition -> through
+        # model -> version -> partition -> [last prediction read (wall clock), heartbeat time]
+        self.liveness: dict[str, dict[str, dict[str, list[float]]]] = {}
         # The partials topic that offset is of (None: not checked); see driftline.streams.statecheck.
         self.source_topic = source_topic
         self._compare_due: set[tuple[str, float, str]] = set()  # (model, window_start, version emitted)
@@ -186,7 +194,8 @@ class WindowMerger:
                 {"partition": partition, "e": eng.to_state(), "seen": self.seen_alarms.get(model, [])})))
         for model in sorted(out.changed_progress):
             recs.append((b"g:" + model.encode(), orjson.dumps(
-                {"partition": partition, "model_id": model, "progress": self.progress.get(model, {})})))
+                {"partition": partition, "model_id": model, "progress": self.progress.get(model, {}),
+                 "liveness": self.liveness.get(model, {})})))
         for model in sorted(out.changed_builders):
             rb = self.builders.get(model)
             if rb is not None:
@@ -224,6 +233,7 @@ class WindowMerger:
             self.builders[d["model_id"]] = ReferenceBuilder.from_state(d["b"])
         elif key.startswith(b"g:"):
             self.progress[d["model_id"]] = d["progress"]
+            self.liveness[d["model_id"]] = d.get("liveness", {})
         else:
             if self.source_topic is not None:
                 recorded = {"partials": d["topic"]} if "topic" in d else None
@@ -252,6 +262,11 @@ class WindowMerger:
             return
         if msg["type"] == "progress":
             self._on_progress(msg, out)
+            return
+        if msg["type"] == "heartbeat":
+            per_version = self.liveness.setdefault(msg["model_id"], {}).setdefault(msg["model_version"], {})
+            per_version[str(msg["partition"])] = [float(msg["seen_at"]), float(msg["at"])]
+            out.changed_progress.add(msg["model_id"])
             return
         key = SeriesKey(msg["model_id"], msg["model_version"], msg["segment"], float(msg["window_start"]))
         mw = self.window(key)
@@ -354,7 +369,25 @@ class WindowMerger:
                 del self.windows[key]
                 out.dropped_windows.add(key)
         self._compare(now, out)
+        self._judge_silence(now, out)
         self._settle(now, out)
+
+    def _judge_silence(self, now: float, out: MergeOutput) -> None:
+        """Availability: a model version none of whose partitions read a prediction for
+        ``silence_after_s``, judged only while each of them reports being caught up (a recent
+        heartbeat): a worker behind on its input, or down, makes no judgement."""
+        for model, versions in sorted(self.liveness.items()):
+            cfg = self.models.for_model(model) or self.models.defaults
+            if cfg.silence_after_s is None:
+                continue
+            for version, partitions in sorted(versions.items()):
+                if not partitions or min(at for _, at in partitions.values()) < now - HEARTBEAT_STALE_S:
+                    continue
+                last = max(seen for seen, _ in partitions.values())
+                alerts = self.engine(model).on_silence(cfg, version, now - last >= cfg.silence_after_s, last, now)
+                if alerts:
+                    out.alerts += alerts
+                    out.changed_models.add(model)
 
     # ---- retained windows -------------------------------------------------------------------------
     def window(self, key: SeriesKey) -> MergedWindow | None:
@@ -410,7 +443,7 @@ class WindowMerger:
                 continue
             msg = make_comparison(model_id=model, champion_version=champ.version, challenger_version=challenger,
                                   window_start=ws, window_end=ws + self.window_seconds, mode=champ.mode,
-                                  comparisons=[_comparison_dict(c) for c in results],
+                                  comparisons=[comparison_dict(c) for c in results],
                                   revision=a.revision + b.revision, emitted_at=now)
             out.comparisons.append(msg)
             out.alerts += self.engine(model).on_comparison(cfg, msg, emitted_at=now)
@@ -428,9 +461,10 @@ class WindowMerger:
         mw.revision = mw.merged - 1
         mw.dirty = False
         mw.last_emit = now
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         cfg = self.models.for_model(key.model_id) or self.models.defaults
         data = self._data_checks(key, mw, cfg, metrics, counts)
+        self._loss_estimates(key, mw, cfg, metrics, counts)
         fairness = self._fairness(key, mw, cfg, metrics, counts)
         msg = make_metrics(model_id=key.model_id, model_version=key.model_version, segment=key.segment,
                            window_start=key.window_start, window_end=key.window_start + self.window_seconds,
@@ -449,6 +483,30 @@ class WindowMerger:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
             out.alerts += alerts
+
+    def _calibrator(self, model_id: str) -> ScoreCalibrator | None:
+        """The score calibrator of the model's reference (None: CBPE reads the scores as they are)."""
+        ref = self.references.get(model_id)
+        return None if ref is None else ref.calibrator
+
+    def _loss_estimates(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
+                        counts: dict[str, int]) -> None:
+        """Add a regression window's DLE estimates (and their errors once labelled) to ``metrics``."""
+        prof = mw.partial.profile
+        ref = self.references.get(key.model_id)
+        if (key.segment != "" or mw.partial.task != "regression" or prof is None or ref is None
+                or ref.loss_model is None or not cfg.data_drift or prof.infer or prof.version != ref.version):
+            return
+        est = ref.loss_model.estimate(prof)
+        if est is None:
+            return
+        for name, value in est.items():
+            metrics[name] = value
+            counts[name] = prof.n_events
+            realised = name.removeprefix("estimated_")
+            if realised in metrics and mw.partial.acc.n:
+                metrics[f"dle_error_{realised}"] = value - metrics[realised]
+                counts[f"dle_error_{realised}"] = mw.partial.acc.n
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                      counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
@@ -489,7 +547,7 @@ class WindowMerger:
                 put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
             else:
                 put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
-        return [r.to_dict() for r in drift], _quality_offenders(ref, prof, quality, thresholds), ref.version
+        return [r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version
 
     def _fairness(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                   counts: dict[str, int]) -> dict[str, GroupRates] | None:
@@ -514,7 +572,7 @@ class WindowMerger:
         if now - window_end < cfg.coverage_after_s:
             return
         mw.coverage_checked = True
-        metrics, counts = mw.partial.metrics(self.window_seconds)
+        metrics, counts = mw.partial.metrics(self.window_seconds, self._calibrator(key.model_id))
         win = {"model_id": key.model_id, "model_version": key.model_version, "segment": key.segment,
                "window_start": key.window_start, "window_end": window_end, "revision": mw.revision,
                "metrics": metrics, "counts": counts}
@@ -526,98 +584,3 @@ class WindowMerger:
 
 def _series_order(k: SeriesKey) -> tuple[float, str, str, str]:
     return (k.window_start, k.model_id, k.model_version, k.segment)
-
-
-def fairness_metrics(key: str, rates: GroupRates) -> tuple[dict[str, float], dict[str, int]]:
-    """Metric names and counts of one protected key's rates (docs/beyond-accuracy.md, "Fairness").
-
-    ``fairness.<key>.<disparity>`` (count: the labelled events with the key) and, per group,
-    ``fairness.<key>=<group>.<rate>`` for ``positive_rate``, ``tpr``, ``fpr``, ``precision``
-    (count: the group's labelled events). ``<key>=<group>`` is the segment string of that
-    group (``driftline.schemas.messages.segment_string``), so it reads like a segment.
-
-    >>> r = GroupRates()
-    >>> r.update_many(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 0])
-    >>> m, c = fairness_metrics("g", r)
-    >>> m["fairness.g.demographic_parity_difference"], m["fairness.g=a.tpr"], c["fairness.g=b.tpr"]
-    (0.5, 1.0, 2)
-    """
-    m: dict[str, float] = {}
-    c: dict[str, int] = {}
-    n = rates.n
-    for name, v in rates.disparities().items():
-        if math.isfinite(v):
-            m[f"fairness.{key}.{name}"] = float(v)
-            c[f"fairness.{key}.{name}"] = n
-    for group, g in rates.group_metrics().items():
-        prefix = f"fairness.{segment_string({key: group}, [key])}"
-        for rate in ("positive_rate", "tpr", "fpr", "precision"):
-            m[f"{prefix}.{rate}"] = float(g[rate])
-            c[f"{prefix}.{rate}"] = int(g["n"])
-    return m, c
-
-
-def compare_windows(champion: WindowPartial, challenger: WindowPartial, cfg: ChampionConfig) -> list[Comparison]:
-    """The champion/challenger comparisons of two windows of one task (``cfg.metrics_for``)."""
-    a, b = champion.acc, challenger.acc
-    metrics = cfg.metrics_for(champion.task)
-    if isinstance(a, BinaryAccumulator) and isinstance(b, BinaryAccumulator):
-        rates = tuple(m for m in metrics if m != "mae")
-        return list(compare_binary(a, b, rates, alpha=cfg.alpha, min_n=cfg.min_n).values())
-    if isinstance(a, MulticlassAccumulator) and isinstance(b, MulticlassAccumulator):
-        if "accuracy" not in metrics:
-            return []
-        c = compare_proportions("accuracy", int(a.cm.trace()), int(a.cm.sum()), int(b.cm.trace()), int(b.cm.sum()),
-                                alpha=cfg.alpha, min_n=cfg.min_n)
-        return [] if c is None else [c]
-    if isinstance(a, RegressionAccumulator) and isinstance(b, RegressionAccumulator) and "mae" in metrics:
-        return list(compare_regression(a, b, alpha=cfg.alpha, min_n=cfg.min_n).values())
-    return []
-
-
-def _comparison_dict(c: Comparison) -> dict[str, Any]:
-    d = c.to_state()
-    for k in ("z", "df"):  # +-inf (an exact difference) is not JSON
-        if d.get(k) is not None and not math.isfinite(d[k]):
-            d[k] = None
-    return d
-
-
-def _level(value: float, levels: tuple[float, float]) -> str | None:
-    return "critical" if value > levels[1] else "warning" if value > levels[0] else None
-
-
-def _quality_offenders(ref: Profile, window: Profile, results: list[QualityResult],
-                       t: QualityThresholds) -> dict[str, list[dict[str, Any]]]:
-    """Check -> the features over its warning level (every check listed; ``{}`` if too few events)."""
-    if window.n_events < t.min_samples:
-        return {}
-    out: dict[str, list[dict[str, Any]]] = {c: [] for c in ("missing_rate", "type_mismatch", "out_of_range",
-                                                           "unseen_categories", "feature_vanished", "feature_appeared")}
-    for q in results:
-        if q.schema == "appeared":
-            out["feature_appeared"].append({"feature": q.feature, "value": 1.0, "level": "warning", "threshold": None,
-                                            "issues": q.issues})
-            continue
-        if q.schema == "vanished":
-            out["feature_vanished"].append({"feature": q.feature, "value": 1.0, "level": "critical", "threshold": None,
-                                            "issues": q.issues})
-            continue
-        rf = ref.features[q.feature]
-        checks: list[tuple[str, float, tuple[float, float], dict[str, Any]]] = [
-            ("missing_rate", q.missing_rate - q.reference_missing_rate, t.missing_increase,
-             {"missing_rate": q.missing_rate, "reference_missing_rate": q.reference_missing_rate}),
-            ("type_mismatch", q.type_mismatch_rate, t.type_mismatch, {}),
-        ]
-        if rf.kind == "numeric":
-            checks.append(("out_of_range", q.out_of_range_rate, t.out_of_range,
-                           {"reference_min": rf.min if rf.count else None, "reference_max": rf.max if rf.count else None}))
-        elif OTHER not in rf.counts:  # a capped reference cannot tell new categories from rare ones
-            checks.append(("unseen_categories", q.unseen_category_rate, t.unseen_categories,
-                           {"categories": q.unseen_categories[:10]}))
-        for check, value, levels, extra in checks:
-            level = _level(value, levels)
-            if level:
-                out[check].append({"feature": q.feature, "value": value, "level": level, "threshold": levels[0], **extra})
-    return out
-

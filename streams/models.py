@@ -151,6 +151,9 @@ class ModelConfig:
     label_coverage_min: float | None = None
     coverage_after_s: float = 600.0
     cooldown_s: float = 300.0
+    # A model (and version) that had traffic and then sent nothing for this long (processing
+    # time, judged only while every partition is caught up) raises availability/silence.
+    silence_after_s: float | None = 300.0
     drift_resolve_s: float = 600.0
     # Beyond accuracy (off unless set): data drift and quality against a reference profile
     # (``<DRIFTLINE_DATA_DIR>/profiles/<model>/latest.json``), CBPE for binary models.
@@ -200,6 +203,8 @@ class ModelConfig:
         for name in ("label_horizon_s", "early_label_wait_s", "cooldown_s", "drift_resolve_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.silence_after_s is not None and self.silence_after_s <= 0:
+            raise ConfigError(f"silence_after_s: expected a positive number or null, got {self.silence_after_s!r}")
         for name in ("corroboration_window", "ddm_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")

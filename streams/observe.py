@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 class PipelineMetrics:
@@ -39,8 +41,50 @@ class PipelineMetrics:
             else:
                 self.events.labels(name=name).inc(n)
 
+    def sink_stats(self, st: dict[str, Any]) -> None:
+        """The ClickHouse sink's own figures, as gauges."""
+        for table, n in st.get("rows_written", {}).items():
+            self.sink_rows.labels(table=table).set(n)
+        self.sink_buffered.set(st.get("buffered_rows", 0))
+        self.sink_backpressure.set(1 if st.get("backpressured") else 0)
+        self.sink_failures.set(st.get("failures", 0))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class AlertDeliveryCollector:
+    """Alert delivery counters, read from ``AlertDeliveryRunner.stats`` at each scrape.
+
+    The runner lives in its own threads and keeps its own counts; reading them when Prometheus
+    asks keeps the metrics exact without the runner knowing about this registry.
+    """
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats()
+        deliveries = CounterMetricFamily(
+            "driftline_alert_deliveries", "Alert deliveries by target and outcome (delivered; retried: a failed "
+            "attempt that is retried; dropped: given up; skipped: a re-post round left out while the queue was full)",
+            labels=["target", "outcome"])
+        queued = GaugeMetricFamily("driftline_alert_delivery_queued", "Deliveries waiting per target",
+                                   labels=["target"])
+        for target, t in sorted(st["targets"].items()):
+            for outcome in ("delivered", "retried", "dropped", "skipped"):
+                deliveries.add_metric([target, outcome], t.get(outcome, 0))
+            queued.add_metric([target], t.get("queued", 0))
+        yield deliveries
+        yield queued
+        yield GaugeMetricFamily("driftline_alert_delivery_up", "1 while the alert delivery consumer runs (0: it "
+                                "stopped on an error, see the log)", value=1 if st["running"] else 0)
+        yield GaugeMetricFamily("driftline_alert_delivery_partitions", "Alerts-topic partitions this worker delivers",
+                                value=st["assigned"])
+        yield GaugeMetricFamily("driftline_alert_delivery_firing", "Firing alerts of those partitions (re-posted)",
+                                value=st["firing"])
+        yield CounterMetricFamily("driftline_alert_delivery_duplicates", "Transitions seen twice on the topic, "
+                                  "delivered once", value=st["duplicates"])
 
 
 class JsonFormatter(logging.Formatter):

@@ -41,8 +41,6 @@ runs on them (docs/beyond-accuracy.md, "Ranking and recommendation").
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
 import time
 from collections import OrderedDict
@@ -62,10 +60,9 @@ from driftline.schemas.codec import decode_message
 from driftline.schemas.events import Label, Prediction, Rejection, binary_label
 from driftline.schemas.messages import (
     make_dead_letter,
-    make_drift_event,
     make_outcome,
-    segment_string,
 )
+from driftline.streams.detectorfeed import DetectorFeed
 from driftline.streams.eventtime import EventClock
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.pending import (
@@ -75,11 +72,11 @@ from driftline.streams.pending import (
     encode_label,
     encode_prediction,
 )
+from driftline.streams.reroute import owners, reason, unwrap_forward, wrap_forward
+from driftline.streams.series import SeriesTables
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
 
-#: The value a segment key takes once it has shown ``max_segment_values`` others on a partition.
-OVERFLOW_SEGMENT = "__other__"
 EXPIRE_PER_BATCH = 5000  # bounds the delete list a partition record carries
 RECENT_JOINED = 50_000  # ids remembered to tell a second label from an unknown one
 MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this many more entries than records
@@ -87,7 +84,7 @@ MIN_EXPIRY_COMPACT = 100_000  # the expiry index is compacted once it holds this
 
 @dataclass
 class Message:
-    kind: str  # "prediction" | "label"
+    kind: str  # "prediction" | "label" | "forwarded" (from the repartition topic)
     topic: str
     partition: int
     offset: int
@@ -104,6 +101,8 @@ class BatchResult:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     partials: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # Misrouted input for the repartition topic: (target partition, key, wrapped value).
+    forwards: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
 
 
 class PartitionProcessor:
@@ -125,8 +124,12 @@ class PartitionProcessor:
         clock: Callable[[], float] = time.time,
         references: dict[str, Profile] | None = None,
         topics: Mapping[str, str] | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.partition = partition
+        # The input topics' partition count: each record's partition is checked against
+        # murmur2(prediction_id) for it, and a misrouted record is forwarded (None: no check).
+        self.partitions = partitions
         # kind -> the topic its applied offsets are of; recorded so that another deployment's
         # state is refused instead of resumed (``driftline.streams.statecheck``).
         self.topics = dict(topics) if topics is not None else None
@@ -135,12 +138,7 @@ class PartitionProcessor:
         self.allowed_lateness = allowed_lateness
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
-        self.max_series = max_series  # open window series (model, version, segment, window) per table
-        self.max_models = max_models
-        # Distinct values kept per (model, segment key); further ones count in OVERFLOW_SEGMENT.
-        self.max_segment_values = max_segment_values
-        self.segment_values: dict[str, set[str]] = {}
-        self._segment_state: dict[str, list[str]] | None = None  # serialised once per change  # models with a remembered task; (model, version) detector banks
+        self.max_models = max_models  # models with a remembered task; (model, version) detector banks
         self._get = store_get
         # Waiting records start with their partition (``driftline.streams.pending``). One worker's table
         # holds several partitions' records in one store: this partition reads only its own, as
@@ -148,18 +146,22 @@ class PartitionProcessor:
         self._own = b"[%d," % partition
         self.clock = clock
         self.references = dict(references or {})  # model_id -> reference profile (data drift)
-        self.applied: dict[str, int] = {"prediction": -1, "label": -1}
+        self.applied: dict[str, int] = {"prediction": -1, "label": -1, "forwarded": -1}
+        # The last origin offset applied per "<kind>:<origin partition>" of forwarded records: a
+        # record forwarded again after its sender's crash is applied once.
+        self.forward_applied: dict[str, int] = {}
         self.eventtime = EventClock(window_seconds, allowed_lateness, clock)
         # The last window boundary reported per (model, version) (not persisted: a repeat after
         # a restart is harmless, the merge stage keeps the furthest).
         self._progress_sent: dict[tuple[str, str], float] = {}
-        # Joined outcomes waiting to be fed to their detectors in event-time order (see
-        # ``_run_detectors``): (model, version) -> [task, [(time, prediction_id, error, prediction ts)]].
-        self.detector_queue: dict[tuple[str, str], list[Any]] = {}
-        self.windows: dict[SeriesKey, WindowPartial] = {}
-        self.late: dict[SeriesKey, WindowPartial] = {}
-        self.banks: dict[tuple[str, str], DetectorBank] = {}
-        self.policies: dict[tuple[str, str], AlarmPolicy] = {}
+        # Wall-clock time of the last prediction read per "model\x1fversion": the heartbeats
+        # that let the merge stage tell a silent model (``heartbeat``).
+        self.seen_at: dict[str, float] = {}
+        self.tables = SeriesTables(models, max_series=max_series, max_models=max_models,
+                                   max_segment_values=max_segment_values, count=self._count)
+        self._partial = self.tables.partial
+        self._series = self.tables.series
+        self.detectors = DetectorFeed(models, partition, window_seconds, max_models, self._count)
         self.tasks: dict[str, str] = {}
         self.outbox: list[dict[str, Any]] = []
         self.seq = 0
@@ -168,9 +170,6 @@ class PartitionProcessor:
         self.pending_count = 0
         self._compact_at = MIN_EXPIRY_COMPACT
         self.recent_joined: OrderedDict[str, None] = OrderedDict()
-        self._series_cache: dict[tuple[Any, ...], list[SeriesKey]] = {}
-        self._state_cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
-        self._touched: set[WindowPartial] = set()
         self.last_activity = clock()
         self.input_seen = False  # any message read since this processor was created
 
@@ -183,44 +182,17 @@ class PartitionProcessor:
             {
                 "topics": self.topics,
                 "applied": self.applied,
+                "forward_applied": self.forward_applied,
                 "watermarks": self.eventtime.to_state(),
-                "windows": self._open_window_states(),
-                "late": {k.encode(): w.to_state() for k, w in self.late.items()},
-                "banks": {f"{m}\x1f{v}": b.to_state() for (m, v), b in self.banks.items()},
-                "policies": {f"{m}\x1f{v}": p.to_state() for (m, v), p in self.policies.items()},
+                **self.tables.to_state(),
+                **self.detectors.to_state(),
                 "tasks": self.tasks,
-                "detector_queue": [[m, v, q[0], q[1]] for (m, v), q in self.detector_queue.items() if q[1]],
-                "segment_values": self._segment_values_state(),
+                "seen_at": self.seen_at,
                 "outbox": self.outbox,
                 "seq": self.seq,
                 "last_deleted": [k.decode() for k in self.last_deleted],
             }
         )
-
-    def _segment_values_state(self) -> dict[str, list[str]]:
-        if self._segment_state is None:
-            self._segment_state = {k: sorted(v) for k, v in self.segment_values.items()}
-        return self._segment_state
-
-    def _open_window_states(self) -> dict[str, Any]:
-        """The open windows' states for the partition record, re-serialised only when changed.
-
-        Every batch writes every open window, but a batch touches few of them; turning an
-        untouched window's sketches and histograms into lists again cost ~15% of the join
-        stage's CPU. A window is touched when ``_partial`` hands it out (all changes go
-        through it); the cache holds the window object itself, so a replaced one never matches.
-        """
-        cache: dict[SeriesKey, tuple[WindowPartial, str, dict[str, Any]]] = {}
-        out: dict[str, Any] = {}
-        for k, w in self.windows.items():
-            hit = self._state_cache.get(k)
-            if hit is None or hit[0] is not w or w in self._touched:
-                hit = (w, k.encode(), w.to_state())
-            cache[k] = hit
-            out[hit[1]] = hit[2]
-        self._state_cache = cache
-        self._touched.clear()
-        return out
 
     def load_state(self, raw: bytes | None) -> None:
         if not raw:
@@ -228,16 +200,13 @@ class PartitionProcessor:
         d = orjson.loads(raw)
         if self.topics is not None:
             check_topics(d.get("topics"), self.topics, f"join partition {self.partition}")
-        self.applied = d["applied"]
+        self.applied = {"forwarded": -1, **d["applied"]}
+        self.forward_applied = d.get("forward_applied", {})
         self.eventtime.load_state(d.get("watermarks"))
-        self.windows = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["windows"].items()}
-        self.late = {SeriesKey.decode(k): WindowPartial.from_state(v) for k, v in d["late"].items()}
-        self.banks = {tuple(k.split("\x1f")): DetectorBank.from_state(v) for k, v in d["banks"].items()}  # type: ignore[misc]
-        self.policies = {tuple(k.split("\x1f")): AlarmPolicy.from_state(v) for k, v in d["policies"].items()}  # type: ignore[misc]
+        self.tables.load_state(d)
+        self.detectors.load_state(d)
         self.tasks = d["tasks"]
-        self.detector_queue = {(m, v): [task, [tuple(e) for e in entries]]
-                               for m, v, task, entries in d.get("detector_queue", [])}
-        self.segment_values = {k: set(v) for k, v in d.get("segment_values", {}).items()}
+        self.seen_at = d.get("seen_at", {})
         self.outbox = d["outbox"]
         self.seq = d["seq"]
         self.last_deleted = [k.encode() for k in d["last_deleted"]]
@@ -273,15 +242,14 @@ class PartitionProcessor:
         self._gbuf: dict[WindowPartial, tuple[tuple[str, ...], list[dict[str, str]], list[int], list[int]]] = {}
         self.last_activity = self.clock()
         self.input_seen = True
-        for msg in messages:
-            if msg.offset <= self.applied[msg.kind]:
-                self._count("replayed_skipped")
-                continue
-            self.applied[msg.kind] = msg.offset
-            self._count(f"messages_{msg.kind}")
-            events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
-            for rej, raw in rejections:
-                self._dead_letter(msg, rej, raw)
+        batch = [d for msg in messages if (d := self._decode(msg)) is not None]
+        owners = self._owners(batch)
+        at = 0
+        for msg, events, forwarded in batch:
+            mine = owners[at : at + len(events)] if owners is not None else None
+            at += len(events)
+            if mine is not None and not (mine == self.partition).all():
+                events = self._reroute(msg, events, mine, forwarded)
             for ev in events:
                 try:
                     if msg.kind == "prediction":
@@ -296,6 +264,58 @@ class PartitionProcessor:
         self._compact_expiry()
         self._close_windows(force=False)
         return self._finish()
+
+    def _decode(self, msg: Message) -> tuple[Message, list[Any], bool] | None:
+        """A message's events (its rejections go to the dead-letter topic), or None to skip it.
+
+        A forwarded record comes back as its original message, with this partition's own
+        position on the repartition topic as its identity (``-1 - offset``: waiting records
+        are tagged by partition and offset, and must read as this partition's).
+        """
+        if msg.offset <= self.applied[msg.kind]:
+            self._count("replayed_skipped")
+            return None
+        self.applied[msg.kind] = msg.offset
+        self._count(f"messages_{msg.kind}")
+        if msg.kind == "forwarded":
+            origin = unwrap_forward(msg.value)
+            if origin is None:  # only workers write the internal topic: nothing to dead-letter
+                self._count("forwarded_malformed")
+                return None
+            kind, from_partition, from_offset, value = origin
+            source = f"{kind}:{from_partition}"
+            if from_offset <= self.forward_applied.get(source, -1):
+                self._count("forwarded_duplicates")
+                return None
+            self.forward_applied[source] = from_offset
+            events, _ = decode_message(value, kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+            return Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value), events, True
+        events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+        for rej, raw in rejections:
+            self._dead_letter(msg, rej, raw)
+        return msg, events, False
+
+    def _owners(self, batch: list[tuple[Message, list[Any], bool]]) -> np.ndarray | None:
+        """The partition each event of the batch belongs to (``driftline.streams.reroute``)."""
+        if self.partitions is None:
+            return None
+        return owners([ev for _, events, _ in batch for ev in events], self.partitions)
+
+    def _reroute(self, msg: Message, events: list[Any], owners: np.ndarray, forwarded: bool) -> list[Any]:
+        """Forward a message holding other partitions' events to them; return this partition's.
+
+        The whole message goes to each partition that owns one of its events, through the
+        repartition topic; each keeps its own events. Forwards are a batch effect, sent before
+        the partition record marks the message applied (``driftline.streams.app``).
+        """
+        own = owners == self.partition
+        if forwarded:  # a message forwarded to several partitions: the others' events are theirs
+            return [ev for ev, keep in zip(events, own, strict=True) if keep]
+        self._count(f"rerouted_{msg.kind}s_{reason(msg.key, len(events))}", int((~own).sum()))
+        wrapped = wrap_forward(msg.kind, msg.partition, msg.offset, msg.value or b"")
+        for target in sorted(set(owners[~own].tolist())):
+            self._res.forwards.append((int(target), msg.key, wrapped))
+        return [ev for ev, keep in zip(events, own, strict=True) if keep]
 
     def _flush_buffers(self) -> None:
         """Apply the batch's buffered window updates: one numpy call per series, not per
@@ -351,6 +371,20 @@ class PartitionProcessor:
         self._pbuf, self._obuf, self._fbuf, self._cbuf, self._gbuf = {}, {}, {}, {}, {}
         return self._finish()
 
+    def heartbeat(self) -> BatchResult:
+        """Tell the merge stage when this partition last read each model's predictions.
+
+        Sent only while the partition is caught up (the app's timer decides): a partition with
+        records waiting sends none, so the merge stage never judges silence on a backlog.
+        """
+        now = self.clock()
+        for key, seen in self.seen_at.items():
+            model, _, version = key.partition("\x1f")
+            self.seq += 1
+            self.outbox.append({"type": "heartbeat", "pid": f"{self.partition}:{self.seq}", "partition": self.partition,
+                                "model_id": model, "model_version": version, "seen_at": seen, "at": now})
+        return self.checkpoint()
+
     def outbox_delivered(self) -> None:
         """The app confirmed delivery of the outbox; the next partition record drops it."""
         self.outbox = []
@@ -371,6 +405,28 @@ class PartitionProcessor:
         res.partials = list(self.outbox)
         res.state = self.dump_state()
         return res
+
+    @property
+    def windows(self) -> dict[SeriesKey, WindowPartial]:
+        """Open windows (``SeriesTables``)."""
+        return self.tables.windows
+
+    @property
+    def late(self) -> dict[SeriesKey, WindowPartial]:
+        """Closed windows this batch revises."""
+        return self.tables.late
+
+    @late.setter
+    def late(self, table: dict[SeriesKey, WindowPartial]) -> None:
+        self.tables.late = table
+
+    @property
+    def banks(self) -> dict[tuple[str, str], DetectorBank]:
+        return self.detectors.banks
+
+    @property
+    def policies(self) -> dict[tuple[str, str], AlarmPolicy]:
+        return self.detectors.policies
 
     def _count(self, name: str, n: int = 1) -> None:
         c = self._res.counters
@@ -405,69 +461,6 @@ class PartitionProcessor:
                 self._count("models_overflow")
         return cfg
 
-    def _partial(self, table: dict[SeriesKey, WindowPartial], key: SeriesKey, task: str) -> WindowPartial | None:
-        """The partial of ``key``; None (counted) when ``table`` already holds ``max_series``.
-
-        Whole-model series (segment ``""``) have a reserve of ``max_models`` above the cap: a
-        flood of segments never starves a model's own metrics, and a flood of models is still
-        bounded.
-        """
-        w = table.get(key)
-        if w is None:
-            if len(table) >= self.max_series + (0 if key.segment else self.max_models):
-                self._count("series_overflow")
-                return None
-            if task == "ranking":
-                cfg = self.models.for_model(key.model_id) or self.models.defaults
-                w = table[key] = WindowPartial(task, cfg.ranking_k, cfg.catalog_size)
-            else:
-                w = table[key] = WindowPartial(task)
-        self._touched.add(w)  # whoever asks for a partial may change it (see ``dump_state``)
-        return w
-
-    def _series(self, cfg: ModelConfig, p: Prediction, ws: float) -> list[SeriesKey]:
-        """The series an event counts in: the whole model, then one per segmentation.
-
-        Cached per batch: an envelope's events share a handful of (model, window, segment)
-        combinations, and building the keys costs more than the rest of the event.
-        """
-        seg = p.segments
-        values = tuple(seg.get(k, "") for k in _segment_fields(cfg.segment_keys)) if cfg.segment_keys and seg else ()
-        ck = (p.model_id, p.model_version, ws, values)
-        keys = self._series_cache.get(ck)
-        if keys is None:
-            keys = [SeriesKey(p.model_id, p.model_version, "", ws)]
-            if cfg.segment_keys:
-                seg = self._fold_segments(p.model_id, seg or {}, _segment_fields(cfg.segment_keys))
-            for combo in cfg.segment_keys:
-                keys.append(SeriesKey(p.model_id, p.model_version, segment_string(seg, combo.split(",")), ws))
-            if len(self._series_cache) > 100_000:
-                self._series_cache.clear()
-            self._series_cache[ck] = keys
-        return keys
-
-    def _fold_segments(self, model_id: str, seg: dict[str, str], fields: tuple[str, ...]) -> dict[str, str]:
-        """``seg`` with values past ``max_segment_values`` per (model, key) as ``OVERFLOW_SEGMENT``.
-
-        A value once kept stays kept and the set only grows, so a value's fate is decided once,
-        in log order, the same on every delivery (the sets are in the partition record).
-        """
-        out = seg
-        for k in fields:
-            value = seg.get(k, "")
-            seen = self.segment_values.setdefault(f"{model_id}\x1f{k}", set())
-            if value in seen:
-                continue
-            if len(seen) < self.max_segment_values:
-                seen.add(value)
-                self._segment_state = None
-                continue
-            if out is seg:
-                out = dict(seg)
-            out[k] = OVERFLOW_SEGMENT
-            self._count("segment_overflow")
-        return out
-
     def _is_closed(self, p: Prediction, ws: float) -> bool:
         return self.eventtime.is_closed(p.model_id, p.model_version, ws)
 
@@ -491,6 +484,7 @@ class PartitionProcessor:
             self._count("duplicate_predictions")
             return
         self.eventtime.advance(p.model_id, p.model_version, p.timestamp)
+        self.seen_at[f"{p.model_id}\x1f{p.model_version}"] = self.last_activity
         closed = self._is_closed(p, ws)
         if closed and self.eventtime.too_late(p.model_id, p.model_version, ws, cfg.label_horizon_s):
             detail = (f"window {ws:.0f} of model {p.model_id!r} {p.model_version!r} is more than the label horizon "
@@ -653,68 +647,16 @@ class PartitionProcessor:
             self._joins.setdefault((p.model_id, p.model_version), []).append((p, lab, err))  # type: ignore[arg-type]
 
     def _run_detectors(self, force: bool = False) -> None:
-        """Feed the detectors the joined outcomes that are settled, in event-time order.
-
-        A detector is order-sensitive, and the order in which joins complete depends on how
-        the predictions and labels topics interleave in a batch: a backlog, a pause or a crash
-        would change detection points. So outcomes queue per (model, version) and are fed
-        sorted by (outcome time = the later of prediction and label time, prediction id) once
-        both the model's predictions and the partition's labels have moved the allowed
-        lateness past them (``EventClock.settled_through``), or all of them when the
-        partition is idle (``force``). The queue is in the partition record: its size is the
-        outcomes of the last ``allowed_lateness`` seconds. An outcome later than that is fed
-        at once, after those already fed.
-        """
+        """Queue the batch's joins for the detectors; feed the settled ones (``DetectorFeed``)."""
         for (model, version), joined in self._joins.items():
-            queue = self.detector_queue.get((model, version))
-            if queue is None:
-                queue = self.detector_queue[(model, version)] = [joined[0][0].task, []]
-            queue[1].extend((max(p.timestamp, lab.timestamp), p.prediction_id, err, p.timestamp)
-                            for p, lab, err in joined)
-        for (model, version), queue in self.detector_queue.items():
-            entries = queue[1]
-            if not entries:
-                continue
-            cutoff = math.inf if force else self.eventtime.settled_through(model, version)
-            entries.sort()
-            n = len(entries) if cutoff == math.inf else bisect.bisect_right(entries, (cutoff, "\U0010ffff"))
-            if n:
-                queue[1] = entries[n:]
-                self._feed_detectors(model, version, queue[0], entries[:n])
-
-    def _feed_detectors(self, model: str, version: str, task: str,
-                    joined: list[tuple[float, str, float, float]]) -> None:
-        cfg = self.models.for_model(model) or self.models.defaults
-        bank = self.banks.get((model, version))
-        if bank is None:
-            det_cfg = {k: dict(v) for k, v in cfg.detectors.items() if task != "regression" or k == "adwin"}
-            if not det_cfg:  # no detector applies (``detectors: {}``, or a regressor without ADWIN)
-                return
-            if len(self.banks) >= self.max_models:  # joined and windowed, not watched by detectors
-                self._count("models_overflow", len(joined))
-                return
-            bank = self.banks[(model, version)] = DetectorBank(det_cfg)
-            self.policies[(model, version)] = AlarmPolicy(corroboration_window=cfg.corroboration_window, ddm_warmup=cfg.ddm_warmup,
-                                                              warning_alerts=cfg.detector_warning_alerts)
-        start = bank.n
-        alarms = bank.update_many(np.array([e for _, _, e, _ in joined], dtype=float))
-        decisions = self.policies[(model, version)].decide((model, version), alarms)
-        for d in decisions:
-            a = d.alarm
-            severity = d.severity
-            outcome_time, _, _, prediction_ts = joined[a.position - start]
-            ws = window_start(prediction_ts, self.window_seconds)
-            event = make_drift_event(
-                model_id=model, model_version=version, partition=self.partition, detector=a.detector,
-                kind=a.kind, direction=a.direction, position=a.position, window_start=ws,
-                window_end=ws + self.window_seconds, detected_at=outcome_time,
-                params=dict(bank.config.get(a.detector, {})), estimate_before=a.estimate_before,
-                estimate_after=a.estimate_after,
-            )
-            self._count(f"detector_{a.detector}_{a.kind}")
+            self.detectors.add(model, version, joined[0][0].task,
+                               [(max(p.timestamp, lab.timestamp), p.prediction_id, err, p.timestamp)
+                                for p, lab, err in joined])
+        for alarm in self.detectors.release(self.eventtime.settled_through, force):
             self.seq += 1
-            self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": model,
-                                "drift_event": dict(event), "severity": severity, "reason": d.reason})
+            self.outbox.append({"type": "alarm", "pid": f"{self.partition}:{self.seq}", "model_id": alarm.model_id,
+                                "drift_event": alarm.drift_event, "severity": alarm.severity,
+                                "reason": alarm.reason})
 
     def _expire(self) -> None:
         # By the partition's furthest progress: the expiry index is one for all models.
@@ -828,12 +770,6 @@ def _exact(data: bytes) -> bytes:
     4 GB instead of ~140 MB. Records in the join table live for the label horizon.
     """
     return bytes(memoryview(data))
-
-
-@functools.lru_cache(maxsize=1024)
-def _segment_fields(segment_keys: tuple[str, ...]) -> tuple[str, ...]:
-    """Every segment field the segmentations read ("a,b" reads a and b)."""
-    return tuple(sorted({k for combo in segment_keys for k in combo.split(",")}))
 
 
 def _binary_truth(label: Any, positive_class: str) -> int:

@@ -56,11 +56,19 @@ class Settings:
     retention_days: int = field(default=90, metadata={"env": "DRIFTLINE_RETENTION_DAYS", "help": "ClickHouse TTL of metrics, alerts, drift events and outcomes"})
     outcome_sample_rate: float = field(default=1.0, metadata={"env": "DRIFTLINE_OUTCOME_SAMPLE_RATE", "help": "share of joined outcomes written to ClickHouse"})
     log_level: str = field(default="info", metadata={"env": "DRIFTLINE_LOG_LEVEL", "help": "debug, info, warning, error"})
+    alertmanager_url: str = field(default="", metadata={"env": "DRIFTLINE_ALERTMANAGER_URL", "help": "Alertmanager base URLs, comma-separated (each of an HA pair gets every alert); empty = no Alertmanager delivery. user:password@ in a URL is sent as basic auth and never logged"})
+    alert_webhook_url: str = field(default="", metadata={"env": "DRIFTLINE_ALERT_WEBHOOK_URL", "secret": True, "help": "URL that gets every alert transition as posted JSON (its path may hold a token: only scheme and host are logged); DRIFTLINE_ALERT_WEBHOOK_URL_FILE reads it from a file"})
+    alert_webhook_secret: str = field(default="", repr=False, metadata={"env": "DRIFTLINE_ALERT_WEBHOOK_SECRET", "secret": True, "help": "HMAC-SHA256 key signing webhook bodies (X-Driftline-Signature); empty = unsigned; DRIFTLINE_ALERT_WEBHOOK_SECRET_FILE reads it from a file"})
+    alert_repost_seconds: float = field(default=60.0, metadata={"env": "DRIFTLINE_ALERT_REPOST_SECONDS", "help": "re-post firing alerts to Alertmanager this often; each post holds endsAt = now + 4 x this (Prometheus' resend habit)"})
+    alert_delivery_attempts: int = field(default=10, metadata={"env": "DRIFTLINE_ALERT_DELIVERY_ATTEMPTS", "help": "attempts per delivery (exponential backoff 0.5 s doubling to 30 s) before it is dropped and counted"})
+    alert_delivery_queue: int = field(default=1000, metadata={"env": "DRIFTLINE_ALERT_DELIVERY_QUEUE", "help": "deliveries waiting per target before the alert delivery consumer pauses"})
+    alert_delivery_timeout: float = field(default=10.0, metadata={"env": "DRIFTLINE_ALERT_DELIVERY_TIMEOUT", "help": "HTTP timeout of one delivery attempt, seconds"})
     kafka: Mapping[str, str] = field(default_factory=dict, metadata={"help": "extra librdkafka/aiokafka security properties"})
 
     def __post_init__(self) -> None:
         positive = ("partitions", "window_seconds", "idle_close_seconds", "flush_interval", "max_message_bytes", "max_pending",
-                    "max_series", "max_models", "max_segment_values", "retention_days")
+                    "max_series", "max_models", "max_segment_values", "retention_days", "alert_repost_seconds",
+                    "alert_delivery_attempts", "alert_delivery_queue", "alert_delivery_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
@@ -70,6 +78,9 @@ class Settings:
             raise ValueError(f"setting allowed_lateness must be >= 0, got {self.allowed_lateness!r}")
         if not 0.0 <= self.outcome_sample_rate <= 1.0:
             raise ValueError(f"setting outcome_sample_rate must be in [0, 1], got {self.outcome_sample_rate!r}")
+        for url in (*self.alertmanager_urls(), *([self.alert_webhook_url] if self.alert_webhook_url else [])):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"alert delivery URLs must start with http:// or https://, got {redact_url(url)!r}")
         if self.store.split(":", 1)[0] not in ("memory", "rocksdb"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
 
@@ -122,7 +133,18 @@ class Settings:
         out["kafka"] = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}
         out["clickhouse"] = redact_dsn(self.clickhouse)
         out["clickhouse_password"] = "***" if self.clickhouse_password else ""
+        out["alertmanager_url"] = ",".join(redact_url(u) for u in self.alertmanager_urls())
+        out["alert_webhook_url"] = redact_url(self.alert_webhook_url, path=False)
+        out["alert_webhook_secret"] = "***" if self.alert_webhook_secret else ""
         return out
+
+    def alertmanager_urls(self) -> list[str]:
+        """``alertmanager_url`` split on commas, blanks dropped.
+
+        >>> Settings(alertmanager_url="http://am1:9093, http://am2:9093").alertmanager_urls()
+        ['http://am1:9093', 'http://am2:9093']
+        """
+        return [u.strip() for u in self.alertmanager_url.split(",") if u.strip()]
 
     def clickhouse_client_settings(self) -> dict[str, Any]:
         """Keyword arguments for ``clickhouse_connect.get_client`` besides the DSN."""
@@ -183,6 +205,26 @@ def redact_dsn(dsn: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def redact_url(url: str, path: bool = True) -> str:
+    """Mask a URL's password (and, with ``path=False``, drop everything after the host).
+
+    >>> redact_url("https://u:pw@am:9093/base")
+    'https://u:***@am:9093/base'
+    >>> redact_url("https://hooks.example.com/T000/secret-token", path=False)
+    'https://hooks.example.com/...'
+    """
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    host, sep, tail = rest.partition("/")
+    if "@" in host:
+        creds, host = host.rsplit("@", 1)
+        host = f"{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else f"***@{host}"
+    if not path:
+        return f"{scheme}://{host}/..." if sep else f"{scheme}://{host}"
+    return f"{scheme}://{host}{sep}{tail}"
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

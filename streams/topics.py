@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["TOPIC_KEYS", "TopicError", "topic_names", "create_topics", "partition_counts"]
+__all__ = ["TOPIC_KEYS", "TopicError", "topic_names", "create_topics", "input_partitions", "partition_counts"]
 
 #: Logical topic keys; the physical name is ``prefix + key``.
 TOPIC_KEYS: tuple[str, ...] = (
@@ -18,7 +18,10 @@ TOPIC_KEYS: tuple[str, ...] = (
     "outcomes",
     "partials",
     "comparisons",
+    "repartition",
 )
+#: Internal topics the join reads with its inputs: they need the inputs' partition count.
+COPARTITIONED: tuple[str, ...] = ("predictions", "labels", "repartition")
 
 
 class TopicError(RuntimeError):
@@ -103,12 +106,16 @@ def create_topics(
     names = topic_names(prefix)
     conf = {**(client_config or {}), "bootstrap.servers": bootstrap}
     admin = AdminClient(conf)
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [n for n in names.values() if n not in existing]
+    listed = admin.list_topics(timeout=timeout).topics
+    missing = [n for n in names.values() if n not in listed]
+    # An internal topic created next to existing inputs takes their partition count.
+    inputs = listed.get(names["predictions"])
+    input_count = len(inputs.partitions) if inputs is not None and inputs.partitions else partitions
     if missing:
         futures = admin.create_topics(
             [
-                NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                NewTopic(n, num_partitions=input_count if n == names["repartition"] else partitions,
+                         replication_factor=replication)
                 for n in missing
             ],
             operation_timeout=timeout,
@@ -135,22 +142,36 @@ def create_topics(
 def _check_copartitioned(
     bootstrap: str, names: dict[str, str], conf: dict[str, Any], timeout: float
 ) -> int:
-    pair = [names["predictions"], names["labels"]]
+    """The partition count shared by the join's topics, or a TopicError saying what to change."""
+    group = [names[k] for k in COPARTITIONED]
     counts: dict[str, int] = {}
     # Metadata for a just-created topic can lag a moment behind the create response.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        counts = partition_counts(bootstrap, pair, conf, timeout)
-        if len(counts) == 2:
+        counts = partition_counts(bootstrap, group, conf, timeout)
+        if len(counts) == len(group):
             break
         time.sleep(0.1)
-    if len(counts) != 2:
-        raise TopicError(f"topics {pair} not visible in metadata after creation")
-    p, lab = counts[pair[0]], counts[pair[1]]
+    if len(counts) != len(group):
+        raise TopicError(f"topics {group} not visible in metadata after creation")
+    p, lab, rep = (counts[n] for n in group)
     if p != lab:
         raise TopicError(
-            f"{pair[0]} has {p} partitions but {pair[1]} has {lab}: the prediction-label join "
+            f"{group[0]} has {p} partitions but {group[1]} has {lab}: the prediction-label join "
             "needs the same partition count on both (labels are routed by murmur2 of the "
             "prediction id). Recreate one of them or add partitions to match."
         )
+    if rep != p:
+        raise TopicError(
+            f"{group[2]} (internal: misrouted records are forwarded through it) has {rep} partitions "
+            f"but {group[0]} has {p}: delete {group[2]} (it holds nothing once every worker is stopped "
+            "and caught up) and restart a worker to recreate it."
+        )
     return p
+
+
+def input_partitions(bootstrap: str, prefix: str, client_config: dict[str, Any] | None = None,
+                     timeout: float = 15.0) -> int:
+    """The partition count of the join's topics, checked to agree (see ``_check_copartitioned``)."""
+    conf = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    return _check_copartitioned(bootstrap, topic_names(prefix), conf, timeout)

@@ -14,10 +14,11 @@ lists behind the @K metrics and every joined list behind the others.
 Two optional slots, ``None`` (and absent from the state) unless the model asks for them:
 ``profile``, the window's feature profile (``Profile.new_window_like`` of the model's
 reference, whole-model series only), and ``cbpe``, a ``CBPEAccumulator`` of the scores of
-a binary model (``estimated_*`` metrics, and ``cbpe_error_*`` = estimate - realised once
-labels exist). A third, ``fairness``, maps each protected segment key of a binary model with
-``fairness`` set to a ``GroupRates`` of its labelled events (whole-model series only); the merge
-stage turns it into ``fairness.*`` metrics (``driftline.streams.merge``).
+a binary model (``estimated_*`` metrics, through the score calibrator ``metrics`` is given,
+and ``cbpe_error_*`` = estimate - realised once labels exist). A third, ``fairness``, maps each
+protected segment key of a binary model with ``fairness`` set to a ``GroupRates`` of its
+labelled events (whole-model series only); the merge stage turns it into ``fairness.*``
+metrics (``driftline.streams.merge``).
 
 Serving outcome: ``add_status`` counts the predictions that carried a ``status`` and those whose
 status was ``error``; a window with at least one gets ``error_count`` and ``error_rate`` =
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.cbpe import CBPEAccumulator
 from driftline.detectors.fairness import GroupRates
 from driftline.detectors.metrics import (
@@ -84,7 +86,7 @@ def _new_accumulator(task: str, ranking_k: int, catalog_size: int | None) -> Acc
     return RegressionAccumulator()
 
 
-CBPE_METRICS = ("accuracy", "precision", "recall", "f1")
+CBPE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 #: Distinct serving error codes a window partial keeps; further new codes count as OTHER_ERROR_CODE.
 MAX_ERROR_CODES = 100
 #: Error codes a window reports by name (``error_count.<code>``), the most frequent first.
@@ -224,8 +226,9 @@ class WindowPartial:
     def is_empty(self) -> bool:
         return not (self.prediction_count or self.labeled or self.unlabeled_expired or self.late_predictions or self.duplicate_predictions)
 
-    def metrics(self, window_seconds: float) -> tuple[dict[str, float], dict[str, int]]:
-        """Contract metric names -> values, and the number of events behind each."""
+    def metrics(self, window_seconds: float, calibrator: ScoreCalibrator | None = None) -> tuple[dict[str, float], dict[str, int]]:
+        """Contract metric names -> values, and the number of events behind each (``calibrator``:
+        the reference's score calibrator, which CBPE reads the scores through)."""
         m: dict[str, float] = {}
         c: dict[str, int] = {}
         n = self.prediction_count
@@ -278,14 +281,15 @@ class WindowPartial:
         if self.duplicate_predictions:
             put("duplicate_predictions", self.duplicate_predictions, self.duplicate_predictions)
         if self.cbpe is not None and self.cbpe.n:
-            est = self.cbpe.metrics()
+            est = self.cbpe.metrics(calibrator)
             for name in CBPE_METRICS:
-                put(f"estimated_{name}", est[f"estimated_{name}"], self.cbpe.n)
+                if f"estimated_{name}" in est:  # no ROC AUC when one class is expected
+                    put(f"estimated_{name}", est[f"estimated_{name}"], self.cbpe.n)
             put("estimated_accuracy_std", est["estimated_accuracy_std"], self.cbpe.n)
             if self.acc.n:
                 realised = self.acc.metrics()
                 for name in CBPE_METRICS:
-                    if name in realised:
+                    if name in realised and f"estimated_{name}" in est:
                         put(f"cbpe_error_{name}", est[f"estimated_{name}"] - realised[name], self.acc.n)
         return m, c
 

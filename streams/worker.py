@@ -1,11 +1,14 @@
-"""``driftline worker``: the faust app plus, in the same process, the ClickHouse sink.
+"""``driftline worker``: the faust app plus, in the same process, the ClickHouse sink and
+(with ``DRIFTLINE_ALERTMANAGER_URL`` or ``DRIFTLINE_ALERT_WEBHOOK_URL`` set) alert delivery.
 
 With an embedded chdb store the worker owns the store (only one process may open a
 chdb path), so it also serves read-only queries at ``/query`` for ``driftline query``.
 
 Shutdown (SIGTERM or SIGINT): faust stops the agents after their current batch, flushes
 the producer (changelogs and outputs) and commits the offsets of what was processed;
-then the sink writes what it buffered and commits its own offsets. Open windows are
+then alert delivery gives its queued deliveries a few seconds and commits what they
+finished (the rest is delivered after the restart), and the sink writes what it buffered
+and commits its own offsets. Open windows are
 not closed early: their partials are in the changelog and a restarted worker carries
 on with them, so the metrics of a window never depend on when a restart happened.
 """
@@ -19,7 +22,7 @@ from typing import Any
 
 from driftline.streams.models import load_models_config
 from driftline.streams.settings import Settings
-from driftline.streams.topics import create_topics, topic_names
+from driftline.streams.topics import TopicError, create_topics, input_partitions, topic_names
 
 log = logging.getLogger("driftline.worker")
 
@@ -62,6 +65,27 @@ def build_sink(settings: Settings) -> tuple[Any, Any]:
     return runner, query
 
 
+def build_alert_delivery(settings: Settings) -> Any:
+    """The alert delivery runner (started), or None when no Alertmanager or webhook URL is set."""
+    urls = settings.alertmanager_urls()
+    if not urls and not settings.alert_webhook_url:
+        return None
+    from driftline.sinks.alert_runner import AlertDeliveryRunner
+    from driftline.sinks.alertmanager import LEASE_INTERVALS, AlertmanagerTarget
+    from driftline.sinks.webhook import WebhookTarget
+
+    lease = LEASE_INTERVALS * settings.alert_repost_seconds
+    ams = [AlertmanagerTarget(u, timeout=settings.alert_delivery_timeout, lease=lease) for u in urls]
+    hook = (WebhookTarget(settings.alert_webhook_url, secret=settings.alert_webhook_secret,
+                          timeout=settings.alert_delivery_timeout) if settings.alert_webhook_url else None)
+    runner = AlertDeliveryRunner(
+        settings.bootstrap, topic_names(settings.topic_prefix)["alerts"], alertmanagers=ams, webhook=hook,
+        group_id=f"{settings.application_id}-alerts", repost_seconds=settings.alert_repost_seconds,
+        max_attempts=settings.alert_delivery_attempts, max_queue=settings.alert_delivery_queue,
+        client_config=dict(settings.kafka))
+    return runner.start()
+
+
 def _reset_local_tables(settings: Settings) -> None:
     """Start RocksDB tables empty: they are rebuilt from their changelogs.
 
@@ -101,11 +125,26 @@ def run_worker(settings: Settings) -> int:
 
     if settings.store.startswith("rocksdb"):
         _reset_local_tables(settings)
-    names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
-                          client_config=dict(settings.kafka))
+    try:
+        names = create_topics(settings.bootstrap, settings.topic_prefix, settings.partitions,
+                              client_config=dict(settings.kafka))
+        # The inputs' actual partition count decides where each prediction id belongs: it is
+        # what every record's partition is checked against (misrouted records are forwarded).
+        partitions = input_partitions(settings.bootstrap, settings.topic_prefix, dict(settings.kafka))
+    except TopicError as exc:
+        log.critical("topics refused: %s", exc)
+        return 78  # EX_CONFIG
+    if partitions != settings.partitions:
+        log.info("input topics have their own partition count", extra={"partitions": partitions})
+        settings = settings.with_overrides(partitions=partitions)
     log.info("worker starting", extra={"settings": settings.redacted(), "topics": names})
     runner, query = build_sink(settings)
+    delivery = build_alert_delivery(settings)
     dl = DriftlineApp(settings, models, sink=runner, query=query)
+    if delivery is not None:
+        from driftline.streams.observe import AlertDeliveryCollector
+
+        dl.metrics.registry.register(AlertDeliveryCollector(delivery.stats))
     worker = faust.Worker(dl.app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False,
                           override_logging=False)
     try:
@@ -113,6 +152,8 @@ def run_worker(settings: Settings) -> int:
     except SystemExit:
         pass
     finally:
+        if delivery is not None:
+            delivery.stop()
         if runner is not None:
             runner.stop()
         log.info("worker stopped", extra={"counters": dl.metrics.counters})

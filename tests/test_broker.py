@@ -64,6 +64,7 @@ def test_create_topics_idempotent(bootstrap: str) -> None:
         "outcomes",
         "partials",
         "comparisons",
+        "repartition",
     }
     again = create_topics(bootstrap, prefix, partitions=3)
     assert again == names
@@ -84,6 +85,27 @@ def test_mismatched_predictions_and_labels_rejected(bootstrap: str) -> None:
     fut[prefix + "labels"].result(10)
     with pytest.raises(TopicError, match="same partition count"):
         create_topics(bootstrap, prefix, partitions=4)
+
+
+def test_a_repartition_topic_of_another_shape_is_refused_with_what_to_do(bootstrap: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from driftline.streams.topics import input_partitions
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fut = admin.create_topics([NewTopic(prefix + "repartition", num_partitions=3, replication_factor=1)])
+    fut[prefix + "repartition"].result(10)
+    with pytest.raises(TopicError, match=r"repartition .*has 3 partitions but .*predictions has 4: delete"):
+        create_topics(bootstrap, prefix, partitions=4)
+    # Inputs that exist already give an internal topic created later their partition count.
+    other = f"t{uuid.uuid4().hex[:8]}."
+    fut = admin.create_topics([NewTopic(other + n, num_partitions=2, replication_factor=1)
+                               for n in ("predictions", "labels")])
+    for f in fut.values():
+        f.result(10)
+    create_topics(bootstrap, other, partitions=6)
+    assert input_partitions(bootstrap, other) == 2
 
 
 def test_serve_broker_until_sigterm() -> None:

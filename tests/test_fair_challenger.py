@@ -23,7 +23,8 @@ from driftline.detectors.fairness import GroupRates
 from driftline.detectors.profile import Profile
 from driftline.sinks.report import render_report
 from driftline.streams.baseline_cmd import ReferenceBuilder
-from driftline.streams.merge import MergeOutput, WindowMerger, fairness_metrics
+from driftline.streams.judgements import fairness_metrics
+from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ConfigError, parse_models_config
 from driftline.streams.simulate import FleetSimulator, generate
 

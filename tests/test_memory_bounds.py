@@ -25,6 +25,7 @@ import pytest
 
 import driftline.streams.partition as partition_mod
 from driftline.schemas import encode_envelope
+from driftline.streams.commit import join_table_writes
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.observe import PipelineMetrics
 from driftline.streams.partition import Message, PartitionProcessor
@@ -58,11 +59,11 @@ class Runner:
         self.apply(self.proc.close_idle())
 
     def apply(self, res: Any) -> None:
-        for k, v in res.sets.items():
-            self.store[k] = v
-        self.store[self.proc.state_key()] = res.state
-        for k in res.deletes:
-            self.store.pop(k, None)
+        for k, v in join_table_writes(self.proc, res):  # the worker's order of table writes
+            if v is None:
+                self.store.pop(k, None)
+            else:
+                self.store[k] = v
         self.proc.outbox_delivered()
         self.outcomes += len(res.outcomes)
         self.dlq += len(res.dlq)

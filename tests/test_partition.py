@@ -15,6 +15,7 @@ import pytest
 
 from driftline.detectors.policy import DEFAULT_BANK_CONFIG
 from driftline.schemas import encode_envelope, encode_event
+from driftline.streams.commit import apply_join_batches, join_table_writes
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
@@ -25,23 +26,46 @@ CLOCK = 2.0e9  # the processors' wall clock: far ahead, so it never caps the wat
 # ---- harness -----------------------------------------------------------------------------
 
 
-def write_sequence(
-    proc: PartitionProcessor, res: BatchResult
-) -> list[tuple[str, bytes, bytes | None]]:
-    """The table writes of one batch in the order ``driftline.streams.app._apply_join`` makes them."""
-    seq: list[tuple[str, bytes, bytes | None]] = [("set", k, v) for k, v in res.sets.items()]
-    seq.append(("set", proc.state_key(), res.state))
-    seq += [("del", k, None) for k in res.deletes]
-    return seq
+def write_sequence(proc: PartitionProcessor, res: BatchResult) -> list[tuple[bytes, bytes | None]]:
+    """The table writes of one batch, in the worker's order (``commit.join_table_writes``)."""
+    return join_table_writes(proc, res)
 
 
-def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[str, bytes, bytes | None]]) -> None:
-    for op, key, value in writes:
-        if op == "set":
-            assert value is not None
-            store[key] = value
-        else:
+def apply_writes(store: dict[bytes, bytes], writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    for key, value in writes:
+        if value is None:
             store.pop(key, None)
+        else:
+            store[key] = value
+
+
+class DictJoinIO:
+    """``commit.JoinEffects`` over a dict table, recording what the worker would send."""
+
+    def __init__(self, store: dict[bytes, bytes]) -> None:
+        self.store = store
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    async def flush_outputs(self) -> None:
+        return None
+
+    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        apply_writes(self.store, writes)
+
+    async def flush_table(self) -> None:
+        return None
+
+
+def run_now(coro: Any) -> Any:
+    """Run a coroutine that never waits (dict-backed effects) without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine waited")
 
 
 def recover(
@@ -72,9 +96,10 @@ class Harness:
         self.counters: dict[str, int] = {}
 
     def apply(self, res: BatchResult) -> BatchResult:
-        apply_writes(self.store, write_sequence(self.proc, res))
+        """Apply ``res`` in the worker's order (``commit.apply_join_batches``)."""
         self.collect(res)
-        self.proc.outbox_delivered()
+        run_now(apply_join_batches([(self.proc, res)], DictJoinIO(self.store)))
+        self.proc.outbox_delivered()  # (also when the batch had no partials)
         return res
 
     def collect(self, res: BatchResult) -> None:
@@ -459,8 +484,8 @@ def test_crash_with_every_prefix_of_writes(
                 h.process(batch)
             h.close_idle()
             assert merge_all(h.partials, REPLAY_MODELS) == expected_wins, (b, length)
-            # The app delivers a batch's outcomes before its first table write (streams/app.py,
-            # _apply_join), so every prefix has them: at-least-once, never lost.
+            # The worker delivers a batch's outcomes before its first table write
+            # (``commit.apply_join_batches``), so every prefix has them: at-least-once, never lost.
             got = {o["prediction_id"] for o in h.outcomes} | lost
             assert got == want, (b, length)
             tried += 1
@@ -583,6 +608,47 @@ def test_detector_state_survives_restart(
     assert len(unique) < len([a for a in h.partials if a["type"] == "alarm"])
     got = [(a["drift_event"]["event_id"], a["severity"]) for a in unique.values()]
     assert got == [(a["drift_event"]["event_id"], a["severity"]) for a in alarms]
+
+
+def test_restart_refuses_old_pickle_detector_state_without_unpickling() -> None:
+    """A partition record from before state format 2 holds base64(pickle) detector banks: the
+    restart raises DetectorStateError (the worker exits with EX_CONFIG) and runs nothing."""
+    import base64
+    import pickle
+
+    from driftline.detectors import DetectorStateError
+
+    errors = _error_stream(5, 0.1, 0.1, n=400)
+    models = ModelsConfig(models={"m": ModelConfig(task="binary")})
+    h, f = Harness(0, models), Feed()
+    h.process(f.events("prediction", [pred(f"e{i}", T0 + i * 0.05, label=0, score=0.2) for i in range(400)])
+              + f.events("label", [label(f"e{i}", T0 + i * 0.05 + 1.0, label=int(errors[i])) for i in range(400)]))
+    h.close_idle()
+    record = orjson.loads(h.store[h.proc.state_key()])
+    bank = record["banks"]["m\x1fv1"]
+    assert bank["format"] == 2 and bank["n"] == 400
+    h.restart()  # format 2 restores
+    payload = pickle.dumps(_Unpickled())
+    record["banks"]["m\x1fv1"] = {"config": bank["config"], "n": 400, "in_warning": bank["in_warning"],
+                                  "detectors": base64.b64encode(payload).decode("ascii")}
+    h.store[h.proc.state_key()] = orjson.dumps(record)
+    with pytest.raises(DetectorStateError, match="old pickle format"):
+        h.restart()
+    assert _UNPICKLED == []
+    pickle.loads(payload)  # the payload is live: loading it the old way would have run it
+    assert _UNPICKLED == ["ran"]
+
+
+_UNPICKLED: list[str] = []
+
+
+def _mark_unpickled() -> None:
+    _UNPICKLED.append("ran")
+
+
+class _Unpickled:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_mark_unpickled, ())
 
 
 def test_stable_stream_raises_no_critical_alarm() -> None:

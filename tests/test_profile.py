@@ -177,6 +177,47 @@ def test_baseline_versions_and_latest(tmp_path) -> None:
     assert not list((out / "fraud").glob(".*tmp"))
 
 
+def _miscalibrated_rows(seed: int, n: int) -> list[dict]:
+    """A binary model whose served score is the true P(y = 1) squared."""
+    rng = np.random.default_rng(seed)
+    p = 1 / (1 + np.exp(-2 * rng.normal(size=n)))
+    return [{"x": float(v), "prediction": float(v**2), "label": int(u < v)}
+            for v, u in zip(p, rng.uniform(size=n), strict=True)]
+
+
+def test_baseline_of_a_miscalibrated_binary_model_stores_a_calibrator(tmp_path) -> None:
+    src = tmp_path / "ref.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in _miscalibrated_rows(1, 5000)))
+    path = create_baseline("churn", src, tmp_path / "profiles")
+    state = json.loads(path.read_text())
+    assert state["format"] == 2 and state["calibrator"]["method"] == "isotonic"
+    prof = load_latest("churn", tmp_path / "profiles")
+    assert prof.calibrator is not None and prof.calibrator.method == "isotonic" and prof.calibrator.n == 5000
+    s = np.array([r["prediction"] for r in _miscalibrated_rows(1, 5000)])
+    np.testing.assert_array_equal(prof.calibrator.x, state["calibrator"]["x"])
+    assert prof.calibrator.calibrate(s).mean() == pytest.approx(np.sqrt(s).mean(), abs=0.01)
+    # Every labelled binary reference records the decision; unlabelled, regression and
+    # multiclass references carry none, nor do window profiles.
+    assert Profile.from_records(_rows(0, 3000)).calibrator is not None
+    assert Profile.from_records(_rows(0, 3000), calibrate=False).calibrator is None
+    unlabelled = [{k: v for k, v in r.items() if k != "label"} for r in _rows(0, 100)]
+    assert Profile.from_records(unlabelled).calibrator is None
+    assert Profile.from_records([{"x": 1.0, "prediction": 3.5, "label": 2.0}] * 5).calibrator is None
+    win = Profile.new_window_like(prof)
+    assert win.calibrator is None and "calibrator" not in win.to_state()
+
+
+def test_format_1_profiles_still_load_and_newer_ones_are_refused() -> None:
+    ref = Profile.from_records(_miscalibrated_rows(2, 2000))
+    state = ref.to_state()
+    old = {k: v for k, v in state.items() if k != "calibrator"} | {"format": 1}
+    back = Profile.from_state(old)
+    assert back.calibrator is None and back.features.keys() == ref.features.keys()
+    assert Profile.from_state(json.loads(json.dumps(state))) == ref
+    with pytest.raises(ValueError, match="newer"):
+        Profile.from_state(state | {"format": 3})
+
+
 def test_reference_builder_freezes_after_hours_and_round_trips() -> None:
     rng = np.random.default_rng(4)
     rb = ReferenceBuilder(hours=2.0)

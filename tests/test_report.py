@@ -231,3 +231,21 @@ def test_chromium_renders_the_report(report: Path, tmp_path: Path) -> None:
     if os.environ.get("DRIFTLINE_UPDATE_SCREENSHOT"):  # refresh the picture in docs/operations.md
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_cbpe_chart_draws_the_estimated_roc_auc_beside_the_realised() -> None:
+    rows = [{"model_id": "churn", "model_version": "v1", "task": "binary", "metric": m, "t": 1.8e9 + 60 * i,
+             "value": v} for i in range(3)
+            for m, v in (("roc_auc", 0.8), ("estimated_roc_auc", 0.79), ("accuracy", 0.7), ("estimated_accuracy", 0.71))]
+    html = render_report(metrics=rows, alerts=[], drift_events=[], histograms=[])
+    cbpe = html.split('aria-label="churn v1: estimated vs realised"')[1].split("</svg>")[0]
+    assert "estimated_roc_auc" in cbpe and "estimated_accuracy" in cbpe and "estimated_f1" not in cbpe
+
+
+def test_dle_chart_draws_the_estimated_loss_beside_the_realised() -> None:
+    rows = [{"model_id": "eta", "model_version": "v7", "task": "regression", "metric": m, "t": 1.8e9 + 60 * i,
+             "value": v} for i in range(3)
+            for m, v in (("mae", 2.5), ("estimated_mae", 2.6), ("rmse", 3.5), ("estimated_rmse", 3.4))]
+    html = render_report(metrics=rows, alerts=[], drift_events=[], histograms=[])
+    dle = html.split('aria-label="eta v7: estimated vs realised loss"')[1].split("</svg>")[0]
+    assert "estimated_mae" in dle and "estimated_rmse" in dle and "Loss estimated before labels" in html
