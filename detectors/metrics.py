@@ -12,22 +12,47 @@ scikit-learn defines a value, which we follow:
 - ``roc_auc`` is omitted unless both classes were seen with a score;
 - ``log_loss`` and ``brier`` are omitted when no event carried a score;
 - ``r2`` is omitted for n < 2 (sklearn returns NaN); a constant ``y_true`` gives 1.0 for a
-  perfect fit and 0.0 otherwise (sklearn ``force_finite=True``).
+  perfect fit and 0.0 otherwise (sklearn ``force_finite=True``);
+- ``ece`` and the ``calibration.<bin>.*`` reliability points are omitted when no event carried a
+  score, or when the accumulator holds scored events of a state written before they existed.
+
+``metric_counts()`` gives, for the metrics whose support is not every outcome, how many events
+stand behind each one (the ``counts`` of a metrics message).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
 from .continuous import RegressionAccumulator, ScoreSummary
 
-__all__ = ["BinaryAccumulator", "MulticlassAccumulator", "RegressionAccumulator", "ScoreSummary"]
+__all__ = [
+    "CALIBRATION_BINS",
+    "MAX_CLASS_METRICS",
+    "MAX_CONFUSION_CLASSES",
+    "BinaryAccumulator",
+    "MulticlassAccumulator",
+    "RegressionAccumulator",
+    "ScoreSummary",
+    "class_metric_name",
+    "split_class_metric",
+]
 
 # sklearn >= 1.5 clips probabilities at the float64 machine epsilon (no longer 1e-15).
 LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
+#: Equal-width bins on P(positive) behind ``ece`` and the reliability points: bin ``b`` holds
+#: scores in ``[b / 10, (b + 1) / 10)``, and 1.0 falls in the last one.
+CALIBRATION_BINS = 10
+#: Most classes a multiclass window writes per-class metrics for (the most supported ones), so
+#: that the metric names of a window stay bounded whatever the label space.
+MAX_CLASS_METRICS = 25
+#: Most classes whose confusion cells a window writes (the most supported ones again): at most
+#: 100 cells, since segment series (up to 500 values per key) multiply every per-window name.
+MAX_CONFUSION_CLASSES = 10
 
 
 def _ratio(num: float, den: float) -> float:
@@ -52,6 +77,11 @@ class BinaryAccumulator:
     -----
     ``positive_rate`` is the share of *predicted* positives, ``(tp + fp) / n``.
 
+    Calibration: :data:`CALIBRATION_BINS` equal-width bins on the score keep (count, sum of
+    scores, sum of labels), so ``ece`` = sum over non-empty bins of ``n_b / n * |mean(label)_b -
+    mean(score)_b|`` is exact and mergeable; ``calibration.<b>.expected`` (mean score) and
+    ``calibration.<b>.observed`` (share of positives) are the reliability diagram's points.
+
     Examples
     --------
     >>> import numpy as np
@@ -61,8 +91,8 @@ class BinaryAccumulator:
     >>> acc = BinaryAccumulator()
     >>> acc.update_many(y, (score >= 0.5).astype(int), score)
     >>> m = acc.metrics()
-    >>> acc.n, round(m["accuracy"], 3), round(m["roc_auc"], 3)
-    (500, 0.73, 0.858)
+    >>> acc.n, round(m["accuracy"], 3), round(m["roc_auc"], 3), round(m["ece"], 3)
+    (500, 0.73, 0.858, 0.121)
     """
 
     def __init__(self, bins: int = 2000, log_loss_eps: float = LOG_LOSS_EPS) -> None:
@@ -79,6 +109,10 @@ class BinaryAccumulator:
         self.n_scored = 0
         self.sum_log_loss = 0.0
         self.sum_brier = 0.0
+        # Per calibration bin: scored events, sum of their scores, positives among them.
+        self.cal_n = np.zeros(CALIBRATION_BINS, dtype=np.int64)
+        self.cal_score = np.zeros(CALIBRATION_BINS, dtype=np.float64)
+        self.cal_pos = np.zeros(CALIBRATION_BINS, dtype=np.int64)
 
     @property
     def n(self) -> int:
@@ -114,6 +148,15 @@ class BinaryAccumulator:
         self.neg_hist += both[:, 0]
         self.pos_hist += both[:, 1]
         self.n_scored += int(s.size)
+        step = self.bins // CALIBRATION_BINS
+        if step * CALIBRATION_BINS == self.bins:  # calibration bins are runs of histogram bins
+            cb = idx // step
+        else:
+            cb = np.clip((s * CALIBRATION_BINS).astype(np.int64), 0, CALIBRATION_BINS - 1)
+        by_class = np.bincount(cb * 2 + yt, minlength=2 * CALIBRATION_BINS)
+        self.cal_n += by_class[0::2] + by_class[1::2]
+        self.cal_pos += by_class[1::2]
+        self.cal_score += np.bincount(cb, weights=s, minlength=CALIBRATION_BINS)
         # P(true class), clipped like sklearn clips each column of [1 - p, p].
         eps = self.log_loss_eps
         p_true = np.clip(np.where(yt, s, 1.0 - s), eps, 1.0 - eps)
@@ -138,6 +181,36 @@ class BinaryAccumulator:
             return None
         return 0.5 * float(np.dot(self.pos_hist, self.neg_hist)) / (n_pos * n_neg)
 
+    def calibration(self) -> list[tuple[int, int, float, float]] | None:
+        """``(bin, n, mean score, share of positives)`` of each non-empty calibration bin.
+
+        None when no event was scored, or when some scored events are not in the bins (an
+        accumulator restored from, or merged with, a state written before the bins existed).
+        """
+        total = int(self.cal_n.sum())
+        if total == 0 or total != self.n_scored:
+            return None
+        return [(int(b), int(self.cal_n[b]), float(self.cal_score[b] / self.cal_n[b]),
+                 float(self.cal_pos[b] / self.cal_n[b])) for b in np.flatnonzero(self.cal_n)]  # fmt: skip
+
+    def ece(self) -> float | None:
+        """Expected calibration error over :data:`CALIBRATION_BINS` equal-width bins, or None."""
+        bins = self.calibration()
+        return None if bins is None else self._ece(bins)
+
+    def _ece(self, bins: list[tuple[int, int, float, float]]) -> float:
+        return sum(n * abs(obs - exp) for _, n, exp, obs in bins) / self.n_scored
+
+    def metric_counts(self) -> dict[str, int]:
+        """Events behind the calibration metrics (scored events; per bin, the bin's events)."""
+        bins = self.calibration()
+        if bins is None:
+            return {}
+        out = {"ece": self.n_scored}
+        for b, n, _, _ in bins:
+            out[f"calibration.{b}.expected"] = out[f"calibration.{b}.observed"] = n
+        return out
+
     def metrics(self) -> dict[str, float]:
         n = self.n
         if n == 0:
@@ -160,6 +233,12 @@ class BinaryAccumulator:
         if self.n_scored:
             out["log_loss"] = self.sum_log_loss / self.n_scored
             out["brier"] = self.sum_brier / self.n_scored
+        bins = self.calibration()
+        if bins is not None:
+            out["ece"] = self._ece(bins)
+            for b, _, exp, obs in bins:
+                out[f"calibration.{b}.expected"] = exp
+                out[f"calibration.{b}.observed"] = obs
         return out
 
     def merge(self, other: BinaryAccumulator) -> None:
@@ -174,6 +253,9 @@ class BinaryAccumulator:
         self.n_scored += other.n_scored
         self.sum_log_loss += other.sum_log_loss
         self.sum_brier += other.sum_brier
+        self.cal_n += other.cal_n
+        self.cal_score += other.cal_score
+        self.cal_pos += other.cal_pos
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -188,6 +270,7 @@ class BinaryAccumulator:
             "n_scored": self.n_scored,
             "sum_log_loss": self.sum_log_loss,
             "sum_brier": self.sum_brier,
+            "cal": {"n": self.cal_n.tolist(), "s": self.cal_score.tolist(), "p": self.cal_pos.tolist()},
         }
 
     @classmethod
@@ -199,6 +282,11 @@ class BinaryAccumulator:
         acc.sum_brier = float(d["sum_brier"])
         for name in ("pos_hist", "neg_hist"):
             _hist_load(getattr(acc, name), d[name])
+        cal = d.get("cal")  # absent from states written before calibration: ``ece`` is then omitted
+        if cal is not None:
+            acc.cal_n[:] = np.asarray(cal["n"], dtype=np.int64)
+            acc.cal_score[:] = np.asarray(cal["s"], dtype=np.float64)
+            acc.cal_pos[:] = np.asarray(cal["p"], dtype=np.int64)
         return acc
 
 
@@ -226,11 +314,40 @@ def _hist_load(h: np.ndarray, state: Any) -> None:
             h[int(i)] = int(c)
 
 
+def class_metric_name(metric: str, *classes: str) -> str:
+    """``metric.<class>[.<class>]`` with ``%`` and ``.`` of each class name percent-encoded.
+
+    The encoding keeps names splittable on ``.`` whatever the labels are (a class ``"0.5"``
+    is written ``0%2E5``); ordinary class names are written as they are.
+
+    >>> class_metric_name("recall", "cat"), class_metric_name("confusion", "0.5", "1%")
+    ('recall.cat', 'confusion.0%2E5.1%25')
+    """
+    return ".".join([metric, *(c.replace("%", "%25").replace(".", "%2E") for c in classes)])
+
+
+def split_class_metric(name: str) -> tuple[str, tuple[str, ...]]:
+    """Inverse of :func:`class_metric_name`.
+
+    >>> split_class_metric("confusion.0%2E5.1%25")
+    ('confusion', ('0.5', '1%'))
+    """
+    metric, *classes = name.split(".")
+    return metric, tuple(unquote(c) for c in classes)
+
+
 class MulticlassAccumulator:
-    """Confusion matrix over string labels; macro, micro and weighted P/R/F1.
+    """Confusion matrix over string labels; macro, micro and weighted P/R/F1, and per class.
 
     Classes are the union of every true and predicted label seen, as sklearn infers them.
     Labels are compared as strings: ``1`` and ``"1"`` are the same class, named ``"1"``.
+
+    Per class ``c`` (:func:`class_metric_name` spells the names): ``precision.c``, ``recall.c``,
+    ``f1.c`` (sklearn's ``precision_recall_fscore_support``, ``zero_division=0``), ``support.c``
+    (true events of ``c``) for the :data:`MAX_CLASS_METRICS` classes with the largest support
+    (then predicted count, then name), and ``confusion.t.p`` (events of true class ``t`` predicted
+    ``p``; non-zero cells only, a missing cell is 0) among the first :data:`MAX_CONFUSION_CLASSES`
+    of them; ``class_count`` is every class seen.
 
     Examples
     --------
@@ -239,6 +356,8 @@ class MulticlassAccumulator:
     >>> m = acc.metrics()
     >>> m["accuracy"], round(m["f1_macro"], 4), acc.classes
     (0.75, 0.7778, ['cat', 'dog', 'bird'])
+    >>> m["recall.dog"], m["support.dog"], m["confusion.dog.cat"]
+    (0.5, 2.0, 1.0)
     """
 
     def __init__(self) -> None:
@@ -314,6 +433,37 @@ class MulticlassAccumulator:
             # Every label counts, so micro P = micro R = micro F1 = accuracy.
             out[f"{name}_micro"] = acc
             out[f"{name}_weighted"] = float(np.dot(per_class, weights))
+        out["class_count"] = float(len(self.classes))
+        shown = self._shown()
+        for i in shown:
+            c = self.classes[i]
+            out[class_metric_name("precision", c)] = float(prec[i])
+            out[class_metric_name("recall", c)] = float(rec[i])
+            out[class_metric_name("f1", c)] = float(f1[i])
+            out[class_metric_name("support", c)] = float(true[i])
+        top = shown[:MAX_CONFUSION_CLASSES]
+        sub = self.cm[np.ix_(top, top)]
+        for a, b in zip(*np.nonzero(sub), strict=True):
+            out[class_metric_name("confusion", self.classes[top[a]], self.classes[top[b]])] = float(sub[a, b])
+        return out
+
+    def _shown(self) -> list[int]:
+        """Ids of the classes that get per-class metrics: the :data:`MAX_CLASS_METRICS` with the
+        largest support, then predicted count, then name (independent of arrival order)."""
+        true, pred = self.cm.sum(axis=1), self.cm.sum(axis=0)
+        order = sorted(range(len(self.classes)), key=lambda i: (-int(true[i]), -int(pred[i]), self.classes[i]))
+        return order[:MAX_CLASS_METRICS]
+
+    def metric_counts(self) -> dict[str, int]:
+        """Events behind the per-class metrics: predicted ``c`` (precision), true ``c`` (recall),
+        either (f1); ``support`` and ``confusion`` cells count the whole window."""
+        true, pred = self.cm.sum(axis=1), self.cm.sum(axis=0)
+        out: dict[str, int] = {}
+        for i in self._shown():
+            c = self.classes[i]
+            out[class_metric_name("precision", c)] = int(pred[i])
+            out[class_metric_name("recall", c)] = int(true[i])
+            out[class_metric_name("f1", c)] = int(true[i] + pred[i] - self.cm[i, i])
         return out
 
     def merge(self, other: MulticlassAccumulator) -> None:

@@ -23,6 +23,10 @@ MAX_FEATURE_STR = 1_024
 MAX_SEGMENTS = 32
 #: Most classes in a multiclass ``scores`` object.
 MAX_CLASSES = 1_000
+#: Longest serving ``error_code`` (characters).
+MAX_ERROR_CODE_LEN = 64
+#: The values of an inference event's serving ``status``.
+STATUSES = ("ok", "error")
 #: Earliest accepted timestamp: 2000-01-01T00:00:00Z.
 MIN_TIMESTAMP = 946_684_800.0
 #: How far in the future (seconds after ``now``) a timestamp may be.
@@ -177,6 +181,33 @@ def _slow_feature(v: object, field: str) -> Any:
     if t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"):  # not a numbers.Number
         return bool(v)  # type: ignore[arg-type]
     return Rejection("wrong_type", field, f"expected number, string, bool or null, got {_tname(v)}")
+
+
+def check_status(status: object, code: object) -> tuple[str | None, str | None] | Rejection:
+    """The serving outcome of an inference event: ``status`` (``"ok"``/``"error"``, optional)
+    and ``error_code`` (1..64 characters, optional). An ``error_code`` without a status means
+    ``"error"``; with ``"ok"`` it is a contradiction.
+
+    >>> check_status(None, "TIMEOUT"), check_status("ok", None)
+    (('error', 'TIMEOUT'), ('ok', None))
+    >>> check_status("failed", None).code, check_status("ok", "E1").code
+    ('out_of_range', 'conflicting_fields')
+    """
+    if status is not None and status not in STATUSES:
+        if not isinstance(status, str):
+            return Rejection("wrong_type", "status", f'expected "ok" or "error", got {_tname(status)}')
+        return Rejection("out_of_range", "status", f'{status[:64]!r} is not "ok" or "error"')
+    if code is None:
+        return (None if status is None else str(status)), None
+    if not isinstance(code, str):
+        return Rejection("wrong_type", "error_code", f"expected a string, got {_tname(code)}")
+    if not code:
+        return Rejection("out_of_range", "error_code", "must not be empty")
+    if len(code) > MAX_ERROR_CODE_LEN:
+        return Rejection("too_long", "error_code", f"{len(code)} characters > limit {MAX_ERROR_CODE_LEN}")
+    if status == "ok":
+        return Rejection("conflicting_fields", "error_code", 'an error_code goes with status "error", not "ok"')
+    return "error", str(code)
 
 
 def check_features(feats: object) -> dict[str, Any] | Rejection:

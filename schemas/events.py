@@ -23,6 +23,7 @@ from driftline.schemas._fields import (
     check_items,
     check_scores,
     check_segments,
+    check_status,
     class_label,
     parse_timestamp,
 )
@@ -60,6 +61,9 @@ class Prediction(NamedTuple):
     # Ranking (task ``ranking``): recommended item ids in rank order, and the model's scores.
     items: list[str] | None = None
     item_scores: list[float] | None = None
+    # Serving outcome: ``"ok"``, ``"error"`` or None (not reported), and the error's short code.
+    status: str | None = None
+    error_code: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Return the contract dict, which :func:`validate_prediction` maps back to ``self``.
@@ -96,6 +100,10 @@ class Prediction(NamedTuple):
             out["latency_ms"] = self.latency_ms
         if self.segments:
             out["segments"] = self.segments
+        if self.status is not None:
+            out["status"] = self.status
+        if self.error_code is not None:
+            out["error_code"] = self.error_code
         return out
 
 
@@ -322,6 +330,14 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
         segs = check_segments(segs)
         if type(segs) is Rejection:
             return segs
+    status = o.get("status")
+    code = o.get("error_code")
+    # Fast path: no status, or exactly "ok"/"error" without a code; else check and normalise.
+    if code is not None or (status is not None and (type(status) is not str or (status != "ok" and status != "error"))):
+        served = check_status(status, code)
+        if type(served) is Rejection:
+            return served
+        status, code = served  # type: ignore[misc]  # a 2-tuple here: type() narrowing is lost on NamedTuples
     # tuple.__new__ skips the generated Python-level __new__ (measurably faster per event).
     return _new(
         Prediction,
@@ -340,6 +356,8 @@ def _prediction(o: object, now: float) -> Prediction | Rejection:
             segs,
             items,
             item_scores,
+            status,
+            code,
         ),
     )
 

@@ -7,9 +7,11 @@ that forbids every network fetch, so it reads the same offline, attached to a ti
 
 Row shapes (keys; times are epoch seconds):
 
-- ``metrics``: model_id, model_version, task, metric, t (window start), value — whole-model windows;
-  besides :data:`REPORT_METRICS`, the beyond-accuracy ones when a model has them
-  (``feature_psi.<f>``, ``prediction_psi``, ``feature_missing_rate.<f>``, ``estimated_<m>``)
+- ``metrics``: model_id, model_version, task, metric, t (window start), value, count (events
+  behind the value; optional, 1 when absent) — whole-model windows; besides :data:`REPORT_METRICS`,
+  the beyond-accuracy ones when a model has them (``feature_psi.<f>``, ``prediction_psi``,
+  ``feature_missing_rate.<f>``, ``estimated_<m>``) and the per-class ones of multiclass models
+  (:data:`CLASS_PREFIXES`)
 - ``alerts``: model_id, model_version, segment, status, severity, kind, rule, metric, message, t
 - ``drift_events``: model_id, model_version, detector, kind, direction, partition, t
 - ``histograms``: model_id, model_version, column, split_at, split_reason, edges (list),
@@ -26,8 +28,17 @@ from collections import defaultdict
 from html import escape
 from typing import Any
 
+from driftline.detectors.metrics import CALIBRATION_BINS, split_class_metric
 from driftline.schemas.messages import parse_segment_string
-from driftline.sinks.svg import Marker, Series, fmt_num, fmt_time, svg_histogram, svg_line_chart
+from driftline.sinks.svg import (
+    Marker,
+    Series,
+    fmt_num,
+    fmt_time,
+    svg_histogram,
+    svg_line_chart,
+    svg_reliability,
+)
 
 Row = dict[str, Any]
 QUALITY_METRICS = {
@@ -40,9 +51,19 @@ LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
 OTHER_METRICS = ("prediction_count", "label_coverage")
 #: the extra chart of a ranking model (over every list with feedback, not only the judged ones)
 RANKING_ENGAGEMENT = ("ctr", "conversion_rate", "hit_rate_at_k", "catalog_coverage")
-#: every metric the report reads (the SQL filters on this list)
+#: calibration of binary models: ECE per window and the reliability points of each score bin
+CALIBRATION_METRICS = ("ece", *(f"calibration.{b}.{k}" for b in range(CALIBRATION_BINS)
+                                for k in ("expected", "observed")))  # fmt: skip
+#: serving outcome (inference events with a ``status``)
+SERVING_METRICS = ("error_rate",)
+#: every metric the report reads by name (the SQL filters on this list)
 REPORT_METRICS = tuple(sorted({m for ms in QUALITY_METRICS.values() for m in ms}
-                              | set(LATENCY_METRICS) | set(OTHER_METRICS) | set(RANKING_ENGAGEMENT)))  # fmt: skip
+                              | set(LATENCY_METRICS) | set(OTHER_METRICS) | set(RANKING_ENGAGEMENT)
+                              | set(CALIBRATION_METRICS) | set(SERVING_METRICS)))  # fmt: skip
+#: per-class metric families of multiclass models, ``<family>.<class>`` (the SQL reads them by prefix)
+CLASS_PREFIXES = ("precision.", "recall.", "f1.", "support.", "confusion.")
+#: classes drawn in the per-class F1 chart, and rows of the per-class and confusion tables
+TOP_CLASS_LINES, TOP_CLASS_ROWS, TOP_CONFUSION = 6, 25, 10
 MAX_TABLE_ROWS = 500
 #: features drawn in the data drift and data quality charts: the ones that moved most
 TOP_FEATURES = 5
@@ -103,8 +124,14 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
                   drifts: list[Row], hist: Row | None, t_range: tuple[float, float]) -> str:  # fmt: skip
     """One model version: quality, volume, latency, label coverage, score distribution."""
     by_metric: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    # Count-weighted sums over the windows shown: (sum of value * count, sum of count).
+    pooled: dict[str, tuple[float, float]] = {}
     for r in metrics:
-        by_metric[str(r["metric"])].append((float(r["t"]), float(r["value"])))
+        name, value = str(r["metric"]), float(r["value"])
+        by_metric[name].append((float(r["t"]), value))
+        n = float(r.get("count") or 1)
+        sv, sn = pooled.get(name, (0.0, 0.0))
+        pooled[name] = (sv + value * n, sn + n)
     marks = _markers(alerts, drifts)
     name = f"{model} {version}".strip()
     quality = QUALITY_METRICS.get(task, ("accuracy",))
@@ -162,6 +189,12 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
             _series(by_metric, RANKING_ENGAGEMENT, ("#059669", "#d97706", "#7c3aed", "#6b7280")),
             title=f"{name}: engagement and coverage", y_label="share", t_range=t_range, markers=marks,
             y_min=0.0, y_max=1.0)))  # fmt: skip
+    if "error_rate" in by_metric:
+        charts.insert(2, ("Serving errors: share of predictions with status error", svg_line_chart(
+            _series(by_metric, ("error_rate",), ("#dc2626",)), title=f"{name}: serving errors",
+            y_label="error share", t_range=t_range, markers=marks, y_min=0.0)))  # fmt: skip
+    charts += _calibration_charts(name, by_metric, pooled, t_range, marks)
+    charts += _class_charts(name, by_metric, pooled, t_range, marks)
     charts += _beyond_accuracy_charts(name, by_metric, t_range, marks)
     charts.append(_hist_chart(name, task, hist))
     figs = "".join(
@@ -216,6 +249,90 @@ def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, fl
             series, title=f"{name}: estimated vs realised loss", y_label="error", t_range=t_range,
             markers=marks, y_min=0.0)))  # fmt: skip
     return charts
+
+
+def _calibration_charts(name: str, by_metric: dict[str, list[tuple[float, float]]],
+                        pooled: dict[str, tuple[float, float]], t_range: tuple[float, float],
+                        marks: list[Marker]) -> list[tuple[str, str]]:  # fmt: skip
+    """ECE per window, and the reliability diagram of the windows shown (each bin's points
+    pooled over the windows, weighted by the events in the bin), for binary models with scores."""
+    charts = []
+    if "ece" in by_metric:
+        charts.append(("Calibration error (ECE, 10 bins) per window", svg_line_chart(
+            _series(by_metric, ("ece",), ("#db2777",)), title=f"{name}: ECE", y_label="ECE",
+            t_range=t_range, markers=marks, y_min=0.0)))  # fmt: skip
+    bins = []
+    for b in range(CALIBRATION_BINS):
+        exp, obs = pooled.get(f"calibration.{b}.expected"), pooled.get(f"calibration.{b}.observed")
+        if exp and obs and exp[1] > 0:
+            bins.append((b / CALIBRATION_BINS, exp[0] / exp[1], obs[0] / obs[1], int(exp[1])))
+    if bins:
+        n = sum(b[3] for b in bins)
+        ece = sum(nb / n * abs(o - e) for _, e, o, nb in bins)
+        charts.append((f"Reliability diagram over the windows shown (ECE of the pooled bins {ece:.3f})",
+                       svg_reliability(bins, title=f"{name}: reliability")))  # fmt: skip
+    return charts
+
+
+def _class_charts(name: str, by_metric: dict[str, list[tuple[float, float]]],
+                  pooled: dict[str, tuple[float, float]], t_range: tuple[float, float],
+                  marks: list[Marker]) -> list[tuple[str, str]]:  # fmt: skip
+    """Per-class metrics of a multiclass model: F1 per window of the most supported classes,
+    precision / recall / F1 / support over the windows shown (pooled exactly: precision and recall
+    weighted by their denominators, F1 from the two), and the summed confusion matrix."""
+    support: dict[str, float] = defaultdict(float)
+    cells: dict[tuple[str, str], float] = defaultdict(float)
+    f1_names: dict[str, str] = {}
+    for metric, points in by_metric.items():
+        if not metric.startswith(CLASS_PREFIXES):
+            continue
+        family, classes = split_class_metric(metric)
+        if family == "support" and len(classes) == 1:
+            support[classes[0]] += sum(v for _, v in points)
+        elif family == "confusion" and len(classes) == 2:
+            cells[(classes[0], classes[1])] += sum(v for _, v in points)
+        elif family == "f1" and len(classes) == 1:
+            f1_names[classes[0]] = metric
+    if not support:
+        return []
+    order = sorted(support, key=lambda c: (-support[c], c))
+    lines = [Series(c, by_metric[f1_names[c]]) for c in order[:TOP_CLASS_LINES] if c in f1_names]
+    chart = svg_line_chart(lines, title=f"{name}: F1 per class", y_label="F1", t_range=t_range, markers=marks,
+                           y_min=0.0, y_max=1.0)  # fmt: skip
+    names = {c: metric.removeprefix("f1.") for c, metric in f1_names.items()}
+    rows = []
+    for c in order[:TOP_CLASS_ROWS]:
+        enc = names.get(c)
+        p = pooled.get(f"precision.{enc}") if enc else None
+        r = pooled.get(f"recall.{enc}") if enc else None
+        pv = p[0] / p[1] if p and p[1] else 0.0
+        rv = r[0] / r[1] if r and r[1] else 0.0
+        f1 = 2 * pv * rv / (pv + rv) if pv + rv else 0.0
+        rows.append(f'<tr class="class"><td>{escape(c)}</td><td class="num">{pv:.3f}</td><td class="num">{rv:.3f}</td>'
+                    f'<td class="num">{f1:.3f}</td><td class="num">{int(support[c]):,}</td></tr>')  # fmt: skip
+    more = (f'<p class="note">{len(order) - TOP_CLASS_ROWS} less supported classes not shown.</p>'
+            if len(order) > TOP_CLASS_ROWS else "")  # fmt: skip
+    table = ('<table class="per-class"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
+             f"<th>support</th></tr></thead><tbody>{''.join(rows)}</tbody></table>{more}")  # fmt: skip
+    out = [("F1 per class (most supported); per class over the windows shown", chart + table)]
+    if cells:
+        top = order[:TOP_CONFUSION]
+        head = "".join(f"<th>{escape(c)}</th>" for c in top)
+        body = []
+        for t in top:
+            row_total = sum(cells.get((t, p), 0.0) for p in top) or 1.0
+            tds = "".join(
+                f'<td class="num" style="background:rgba(37,99,235,{0.6 * cells.get((t, p), 0.0) / row_total:.2f})">'
+                f"{int(cells.get((t, p), 0.0)):,}</td>"
+                for p in top
+            )
+            body.append(f'<tr class="confusion"><th>{escape(t)}</th>{tds}</tr>')
+        note = (f'<p class="note">the {TOP_CONFUSION} most supported of {len(order)} classes</p>'
+                if len(order) > TOP_CONFUSION else "")  # fmt: skip
+        out.append(("Confusion matrix over the windows shown (rows: true class, columns: predicted)",
+                    f'<table class="confusion"><thead><tr><th>true &darr; predicted &rarr;</th>{head}</tr></thead>'
+                    f"<tbody>{''.join(body)}</tbody></table>{note}"))  # fmt: skip
+    return out
 
 
 def _floor(by_metric: dict[str, list[tuple[float, float]]], names: tuple[str, ...]) -> float:

@@ -313,3 +313,61 @@ def svg_histogram(edges: list[float], before: list[int], after: list[int], *, ti
     _legend(f, [(colors[0], f"{labels[0]} (n={nb:,})", "box"),
                 (colors[1], f"{labels[1]} (n={na:,})", "box")])  # fmt: skip
     return _svg(f, title)
+
+
+def svg_reliability(bins: list[tuple[float, float, float, int]], *, title: str,
+                    width: int = 660, height: int = 320) -> str:  # fmt: skip
+    """A reliability diagram: per score bin ``(lo, expected, observed, n)`` (``expected`` = mean
+    score, ``observed`` = share of positives, ``n`` events), the observed share against the mean
+    score, the diagonal of a perfectly calibrated model, and grey bars of each bin's share of events.
+    """
+    bins = [b for b in bins if b[3] > 0]
+    if not bins:
+        return _empty(width, height, title, "no scored outcomes in this range")
+    total = sum(n for *_, n in bins)
+    f = _Frame(width, height)
+    side = min(f.x1 - f.x0, f.y0 - f.y1)  # a square plot: the diagonal at 45 degrees
+    f.right = int(width - f.left - side)
+
+    def sx(v: float) -> float:
+        return f.x0 + v * (f.x1 - f.x0)
+
+    def sy(v: float) -> float:
+        return f.y0 - v * (f.y0 - f.y1)
+
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    _y_axis(f, ticks, sy, "observed share positive")
+    for v in ticks:
+        x = sx(v)
+        f.parts.append(f'<line x1="{x:.1f}" y1="{f.y0}" x2="{x:.1f}" y2="{f.y0 + 4}" stroke="{AXIS}"/>')
+        f.parts.append(_text(x, f.y0 + 17, fmt_num(v)))
+    f.parts.append(_text(f.x1, f.height - 4, "mean score (expected)", "end", 10))
+    for lo, _, _, n in bins:  # where the events are: bars up to a quarter of the height
+        share = n / total
+        y = sy(0.25 * share / max(s / total for *_, s in bins))
+        f.parts.append(f'<rect class="bin-share" x="{sx(lo) + 0.5:.1f}" y="{y:.1f}" width="{sx(0.1) - sx(0) - 1:.1f}" '
+                       f'height="{f.y0 - y:.1f}" fill="{AXIS}" fill-opacity="0.3">'
+                       f"<title>{lo:.1f} to {lo + 0.1:.1f}: {share * 100:.1f}% of scored events</title></rect>")  # fmt: skip
+    f.parts.append(f'<line x1="{sx(0):.1f}" y1="{sy(0):.1f}" x2="{sx(1):.1f}" y2="{sy(1):.1f}" stroke="{AXIS}" '
+                   'stroke-width="1.5" stroke-dasharray="5 4"/>')  # fmt: skip
+    color = PALETTE[0]
+    pts = sorted(bins)
+    d = " ".join(f"{'M' if i == 0 else 'L'}{sx(e):.1f},{sy(o):.1f}" for i, (_, e, o, _) in enumerate(pts))
+    f.parts.append(f'<path class="reliability" d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+    for lo, e, o, n in pts:
+        r = 2.5 + 5.0 * math.sqrt(n / total)
+        f.parts.append(f'<circle class="bin" cx="{sx(e):.1f}" cy="{sy(o):.1f}" r="{r:.1f}" fill="{color}" '
+                       f'fill-opacity="0.8"><title>scores {lo:.1f} to {lo + 0.1:.1f}: expected {e:.3f}, '
+                       f"observed {o:.3f}, n={n:,}</title></circle>")  # fmt: skip
+    _frame_lines(f)
+    # The legend stands right of the square plot, one entry per row.
+    x, y = f.x1 + 24, f.y1 + 12
+    f.parts.append(f'<line x1="{x:.1f}" y1="{y - 4:.1f}" x2="{x + 16:.1f}" y2="{y - 4:.1f}" stroke="{color}" stroke-width="2.5"/>')
+    f.parts.append(_text(x + 22, y, "observed share of positives per score bin", "start"))
+    f.parts.append(f'<line x1="{x:.1f}" y1="{y + 14:.1f}" x2="{x + 16:.1f}" y2="{y + 14:.1f}" stroke="{AXIS}" '
+                   'stroke-width="1.5" stroke-dasharray="5 4"/>')  # fmt: skip
+    f.parts.append(_text(x + 22, y + 18, "perfect calibration (observed = expected)", "start"))
+    f.parts.append(f'<rect x="{x:.1f}" y="{y + 28:.1f}" width="16" height="10" fill="{AXIS}" fill-opacity="0.3"/>')
+    f.parts.append(_text(x + 22, y + 36, "share of scored events per bin", "start"))
+    f.parts.append(_text(x, y + 58, f"{total:,} scored events; circle area ~ events", "start", 10))
+    return _svg(f, title)

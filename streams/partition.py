@@ -518,6 +518,8 @@ class PartitionProcessor:
                 buf = self._pbuf[w] = ([], [])
             buf[0].append(lat)
             buf[1].append(sc)
+            if p.status is not None:
+                w.add_status(p.status == "error", p.error_code)
             if (ref is not None or warmup) and sk.segment == "":
                 self._buffer_features(w, ref, p)
             if cbpe:

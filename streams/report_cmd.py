@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from driftline.sinks.report import REPORT_METRICS, render_report
+from driftline.sinks.report import CLASS_PREFIXES, REPORT_METRICS, render_report
 
 Fetch = Callable[[str], list[dict[str, Any]]]
 BINARY_BINS, VALUE_BINS = 20, 30
@@ -25,10 +25,11 @@ BINARY_BINS, VALUE_BINS = 20, 30
 SQL = {
     "metrics": """
 SELECT model_id, model_version, task, metric,
-       toUnixTimestamp64Milli(window_start) / 1000 AS t, value
+       toUnixTimestamp64Milli(window_start) / 1000 AS t, value, count
 FROM driftline.metrics_latest
 WHERE segment = '' AND (metric IN ({metrics}) OR metric = 'prediction_psi' OR startsWith(metric, 'estimated_')
-       OR startsWith(metric, 'feature_psi.') OR startsWith(metric, 'feature_missing_rate.')) {where}
+       OR startsWith(metric, 'feature_psi.') OR startsWith(metric, 'feature_missing_rate.')
+       OR (task = 'multiclass' AND ({class_prefixes}))) {where}
 ORDER BY model_id, model_version, metric, t""",
     "alerts": """
 SELECT model_id, model_version, segment, status, severity, kind, rule, metric, message,
@@ -115,7 +116,9 @@ def _where(query: str, model: str | None, since: float | None, until: float | No
 def sql_for(query: str, *, model: str | None = None, since: float | None = None,
             until: float | None = None, **values: str) -> str:  # fmt: skip
     """The statement ``query`` of :data:`SQL` with its filters and literals filled in."""
-    extra = {"metrics": ", ".join(_lit(m) for m in REPORT_METRICS)} if query == "metrics" else {}
+    extra = {"metrics": ", ".join(_lit(m) for m in REPORT_METRICS),
+             "class_prefixes": " OR ".join(f"startsWith(metric, {_lit(p)})" for p in CLASS_PREFIXES),
+             } if query == "metrics" else {}  # fmt: skip
     return SQL[query].format(where=_where(query, model, since, until), **extra, **values).strip()
 
 

@@ -53,6 +53,8 @@ def prediction_event(
     features: dict[str, Any] | None = None,
     latency_ms: float | None = None,
     segments: dict[str, str] | None = None,
+    status: str | None = None,
+    error_code: str | None = None,
 ) -> dict[str, Any]:
     """Inference event dict as sent on the predictions topic (docs/wire-contract.md).
 
@@ -60,6 +62,8 @@ def prediction_event(
     ``{"label": "cat", "scores": {...}}``, ``{"value": 3.2}``, a ranked list
     ``{"items": ["sku-1", "sku-2"], "scores": [0.9, 0.4]}``) or a scalar shorthand:
     a float becomes ``{"value": x}``, anything else (str, int, bool) ``{"label": x}``.
+    ``status`` (``"ok"`` or ``"error"``) and ``error_code`` (a short string) report the
+    serving outcome of the request; any other ``status`` raises ``ValueError``.
 
     Examples
     --------
@@ -68,6 +72,9 @@ def prediction_event(
     ({'label': 1, 'score': 0.93}, '')
     >>> prediction_event("p2", "eta", 12.5, timestamp=1.7e9)["prediction"]
     {'value': 12.5}
+    >>> e = prediction_event("p3", "fraud", {"score": 0.5}, timestamp=1.7e9, status="error", error_code="TIMEOUT")
+    >>> e["status"], e["error_code"]
+    ('error', 'TIMEOUT')
     """
     ev: dict[str, Any] = {
         "prediction_id": prediction_id,
@@ -88,7 +95,18 @@ def prediction_event(
         ev["latency_ms"] = latency_ms
     if segments is not None:
         ev["segments"] = segments
+    if status is not None or error_code is not None:
+        _add_status(ev, status, error_code)
     return ev
+
+
+def _add_status(ev: dict[str, Any], status: str | None, error_code: str | None) -> None:
+    if status is not None:
+        if status != "ok" and status != "error":
+            raise ValueError(f'status must be "ok" or "error", not {status!r}')
+        ev["status"] = status
+    if error_code is not None:
+        ev["error_code"] = error_code
 
 
 def label_event(
@@ -242,8 +260,15 @@ class DriftlineProducer:
         features: dict[str, Any] | None = None,
         latency_ms: float | None = None,
         segments: dict[str, str] | None = None,
+        status: str | None = None,
+        error_code: str | None = None,
     ) -> bool:
-        """Queue one prediction (see :func:`prediction_event`); False if it was dropped."""
+        """Queue one prediction (see :func:`prediction_event`); False if it was dropped.
+
+        ``status="error"`` (optionally with ``error_code``) marks a request the service failed:
+        log what it returned (its fallback output) as ``prediction``. ``ValueError`` for a
+        ``status`` other than ``"ok"`` / ``"error"``.
+        """
         # Inlined prediction_event(): this is the serving hot path (~1 µs budget).
         if prediction_id.__class__ is not str or model_id.__class__ is not str:
             raise TypeError("prediction_id and model_id must be str")
@@ -269,6 +294,8 @@ class DriftlineProducer:
             ev["latency_ms"] = latency_ms
         if segments is not None:
             ev["segments"] = segments
+        if status is not None or error_code is not None:
+            _add_status(ev, status, error_code)
         q.append((_PRED, prediction_id, ev))
         return True
 

@@ -2,7 +2,7 @@
 
 A series is (model_id, model_version, segment); a window is an event-time tumbling
 interval ``[start, start + length)``. A ``WindowPartial`` holds the label-free part
-(prediction count, latency sketch, score/value summary) and the label-based part
+(prediction count, serving outcomes, latency sketch, score/value summary) and the label-based part
 (labelled count, label-delay sketch, the task's metric accumulator). Partials from
 different partitions and workers ``merge`` into the aggregate of the union, so the merge
 stage can combine them in any order.
@@ -19,6 +19,14 @@ and ``cbpe_error_*`` = estimate - realised once labels exist). A third, ``fairne
 protected segment key of a binary model with ``fairness`` set to a ``GroupRates`` of its
 labelled events (whole-model series only); the merge stage turns it into ``fairness.*``
 metrics (``driftline.streams.merge``).
+
+Serving outcome: ``add_status`` counts the predictions that carried a ``status`` and those whose
+status was ``error``; a window with at least one gets ``error_count`` and ``error_rate`` =
+errors / every prediction of the window (``prediction_count``), a window without any gets neither.
+Errors with an ``error_code`` are also counted per code: ``error_count.<code>`` for the window's
+:data:`TOP_ERROR_CODES` most frequent codes, the rest in ``error_count.__other__``; a partial keeps
+at most :data:`MAX_ERROR_CODES` distinct codes (later new ones count as ``__other__``), so the
+per-code counts are exact while a window sees no more than that.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from driftline.detectors.metrics import (
     MulticlassAccumulator,
     RegressionAccumulator,
     ScoreSummary,
+    class_metric_name,
 )
 from driftline.detectors.profile import Profile
 from driftline.detectors.ranking import RankingAccumulator
@@ -78,6 +87,11 @@ def _new_accumulator(task: str, ranking_k: int, catalog_size: int | None) -> Acc
 
 
 CBPE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+#: Distinct serving error codes a window partial keeps; further new codes count as OTHER_ERROR_CODE.
+MAX_ERROR_CODES = 100
+#: Error codes a window reports by name (``error_count.<code>``), the most frequent first.
+TOP_ERROR_CODES = 10
+OTHER_ERROR_CODE = "__other__"
 
 _ACC_TYPES: dict[str, Any] = {
     "binary": BinaryAccumulator,
@@ -104,7 +118,7 @@ class WindowPartial:
     """
 
     __slots__ = ("task", "prediction_count", "latency", "scores", "labeled", "label_delay", "acc", "unlabeled_expired", "late_predictions", "duplicate_predictions",
-                 "profile", "cbpe", "fairness")
+                 "profile", "cbpe", "fairness", "status_count", "error_count", "error_codes")
 
     def __init__(self, task: str, ranking_k: int = 10, catalog_size: int | None = None) -> None:
         self.task = task
@@ -120,6 +134,25 @@ class WindowPartial:
         self.profile: Profile | None = None
         self.cbpe: CBPEAccumulator | None = None
         self.fairness: dict[str, GroupRates] | None = None
+        self.status_count = 0  # predictions that carried a serving status
+        self.error_count = 0  # of those, status "error"
+        self.error_codes: dict[str, int] | None = None  # error_code -> errors, None until one is seen
+
+    def add_status(self, error: bool, code: str | None = None) -> None:
+        """Count one prediction's serving status (``error``: it was ``"error"``, else ``"ok"``)
+        and its ``error_code``, if any."""
+        self.status_count += 1
+        self.error_count += error
+        if code is not None:
+            self._add_code(code, 1)
+
+    def _add_code(self, code: str, n: int) -> None:
+        codes = self.error_codes
+        if codes is None:
+            codes = self.error_codes = {}
+        if code not in codes and len(codes) >= MAX_ERROR_CODES:
+            code = OTHER_ERROR_CODE
+        codes[code] = codes.get(code, 0) + n
 
     def add_predictions(self, latencies: np.ndarray, scores: np.ndarray) -> None:
         """Count predictions; NaN latencies/scores (absent fields) are skipped by the sketches."""
@@ -164,6 +197,10 @@ class WindowPartial:
         self.unlabeled_expired += other.unlabeled_expired
         self.late_predictions += other.late_predictions
         self.duplicate_predictions += other.duplicate_predictions
+        self.status_count += other.status_count
+        self.error_count += other.error_count
+        for code, count in (other.error_codes or {}).items():
+            self._add_code(code, count)
         if other.profile is not None:
             if self.profile is None or self.profile.version < other.profile.version:
                 # A partial profiled against a newer reference (a new baseline after a restart)
@@ -205,6 +242,17 @@ class WindowPartial:
         put("labeled_count", self.labeled, self.labeled)
         if n:
             put("label_coverage", min(self.labeled / n, 1.0), n)
+        if self.status_count:
+            put("error_count", self.error_count, n)
+            put("error_rate", self.error_count / n if n else 0.0, n)
+        if self.error_codes:
+            ranked = sorted(self.error_codes.items(), key=lambda kv: (-kv[1], kv[0]))
+            named = [kv for kv in ranked if kv[0] != OTHER_ERROR_CODE][:TOP_ERROR_CODES]
+            for code, count in named:
+                put(class_metric_name("error_count", code), count, n)
+            rest = sum(self.error_codes.values()) - sum(count for _, count in named)
+            if rest:
+                put(class_metric_name("error_count", OTHER_ERROR_CODE), rest, n)
         if self.latency.count:
             for q, name in ((0.5, "latency_p50"), (0.95, "latency_p95"), (0.99, "latency_p99")):
                 put(name, self.latency.quantile(q), self.latency.count)
@@ -223,8 +271,9 @@ class WindowPartial:
                     put(name, value, judged if name in _JUDGED_METRICS else self.acc.n)
                 put("judged_lists", judged, self.acc.n)
         elif self.acc.n:
+            support = self.acc.metric_counts() if isinstance(self.acc, BinaryAccumulator | MulticlassAccumulator) else {}
             for name, value in self.acc.metrics().items():
-                put(name, value, self.acc.n)
+                put(name, value, support.get(name, self.acc.n))
         if self.unlabeled_expired:
             put("unlabeled_expired", self.unlabeled_expired, self.unlabeled_expired)
         if self.late_predictions:
@@ -259,6 +308,8 @@ class WindowPartial:
             **({} if self.profile is None else {"prof": self.profile.to_state()}),
             **({} if self.cbpe is None else {"cbpe": self.cbpe.to_state()}),
             **({} if self.fairness is None else {"fair": {k: r.to_state() for k, r in self.fairness.items()}}),
+            **({"st": self.status_count, "err": self.error_count} if self.status_count else {}),
+            **({"codes": dict(self.error_codes)} if self.error_codes else {}),
         }
 
     @classmethod
@@ -279,4 +330,8 @@ class WindowPartial:
             w.cbpe = CBPEAccumulator.from_state(d["cbpe"])
         if d.get("fair") is not None:
             w.fairness = {k: GroupRates.from_state(r) for k, r in d["fair"].items()}
+        w.status_count = int(d.get("st", 0))  # absent: no status seen (or a state from before statuses)
+        w.error_count = int(d.get("err", 0))
+        if d.get("codes"):
+            w.error_codes = {str(k): int(v) for k, v in d["codes"].items()}
         return w

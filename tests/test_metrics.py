@@ -16,6 +16,12 @@ from driftline.detectors import (
     RegressionAccumulator,
     ScoreSummary,
 )
+from driftline.detectors.metrics import (
+    MAX_CLASS_METRICS,
+    MAX_CONFUSION_CLASSES,
+    class_metric_name,
+    split_class_metric,
+)
 
 TOL = 1e-9
 
@@ -280,3 +286,168 @@ def test_binary_state_round_trips_in_every_histogram_format(n: int) -> None:
         assert np.array_equal(back.pos_hist, acc.pos_hist) and np.array_equal(back.neg_hist, acc.neg_hist)
         assert back.metrics() == acc.metrics()
     assert isinstance(state["pos_hist"], list if n == 5000 else dict)
+
+
+# -- calibration (ece, reliability points) ---------------------------------------------------
+
+
+def _independent_calibration(y: np.ndarray, s: np.ndarray) -> tuple[float, dict[int, tuple[int, float, float]]]:
+    """ECE and per-bin (n, mean score, share of positives), binned like sklearn's ``calibration_curve``
+    (``strategy="uniform"``): edges ``linspace(0, 1, 11)``, ``searchsorted`` on the inner edges (with
+    ``side="right"``: a score on an edge goes up, as Driftline bins; sklearn puts it below)."""
+    edges = np.linspace(0.0, 1.0, 11)
+    ids = np.searchsorted(edges[1:-1], s, side="right")
+    bins = {}
+    ece = 0.0
+    for b in range(10):
+        inside = ids == b
+        nb = int(inside.sum())
+        if nb:
+            bins[b] = (nb, float(s[inside].mean()), float(y[inside].mean()))
+            ece += nb / s.size * abs(y[inside].mean() - s[inside].mean())
+    return ece, bins
+
+
+def _check_calibration(acc: BinaryAccumulator, y: np.ndarray, s: np.ndarray) -> None:
+    m, counts = acc.metrics(), acc.metric_counts()
+    ece, bins = _independent_calibration(y, s)
+    assert m["ece"] == pytest.approx(ece, abs=1e-12) and counts["ece"] == s.size
+    assert {int(k.split(".")[1]) for k in m if k.startswith("calibration.")} == set(bins)
+    for b, (nb, mean_s, mean_y) in bins.items():
+        assert m[f"calibration.{b}.expected"] == pytest.approx(mean_s, abs=1e-12)
+        assert m[f"calibration.{b}.observed"] == pytest.approx(mean_y, abs=1e-12)
+        assert counts[f"calibration.{b}.expected"] == counts[f"calibration.{b}.observed"] == nb
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ece_matches_an_independent_computation_single_and_merged(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 4000
+    s = rng.beta(0.8 + seed, 2.0, n)  # no score sits exactly on a bin edge
+    y = (rng.random(n) < np.clip(s + 0.15 * (seed - 1.5) * s * (1 - s), 0, 1)).astype(int)  # miscalibrated
+    yp = (s >= 0.5).astype(int)
+    acc = BinaryAccumulator()
+    acc.update_many(y, yp, s)
+    _check_calibration(acc, y, s)
+    cuts = np.sort(rng.choice(np.arange(1, n), 3, replace=False))
+    parts = list(zip(*(np.split(a, cuts) for a in (y, yp, s)), strict=True))
+    merged = _split_merge(BinaryAccumulator, parts)
+    _check_calibration(merged, y, s)
+
+
+def test_calibration_points_equal_sklearn_calibration_curve() -> None:
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(7)
+    s = rng.uniform(0, 1, 3000) ** 2
+    y = (rng.random(3000) < np.sqrt(s)).astype(int)
+    acc = BinaryAccumulator()
+    acc.update_many(y, (s >= 0.5).astype(int), s)
+    prob_true, prob_pred = calibration_curve(y, s, n_bins=10, strategy="uniform")
+    m = acc.metrics()
+    got = sorted((m[f"calibration.{b}.expected"], m[f"calibration.{b}.observed"]) for b, *_ in acc.calibration() or [])
+    assert np.allclose([e for e, _ in got], prob_pred, atol=1e-12)
+    assert np.allclose([o for _, o in got], prob_true, atol=1e-12)
+
+
+def test_calibration_bins_edges_nan_and_a_perfect_model() -> None:
+    acc = BinaryAccumulator()
+    # Bin b holds [b/10, (b+1)/10); 1.0 is in the last bin; NaN (no score) is not binned.
+    acc.update_many(np.array([0, 1, 1, 0, 1]), np.array([0, 1, 1, 0, 1]), np.array([0.0, 0.1, 1.0, 0.95, np.nan]))
+    assert [(b, n) for b, n, *_ in acc.calibration() or []] == [(0, 1), (1, 1), (9, 2)]
+    assert acc.ece() == pytest.approx((0.0 + 0.9 + 2 * abs(0.5 - 0.975)) / 4)
+    # Outcomes without any score: no calibration metric at all.
+    bare = BinaryAccumulator()
+    bare.update_many(np.array([0, 1]), np.array([0, 1]))
+    assert bare.ece() is None and not any(k == "ece" or k.startswith("calibration.") for k in bare.metrics())
+    # Labels drawn with P(y=1) = the bin's mean score: ECE near 0.
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0, 1, 200_000)
+    good = BinaryAccumulator()
+    good.update_many((rng.random(s.size) < s).astype(int), (s >= 0.5).astype(int), s)
+    assert good.ece() is not None and good.ece() < 0.01  # type: ignore[operator]
+
+
+def test_old_state_without_calibration_loads_and_leaves_ece_out() -> None:
+    rng = np.random.default_rng(5)
+    y, s = (rng.random(300) < 0.4).astype(int), rng.random(300)
+    acc = BinaryAccumulator()
+    acc.update_many(y, (s >= 0.5).astype(int), s)
+    old = orjson.loads(orjson.dumps(acc.to_state()))
+    del old["cal"]
+    back = BinaryAccumulator.from_state(old)
+    m = back.metrics()
+    assert "ece" not in m and "calibration.0.expected" not in m and back.metric_counts() == {}
+    assert {k: v for k, v in acc.metrics().items() if k != "ece" and not k.startswith("calibration.")} == m
+    # Merged with a new partial, the old events are still missing from the bins: still no ece.
+    back.merge(acc)
+    assert "ece" not in back.metrics()
+    # An old state with no scored event holds nothing the bins lack.
+    empty = BinaryAccumulator()
+    empty.update_many(y, y)
+    old_empty = empty.to_state()
+    del old_empty["cal"]
+    again = BinaryAccumulator.from_state(old_empty)
+    again.merge(acc)
+    assert again.metrics()["ece"] == pytest.approx(acc.metrics()["ece"])
+
+
+# -- multiclass per-class metrics -----------------------------------------------------------
+
+
+def _check_per_class(acc: MulticlassAccumulator, yt: list[str], yp: list[str]) -> None:
+    m, counts = acc.metrics(), acc.metric_counts()
+    labels = sorted(set(yt) | set(yp))
+    prec, rec, f1, sup = skm.precision_recall_fscore_support(yt, yp, labels=labels, zero_division=0)
+    cm = skm.confusion_matrix(yt, yp, labels=labels)
+    assert m["class_count"] == len(labels)
+    for i, c in enumerate(labels):
+        assert m[class_metric_name("precision", c)] == pytest.approx(prec[i], abs=TOL), c
+        assert m[class_metric_name("recall", c)] == pytest.approx(rec[i], abs=TOL), c
+        assert m[class_metric_name("f1", c)] == pytest.approx(f1[i], abs=TOL), c
+        assert m[class_metric_name("support", c)] == sup[i]
+        assert counts[class_metric_name("precision", c)] == cm[:, i].sum()
+        assert counts[class_metric_name("recall", c)] == cm[i].sum()
+    got = np.zeros_like(cm)
+    for name, v in m.items():
+        metric, classes = split_class_metric(name)
+        if metric == "confusion":
+            assert v > 0  # only non-zero cells are written
+            got[labels.index(classes[0]), labels.index(classes[1])] = v
+    assert np.array_equal(got, cm)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_metrics_and_confusion_equal_sklearn_single_and_merged(seed: int) -> None:
+    yt, yp = _mc_data(seed)
+    yt[10:13] = ["x.y", "50%", "x.y"]  # names that need the encoding
+    yp[11:14] = ["x.y", "x.y", "50%"]
+    acc = MulticlassAccumulator()
+    acc.update_many(yt, yp)
+    _check_per_class(acc, yt, yp)
+    parts = [(yt[:9], yp[:9]), (yt[9:1500], yp[9:1500]), (yt[1500:], yp[1500:])]
+    _check_per_class(_split_merge(MulticlassAccumulator, parts), yt, yp)
+
+
+def test_per_class_metrics_are_bounded_to_the_most_supported_classes() -> None:
+    rng = np.random.default_rng(1)
+    classes = [f"c{i:03d}" for i in range(MAX_CLASS_METRICS * 4)]
+    weights = np.arange(len(classes), 0, -1, dtype=float)
+    yt = [classes[i] for i in rng.choice(len(classes), 20_000, p=weights / weights.sum())]
+    yp = [t if rng.random() < 0.6 else classes[rng.integers(len(classes))] for t in yt]
+    acc = MulticlassAccumulator()
+    acc.update_many(yt, yp)
+    m = acc.metrics()
+    support = {c: yt.count(c) for c in set(yt)}
+    top = sorted(support, key=lambda c: (-support[c], -yp.count(c), c))[:MAX_CLASS_METRICS]
+    assert {split_class_metric(k)[1][0] for k in m if k.startswith("support.")} == set(top)
+    cells = [split_class_metric(k)[1] for k in m if k.startswith("confusion.")]
+    top_cm = top[:MAX_CONFUSION_CLASSES]
+    assert cells and all(t in top_cm and p in top_cm for t, p in cells)
+    assert {t for t, _ in cells} == set(top_cm)  # every shown class has its diagonal at least
+    assert len(m) <= 11 + 4 * MAX_CLASS_METRICS + MAX_CONFUSION_CLASSES**2
+    assert m["class_count"] == len(set(yt) | set(yp))
+    # The classes shown do not depend on arrival order.
+    rev = MulticlassAccumulator()
+    rev.update_many(yt[::-1], yp[::-1])
+    assert rev.metrics() == pytest.approx(m)

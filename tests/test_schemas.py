@@ -132,10 +132,35 @@ def test_rfc3339_timestamps() -> None:
         ({"latency_ms": False}, ("wrong_type", "latency_ms")),
         ({"segments": {"k": 1}}, ("wrong_type", "segments.k")),
         ({"segments": {f"k{i}": "v" for i in range(33)}}, ("too_long", "segments")),
+        ({"status": "failed"}, ("out_of_range", "status")),
+        ({"status": "OK"}, ("out_of_range", "status")),
+        ({"status": True}, ("wrong_type", "status")),
+        ({"status": 500}, ("wrong_type", "status")),
+        ({"error_code": 500}, ("wrong_type", "error_code")),
+        ({"error_code": ""}, ("out_of_range", "error_code")),
+        ({"error_code": "E" * 65}, ("too_long", "error_code")),
+        ({"status": "ok", "error_code": "TIMEOUT"}, ("conflicting_fields", "error_code")),
     ],
 )
 def test_prediction_rejections(kw: dict, expected: tuple[str, str]) -> None:
     assert rej(pred(**kw)) == expected
+
+
+def test_serving_status_and_error_code() -> None:
+    """Optional; an error_code alone means status "error"; both survive to_wire and back."""
+    assert (pred().status, pred().error_code) == (None, None)  # type: ignore[union-attr]
+    for kw, want in (({"status": "ok"}, ("ok", None)), ({"status": "error"}, ("error", None)),
+                     ({"status": "error", "error_code": "UPSTREAM_TIMEOUT"}, ("error", "UPSTREAM_TIMEOUT")),
+                     ({"error_code": "OOM"}, ("error", "OOM")), ({"status": None, "error_code": None}, (None, None)),
+                     ({"error_code": "E" * 64}, ("error", "E" * 64))):  # fmt: skip
+        p = pred(**kw)
+        assert isinstance(p, Prediction) and (p.status, p.error_code) == want, kw
+        assert validate_prediction(orjson.loads(encode_event(p)), now=NOW) == p
+        assert schema_ok("inference_event", {**BASE, **kw}) and schema_ok("inference_event", p.to_wire())
+    assert "status" not in pred().to_wire()  # type: ignore[union-attr]
+    np = pytest.importorskip("numpy")
+    for sub in (np.str_("error"), type("S", (str,), {})("ok")):  # normalised to plain str
+        assert type(pred(status=sub).status) is str  # type: ignore[union-attr]
 
 
 def test_not_an_object_and_hostile_objects() -> None:
@@ -373,6 +398,10 @@ def test_builders_validate_against_schemas() -> None:
         {**BASE, "features": {"a": [1]}},
         {**BASE, "prediction_id": ""},
         {**BASE, "prediction": {}},
+        {**BASE, "status": "failed"},
+        {**BASE, "status": "ok", "error_code": "E1"},
+        {**BASE, "error_code": ""},
+        {**BASE, "error_code": "E" * 65},
     ],
 )
 def test_schema_rejects_what_validator_rejects(bad: dict) -> None:

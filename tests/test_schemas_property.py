@@ -210,6 +210,9 @@ inference_events = st.fixed_dictionaries(
         "features": st.dictionaries(ids, feature_values, max_size=8),
         "latency_ms": st.floats(min_value=0.0, max_value=1e6),
         "segments": st.dictionaries(ids, st.text(max_size=10), max_size=4),
+        # "ok" with an error_code is a contradiction (tested in test_schemas.py)
+        "status": st.sampled_from(["error", None]),
+        "error_code": st.one_of(st.none(), st.text(min_size=1, max_size=64)),
     },
 )
 label_events = st.fixed_dictionaries(

@@ -59,6 +59,24 @@ def test_event_builders() -> None:
     assert label_event("p", 1)["timestamp"] >= before
 
 
+def test_serving_status_in_builders_and_checked_cheaply() -> None:
+    from driftline.schemas import Prediction, validate_prediction
+
+    assert "status" not in prediction_event("p", "m", 1, timestamp=1.0)
+    for status, code in (("ok", None), ("error", None), ("error", "UPSTREAM_503"), (None, "OOM")):
+        ev = prediction_event("p", "m", {"score": 0.2}, status=status, error_code=code)
+        assert ev.get("status") == status and ev.get("error_code") == code
+        p = validate_prediction(ev)
+        assert isinstance(p, Prediction) and p.status == (status or "error") and p.error_code == code
+    with pytest.raises(ValueError, match="status"):
+        prediction_event("p", "m", 1, status="failed")
+    with DriftlineProducer(_closed_port(), num_partitions=4) as prod:
+        with pytest.raises(ValueError, match="status"):
+            prod.log_prediction("p", "m", 1, status="ERROR")
+        assert prod.log_prediction("p", "m", 1, status="error", error_code="TIMEOUT")
+        assert prod.stats()["logged"] == 1
+
+
 def test_cheap_type_checks() -> None:
     with DriftlineProducer(_closed_port(), num_partitions=4) as p:
         with pytest.raises(TypeError):
