@@ -47,6 +47,7 @@ from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 from driftline.streams.recovery import plan_rewinds, with_skipped
 from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
+from driftline.streams.stageio import StageIO
 from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
 from driftline.streams.web import add_views
@@ -85,38 +86,6 @@ class Record(NamedTuple):
     value: bytes | None
 
 
-class _StageIO:
-    """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
-    outputs, the stage's table and its changelog writer for state."""
-
-    def __init__(self, owner: DriftlineApp, table_set: Callable[[int, bytes, bytes], None],
-                 table_del: Callable[[int, bytes], None], changelog: Callable[[], ChangelogWriter]) -> None:
-        self.owner = owner
-        self.table_set = table_set
-        self.table_del = table_del
-        self.changelog = changelog
-
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        await self.owner.out[topic].send(key=key, value=value, partition=partition)
-
-    async def flush_outputs(self) -> None:
-        await self.owner.app.producer.flush()
-
-    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
-        with faust_compat.partition_context(partition):
-            for key, value in writes:
-                if value is None:
-                    self.table_del(partition, key)
-                else:
-                    self.table_set(partition, key, value)  # the key object the expiry index holds
-
-    async def flush_table(self) -> None:
-        await self.changelog().flush()
-
-    def save_reference(self, profile: Profile) -> None:
-        self.owner.refs.save(profile)
-
-
 class DriftlineApp:
     """Builds and owns the faust app of one worker process."""
 
@@ -146,8 +115,8 @@ class DriftlineApp:
         self.refs.on_install(self._install_reference)
         self.baselines = baselines
         self.app = self._build_app()
-        self._join_io = _StageIO(self, self._join_set, self._join_del, self.changelog)
-        self._merge_io = _StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
+        self._join_io = StageIO(self, self._join_set, self._join_del, self.changelog)
+        self._merge_io = StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
 
     # ---- construction ----------------------------------------------------------------------
     def _build_app(self) -> faust.App:

@@ -1,0 +1,47 @@
+"""The I/O one stage's apply order needs (``driftline.streams.commit``), on faust.
+
+Outputs go through faust's producer (the app's topics), state through the stage's table (in
+the partition's changelog context) and its changelog writer; ``save_reference`` stores a
+first-hours reference the merge stage froze.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from driftline.detectors.profile import Profile
+from driftline.streams import faust_compat
+from driftline.streams.changelog import ChangelogWriter
+
+
+class StageIO:
+    """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
+    outputs, the stage's table and its changelog writer for state."""
+
+    def __init__(self, owner: Any, table_set: Callable[[int, bytes, bytes], None],
+                 table_del: Callable[[int, bytes], None], changelog: Callable[[], ChangelogWriter]) -> None:
+        self.owner = owner
+        self.table_set = table_set
+        self.table_del = table_del
+        self.changelog = changelog
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        await self.owner.out[topic].send(key=key, value=value, partition=partition)
+
+    async def flush_outputs(self) -> None:
+        await self.owner.app.producer.flush()
+
+    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        with faust_compat.partition_context(partition):
+            for key, value in writes:
+                if value is None:
+                    self.table_del(partition, key)
+                else:
+                    self.table_set(partition, key, value)  # the key object the expiry index holds
+
+    async def flush_table(self) -> None:
+        await self.changelog().flush()
+
+    def save_reference(self, profile: Profile) -> None:
+        self.owner.refs.save(profile)
