@@ -485,20 +485,24 @@ class DriftlineApp:
         self._releaser.maybe_release(now)
 
     def _caught_up(self, partition: int) -> bool:
-        """Whether this worker has read every record of ``partition`` of both input topics."""
+        """Whether this worker has applied every record of ``partition`` of its input topics.
+
+        Judged on the processor's applied offsets (its own state), not on faust's read
+        position: after a restart faust may hold no position for a partition it has nothing
+        new to read from (seen on Tansu), which would keep the partition from ever being idle.
+        """
         consumer = self.app.consumer
-        for topic in (self.topics["predictions"], self.topics["labels"], self.topics["repartition"]):
-            tp = TP(topic, partition)
+        proc = self.processors.get(partition)
+        if proc is None:
+            return False
+        for topic, kind in self._input_kinds_by_name().items():
             try:
-                high = consumer.highwater(tp)
+                high = consumer.highwater(TP(topic, partition))
             except Exception:  # no fetch answered yet for this partition
                 return False
-            position = faust_compat.read_position(consumer, tp)
-            # The position is the offset of the last record read (or the committed offset after
-            # a seek, None before any); the high watermark is the offset after the last record.
-            if high is None or high <= 0:
-                continue
-            if position is None or position < high - 1:
+            # The high watermark is the offset after the last record (on Tansu, after the first
+            # record of the last batch: never past the end).
+            if high is not None and high > 0 and proc.applied[kind] < high - 1:
                 return False
         return True
 
