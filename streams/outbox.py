@@ -56,9 +56,8 @@ class Outbox:
             self._add({"type": "progress", "partition": self.partition, "model_id": model,
                        "model_version": version, "through": step * w})
 
-    def heartbeats(self, seen_at: dict[str, float], now: float) -> None:
+    def heartbeats(self, seen_at: dict[tuple[str, str], float], now: float) -> None:
         """When this partition last read each model version's predictions (sent while caught up)."""
-        for key, seen in seen_at.items():
-            model, _, version = key.partition("\x1f")
+        for (model, version), seen in seen_at.items():
             self._add({"type": "heartbeat", "partition": self.partition, "model_id": model,
                        "model_version": version, "seen_at": seen, "at": now})

@@ -100,7 +100,7 @@ class PartitionProcessor:
         self.eventtime = EventClock(window_seconds, allowed_lateness, clock)
         # Wall-clock time of the last prediction read per "model\x1fversion": the heartbeats
         # that let the merge stage tell a silent model (``heartbeat``).
-        self.seen_at: dict[str, float] = {}
+        self.seen_at: dict[tuple[str, str], float] = {}
         self.buffers = WindowBuffers()
         self.tables = SeriesTables(models, max_series=max_series, max_models=max_models,
                                    max_segment_values=max_segment_values, count=self._count)
@@ -131,7 +131,7 @@ class PartitionProcessor:
                 **self.tables.to_state(),
                 **self.detectors.to_state(),
                 "tasks": self.tasks,
-                "seen_at": self.seen_at,
+                "seen_at": {f"{m}\x1f{v}": t for (m, v), t in self.seen_at.items()},
                 "outbox": self.out.records,
                 "seq": self.out.seq,
                 "last_deleted": [k.decode() for k in self.last_deleted],
@@ -149,7 +149,7 @@ class PartitionProcessor:
         self.tables.load_state(d)
         self.detectors.load_state(d)
         self.tasks = d["tasks"]
-        self.seen_at = d.get("seen_at", {})
+        self.seen_at = {tuple(k.split("\x1f", 1)): t for k, t in d.get("seen_at", {}).items()}  # type: ignore[misc]
         self.out.records = d["outbox"]
         self.out.seq = d["seq"]
         self.last_deleted = [k.encode() for k in d["last_deleted"]]
@@ -331,7 +331,7 @@ class PartitionProcessor:
             self._count("duplicate_predictions")
             return
         self.eventtime.advance(p.model_id, p.model_version, p.timestamp)
-        self.seen_at[f"{p.model_id}\x1f{p.model_version}"] = self.last_activity
+        self.seen_at[(p.model_id, p.model_version)] = self.last_activity  # no string built per event
         closed = self._is_closed(p, ws)
         if closed and self.eventtime.too_late(p.model_id, p.model_version, ws, cfg.label_horizon_s):
             detail = (f"window {ws:.0f} of model {p.model_id!r} {p.model_version!r} is more than the label horizon "
