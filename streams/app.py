@@ -1,7 +1,9 @@
 """The faust application: two agents, their tables, timers and web views.
 
-- ``join`` agent: consumes the co-partitioned predictions and labels topics in batches
-  (``take_events``) and runs one ``PartitionProcessor`` per partition over each batch.
+- join stage: reads the co-partitioned predictions, labels and repartition topics a whole
+  fetch at a time, bypassing faust's per-message stream (``faust_compat.divert_fetched``; the
+  ``join`` agent only holds the subscription), and runs one ``PartitionProcessor`` per partition
+  over each fetch; it commits the input offsets its state has applied.
   Its state is the ``join`` table: waiting predictions, early labels and one partition
   record per partition. Outputs: ``partials`` (window partials, detector alarms),
   ``outcomes``, ``dlq``.
@@ -55,6 +57,10 @@ from driftline.streams.web import add_views
 log = logging.getLogger("driftline.worker")
 
 TICK_SECONDS = 0.25
+COMMIT_SECONDS = 1.0  # input offsets the join stage applied are committed this often
+INPUT_FETCHES_QUEUED = 2  # fetches of input records waiting for the join stage
+#: The join stage processes a fetch's records of one partition in this order of kinds.
+INPUT_ORDER = {"prediction": 0, "forwarded": 1, "label": 2}
 # Memory of each partition's RocksDB (one per table and partition): at most two 8 MB memtables
 # and a 16 MB block cache, so 32 MB. faust's defaults allow 3 x 64 MB and a 2 GB cache each.
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
@@ -112,6 +118,9 @@ class DriftlineApp:
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
         self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
+        self._inbox: asyncio.Queue[tuple[int, faust_compat.FetchedRecords]] = asyncio.Queue(INPUT_FETCHES_QUEUED)
+        self._to_commit: dict[TP, int] = {}  # input offsets applied, not committed yet
+        self._committed_at = 0.0
         self.refs.on_install(self._install_reference)
         self.baselines = baselines
         self.app = self._build_app()
@@ -170,6 +179,7 @@ class DriftlineApp:
         self.merge_table = app.Table("merge", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
                                      options=options)
         app.agent(inputs, name="join")(self._join_agent)
+        app.task(self._join_input)
         app.agent(self.partials_topic, name="merge")(self._merge_agent)
         app.timer(TICK_SECONDS)(self._tick)
         add_views(app, self)
@@ -240,9 +250,27 @@ class DriftlineApp:
         return self._join_raw
 
     async def _join_agent(self, stream: Any) -> None:
-        async for events in stream.take_events(2000, within=0.05):
-            with self._halt_on_error("join agent"):
-                await self._join_batch(events)
+        """Holds faust's subscription to the inputs (its assignor co-partitions the join table with
+        them); their records reach ``_join_input`` whole, never this stream (``divert_fetched``)."""
+        async for event in stream:  # pragma: no cover - nothing is delivered here
+            log.error("input record reached faust's stream", extra={"topic": event.message.topic})
+
+    async def _on_fetched(self, records: faust_compat.FetchedRecords, generation: int) -> None:
+        """A fetch's input records, queued for the join stage (a full queue holds the fetcher)."""
+        await self._inbox.put((generation, records))
+
+    async def _join_input(self) -> None:
+        """The join stage's loop: each fetch of input records, processed and applied whole."""
+        while True:
+            generation, records = await self._inbox.get()
+            if not (self._tables_ready and faust_compat.accepting(self.app, generation)):
+                # A rebalance since the fetch: faust seeks to the committed offsets, and the
+                # state's applied offsets decide what is read again (``_resume_from_state``).
+                self.metrics.count({"fetches_dropped_by_rebalance": 1})
+                continue
+            with self._halt_on_error("join stage"):
+                faust_compat.mark_processed(self.app, records)
+                await self._join_batch(records)
 
     @contextlib.contextmanager
     def _halt_on_error(self, what: str) -> Iterator[None]:
@@ -270,14 +298,16 @@ class DriftlineApp:
             logging.shutdown()
             os._exit(70)
 
-    async def _join_batch(self, events: Any) -> None:
+    async def _join_batch(self, records: faust_compat.FetchedRecords) -> None:
         kinds = self._input_kinds_by_name()
         by_partition: dict[int, list[Message]] = {}
-        for ev in events:
-            m = ev.message
-            self.metrics.events_in.labels(topic=m.topic).inc()
-            by_partition.setdefault(m.partition, []).append(
-                Message(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value))
+        # Predictions before labels of the same fetch: a label then finds its prediction waiting
+        # instead of becoming an early label (the windows are the same either way).
+        for tp in sorted(records, key=lambda tp: (tp.partition, INPUT_ORDER[kinds[tp.topic]])):
+            kind, recs = kinds[tp.topic], records[tp]
+            self.metrics.events_in.labels(topic=tp.topic).inc(len(recs))
+            by_partition.setdefault(tp.partition, []).extend(
+                [Message(kind, tp.topic, tp.partition, r.offset, r.key, r.value) for r in recs])
         # Every partition of the batch is processed, then applied together: one delivery wait
         # per stage for the whole batch, not one per partition (each is a broker round trip).
         async with contextlib.AsyncExitStack() as locks:
@@ -344,10 +374,18 @@ class DriftlineApp:
         """Apply processed batches in the one order that makes them exactly-once (``commit``)."""
         await apply_join_batches(steps, self._join_io)
         for proc, res in steps:
+            self._commit_later(proc)  # 4. offsets: what the state now includes
             self.metrics.count(res.counters)
             p = str(proc.partition)
             self.metrics.pending.labels(partition=p).set(proc.pending_count)
             self.metrics.open_windows.labels(partition=p).set(len(proc.windows))
+
+    def _commit_later(self, proc: PartitionProcessor) -> None:
+        """Queue the input offsets ``proc`` has applied for the next commit (``_commit_inputs``)."""
+        names = self._input_kinds_by_name(inverse=True)
+        for kind, offset in proc.applied.items():
+            if offset >= 0:
+                self._to_commit[TP(names[kind], proc.partition)] = offset + 1
 
     # ---- merge stage -------------------------------------------------------------------------
     def _merger(self, partition: int) -> WindowMerger:
@@ -481,8 +519,17 @@ class DriftlineApp:
                 merger.tick(now, out)
                 if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
                     await self._apply_merge(partition, merger, out)
+        await self._commit_inputs(now)
         self._update_gauges()
         self._releaser.maybe_release(now)
+
+    async def _commit_inputs(self, now: float) -> None:
+        """Commit the input offsets the join stage's state includes (it records them itself, so a
+        commit only saves re-reading: a restart resumes from the state either way)."""
+        if self._to_commit and now - self._committed_at >= COMMIT_SECONDS:
+            offsets, self._to_commit = self._to_commit, {}
+            self._committed_at = now
+            await faust_compat.commit_offsets(self.app.consumer, offsets)
 
     def _caught_up(self, partition: int) -> bool:
         """Whether this worker has applied every record of ``partition`` of its input topics.
@@ -549,6 +596,8 @@ class DriftlineApp:
                     await self._resume_from_state()
 
         faust_compat.after_seek_to_committed(self.app.consumer, after_seek)
+        inputs = frozenset(self._input_kinds_by_name())
+        faust_compat.divert_fetched(self.app.consumer, inputs, self._on_fetched)
 
     async def _resume_from_state(self) -> None:
         """Rewind each input partition whose committed offset is past what our state has applied:
@@ -572,9 +621,11 @@ class DriftlineApp:
     def _update_gauges(self) -> None:
         with contextlib.suppress(Exception):
             consumer = self.app.consumer
+            kinds = self._input_kinds_by_name()
             for tp in consumer.assignment():
                 hw = consumer.highwater(tp)
-                pos = faust_compat.read_position(consumer, tp)
+                proc = self.processors.get(tp.partition) if tp.topic in kinds else None
+                pos = proc.applied[kinds[tp.topic]] if proc is not None else faust_compat.read_position(consumer, tp)
                 if hw is not None and pos is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
         if self.sink is not None:

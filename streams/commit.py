@@ -14,7 +14,8 @@ Join stage, per batch of one or several partitions (``apply_join_batches``):
    A crash leaves a prefix of that sequence, each prefix safe (``driftline.streams.partition``).
 3. Partials (window partials, alarms, progress) sent from the partition's last outbox, after the
    record that holds the outbox is durable, so a replay never reuses their ids for other content.
-4. Only then may faust commit the batch's offsets (it acks after the loop body returns).
+4. Only then are the batch's input offsets committed (``DriftlineApp._commit_inputs``, from
+   the applied offsets the partition record holds).
 
 Merge stage (``apply_merge``): outputs (metrics, drift events, comparisons, alerts) delivered,
 references saved, then the merger's state records, in ``WindowMerger.state_records`` order,
