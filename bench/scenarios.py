@@ -113,8 +113,11 @@ class Bench:
             before: list[tuple[float, list[float], float]] = []
             threads0: list[dict[str, float]] = []
 
+            stages_before: list[dict[str, float]] = [{}]
+
             def started() -> bool:
                 before[:] = [(time.monotonic(), [cpu_seconds(w.pid) for w in workers], self._broker_cpu())]
+                stages_before[0] = stage_cpu(healths)  # the last poll before any message was applied
                 threads0[:] = [cpu_seconds_by_thread(w.pid) for w in workers]
                 return sum(messages_in(h) for h in poll()) > 0
 
@@ -122,6 +125,7 @@ class Bench:
                        on_tick=lambda: self.p.update(f"  {tag}: waiting for the group join "
                                                      f"({time.monotonic() - t_start:.0f}s)"))
             t0, cpu0, broker0 = before[0]
+            stages0 = stages_before[0]
             startup = t0 - t_start
             # a group that still rebalances once the clock runs moves partitions (and replays
             # their changelogs) inside the measurement
@@ -150,6 +154,8 @@ class Bench:
             self._stop_profiles(spies)
             elapsed = t1 - t0
             cpu = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
+            stages1 = stage_cpu(poll())
+            by_stage = {k: round((v - stages0.get(k, 0.0)) * 1e6 / events, 2) for k, v in stages1.items()} if events else {}
             res = {
                 "events": events, "kafka_messages": expected_msgs, "joins": expected_joins,
                 "elapsed_s": round(elapsed, 3), "events_per_s": events / elapsed if elapsed > 0 else None,
@@ -170,9 +176,13 @@ class Bench:
                                     "at_end": [sorted((h or {}).get("partitions", [])) for h in healths]},
                 "produce": {k: fill[k] for k in ("seconds", "events") if k in fill},
                 "counters": [counters(h) for h in healths],
+                # the main thread's CPU per event by stage of the batches (``driftline.streams.stageclock``)
+                "cpu_us_per_event_by_stage": by_stage,
             }
             self.p.done(f"  {tag}: {events:,} events in {elapsed:.2f}s = {res['events_per_s']:,.0f} events/s, "
                         f"{res['cpu_us_per_event']:.1f} CPU-us/event, peak RSS {res['peak_rss_mb']:.0f} MB")
+            if by_stage:
+                self.p.log("    CPU-us per event by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in by_stage.items()))
             return res
         finally:
             self._stop_profiles(spies)
@@ -586,6 +596,15 @@ def _time_log_prediction(prod: Any, calls: int, progress: Progress, mode: str) -
         if not i & 0xFFFF:
             progress.update(f"  sdk {mode}: {i:,}/{calls:,} calls")
     return lat
+
+
+def stage_cpu(healths: list[dict[str, Any] | None]) -> dict[str, float]:
+    """The workers' CPU seconds by stage (``/health`` ``stage_cpu_s``), summed."""
+    total: dict[str, float] = {}
+    for h in healths:
+        for k, v in ((h or {}).get("stage_cpu_s") or {}).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def _fmt_s(v: float | None) -> str:

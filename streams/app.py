@@ -49,6 +49,7 @@ from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 from driftline.streams.recovery import plan_rewinds, with_skipped
 from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
+from driftline.streams.stageclock import StageClock
 from driftline.streams.stageio import StageIO
 from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
@@ -58,7 +59,7 @@ log = logging.getLogger("driftline.worker")
 
 TICK_SECONDS = 0.25
 COMMIT_SECONDS = 1.0  # input offsets the join stage applied are committed this often
-INPUT_FETCHES_QUEUED = 2  # fetches of input records waiting for the join stage
+INPUT_FETCHES_QUEUED = 4  # fetches of input records waiting for the join stage (joined into one batch)
 #: The join stage processes a fetch's records of one partition in this order of kinds.
 INPUT_ORDER = {"prediction": 0, "forwarded": 1, "label": 2}
 # Memory of each partition's RocksDB (one per table and partition): at most two 8 MB memtables
@@ -104,6 +105,7 @@ class DriftlineApp:
         self.references = self.refs.profiles  # shared with every processor and merger built
         self.topics = topic_names(settings.topic_prefix)
         self.metrics = PipelineMetrics()
+        self.stages = StageClock()  # the worker's CPU by stage, in /health (``stage_cpu_s``)
         self.sink = sink
         self.query = query
         self.processors: dict[int, PartitionProcessor] = {}
@@ -124,8 +126,8 @@ class DriftlineApp:
         self.refs.on_install(self._install_reference)
         self.baselines = baselines
         self.app = self._build_app()
-        self._join_io = StageIO(self, self._join_set, self._join_del, self.changelog)
-        self._merge_io = StageIO(self, self._merge_set, self._merge_del, self.merge_changelog)
+        self._join_io = StageIO(self, self._join_store, self.changelog)
+        self._merge_io = StageIO(self, lambda: self.merge_table.data, self.merge_changelog)
 
     # ---- construction ----------------------------------------------------------------------
     def _build_app(self) -> faust.App:
@@ -201,7 +203,7 @@ class DriftlineApp:
                 max_message_bytes=s.max_message_bytes, max_pending=max(1, s.max_pending // s.partitions),
                 max_series=s.max_series, max_models=s.max_models, max_segment_values=s.max_segment_values,
                 store_get=faust_compat.raw_store(table).get, references=self.references,
-                topics=self._input_kinds_by_name(inverse=True), partitions=s.partitions,
+                topics=self._input_kinds_by_name(inverse=True), partitions=s.partitions, stages=self.stages,
             )
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
@@ -226,19 +228,6 @@ class DriftlineApp:
             self._merge_changelog = ChangelogWriter(self.settings.bootstrap, topic, self.settings.kafka)
         return self._merge_changelog
 
-    def _merge_set(self, partition: int, key: bytes, value: bytes) -> None:
-        self.merge_table.data[key] = value
-        self.merge_changelog().put(partition, key, value)
-
-    def _merge_del(self, partition: int, key: bytes) -> None:
-        with contextlib.suppress(KeyError):
-            del self.merge_table.data[key]
-        self.merge_changelog().put(partition, key, None)
-
-    def _join_set(self, partition: int, key: bytes, value: bytes) -> None:
-        self._join_store()[key] = value
-        self.changelog().put(partition, key, value)
-
     def _join_del(self, partition: int, key: bytes) -> None:
         self._join_store().pop(key, None)
         self.changelog().put(partition, key, None)
@@ -262,7 +251,7 @@ class DriftlineApp:
     async def _join_input(self) -> None:
         """The join stage's loop: each fetch of input records, processed and applied whole."""
         while True:
-            generation, records = await self._inbox.get()
+            generation, records = self._coalesce([await self._inbox.get()])
             if not (self._tables_ready and faust_compat.accepting(self.app, generation)):
                 # A rebalance since the fetch: faust seeks to the committed offsets, and the
                 # state's applied offsets decide what is read again (``_resume_from_state``).
@@ -298,7 +287,22 @@ class DriftlineApp:
             logging.shutdown()
             os._exit(70)
 
+    def _coalesce(self, fetches: list[tuple[int, faust_compat.FetchedRecords]]) -> tuple[int, faust_compat.FetchedRecords]:
+        """The fetches waiting in the inbox joined into one batch: a batch's apply waits for the
+        broker three times, so live traffic (many small fetches) pays that once per batch."""
+        while not self._inbox.empty():
+            fetches.append(self._inbox.get_nowait())
+        generation = fetches[-1][0]
+        merged: faust_compat.FetchedRecords = {}
+        for gen, records in fetches:
+            if gen != generation:  # fetched before a rebalance: read again after its seek
+                continue
+            for tp, recs in records.items():
+                merged.setdefault(tp, []).extend(recs)
+        return generation, merged
+
     async def _join_batch(self, records: faust_compat.FetchedRecords) -> None:
+        self.stages.start()
         kinds = self._input_kinds_by_name()
         by_partition: dict[int, list[Message]] = {}
         # Predictions before labels of the same fetch: a label then finds its prediction waiting
@@ -308,6 +312,7 @@ class DriftlineApp:
             self.metrics.events_in.labels(topic=tp.topic).inc(len(recs))
             by_partition.setdefault(tp.partition, []).extend(
                 [Message(kind, tp.topic, tp.partition, r.offset, r.key, r.value) for r in recs])
+        self.stages.lap("read")
         # Every partition of the batch is processed, then applied together: one delivery wait
         # per stage for the whole batch, not one per partition (each is a broker round trip).
         async with contextlib.AsyncExitStack() as locks:
@@ -372,7 +377,9 @@ class DriftlineApp:
 
     async def _apply_joins(self, steps: list[tuple[PartitionProcessor, BatchResult]]) -> None:
         """Apply processed batches in the one order that makes them exactly-once (``commit``)."""
+        self.stages.start()
         await apply_join_batches(steps, self._join_io)
+        self.stages.lap("apply")  # outputs, changelog, partials: includes what ran during its awaits
         for proc, res in steps:
             self._commit_later(proc)  # 4. offsets: what the state now includes
             self.metrics.count(res.counters)
@@ -405,7 +412,9 @@ class DriftlineApp:
     async def _merge_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.05):
             with self._halt_on_error("merge agent"):
+                self.stages.start()
                 await self._merge_batch(events)
+                self.stages.lap("merge")
 
     async def _merge_batch(self, events: Any) -> None:
         by_partition: dict[int, list[Any]] = {}
@@ -643,5 +652,6 @@ class DriftlineApp:
             "pending_predictions": sum(p.pending_count for p in self.processors.values()),
             "open_windows": sum(len(p.windows) for p in self.processors.values()),
             "counters": self.metrics.counters,
+            "stage_cpu_s": {k: round(v, 4) for k, v in self.stages.seconds.items()},
             "sink": sink,
         }

@@ -49,6 +49,7 @@ from driftline.streams.pending import (
     encode_prediction,
 )
 from driftline.streams.series import SeriesTables
+from driftline.streams.stageclock import StageClock
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windowbuffers import WindowBuffers
 from driftline.streams.windows import SeriesKey, WindowPartial, window_start
@@ -78,8 +79,10 @@ class PartitionProcessor:
         references: dict[str, Profile] | None = None,
         topics: Mapping[str, str] | None = None,
         partitions: int | None = None,
+        stages: StageClock | None = None,
     ) -> None:
         self.partition = partition
+        self.stages = stages if stages is not None else StageClock()  # CPU by stage (observability)
         # kind -> the topic its applied offsets are of; recorded so that another deployment's
         # state is refused instead of resumed (``driftline.streams.statecheck``).
         self.topics = dict(topics) if topics is not None else None
@@ -181,7 +184,11 @@ class PartitionProcessor:
         self.buffers.reset()
         self.last_activity = self.clock()
         self.input_seen = True
-        for msg, events in self.input.read(messages, res):
+        stages = self.stages
+        stages.start()
+        decoded = list(self.input.read(messages, res))
+        stages.lap("decode")
+        for msg, events in decoded:
             for ev in events:
                 try:
                     if msg.kind == "prediction":
@@ -190,12 +197,18 @@ class PartitionProcessor:
                         self._on_label(msg, ev)  # type: ignore[arg-type]
                 except Exception as exc:  # a poison event must not stop the partition
                     self._dead_letter(msg, Rejection("processing_error", "", f"{type(exc).__name__}: {exc}"), ev._asdict())
+        stages.lap("join")
         self.buffers.flush()
+        stages.lap("metrics")
         self._run_detectors()
+        stages.lap("detectors")
         self._expire()
         self._compact_expiry()
         self._close_windows(force=False)
-        return self._finish()
+        stages.lap("windows")
+        res = self._finish()
+        stages.lap("state")
+        return res
 
     def close_idle(self) -> BatchResult:
         """Close every open window (the partition has been idle); emit late deltas."""
@@ -233,7 +246,8 @@ class PartitionProcessor:
         res = self._res
         for key, value in self._overlay.items():
             if value is None:
-                res.deletes.append(key)
+                if self._get(key) is not None:  # else written and joined within this batch: no record
+                    res.deletes.append(key)
             else:
                 res.sets[key] = value
         if self.late:
@@ -425,7 +439,7 @@ class PartitionProcessor:
         if len(self.recent_joined) > RECENT_JOINED:
             self.recent_joined.popitem(last=False)
         outcome = make_outcome(p, lab)
-        self._res.outcomes.append(dict(outcome))
+        self._res.outcomes.append(outcome)  # type: ignore[arg-type]
         ws = window_start(p.timestamp, self.window_seconds)
         table = self.late if self._is_closed(p, ws) else self.windows
         delay = max(lab.timestamp - p.timestamp, 0.0)

@@ -7,7 +7,7 @@ first-hours reference the merge stage froze.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from driftline.detectors.profile import Profile
@@ -19,11 +19,10 @@ class StageIO:
     """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
     outputs, the stage's table and its changelog writer for state."""
 
-    def __init__(self, owner: Any, table_set: Callable[[int, bytes, bytes], None],
-                 table_del: Callable[[int, bytes], None], changelog: Callable[[], ChangelogWriter]) -> None:
+    def __init__(self, owner: Any, store: Callable[[], MutableMapping[bytes, bytes]],
+                 changelog: Callable[[], ChangelogWriter]) -> None:
         self.owner = owner
-        self.table_set = table_set
-        self.table_del = table_del
+        self.store = store  # the stage table's store (the memory store's own dict when it is one)
         self.changelog = changelog
 
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
@@ -33,12 +32,14 @@ class StageIO:
         await self.owner.app.producer.flush()
 
     def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        store = self.store()
         with faust_compat.partition_context(partition):
             for key, value in writes:
                 if value is None:
-                    self.table_del(partition, key)
+                    store.pop(key, None)
                 else:
-                    self.table_set(partition, key, value)  # the key object the expiry index holds
+                    store[key] = value  # the key object the expiry index holds
+        self.changelog().put_many(partition, writes)
 
     async def flush_table(self) -> None:
         await self.changelog().flush()
