@@ -28,7 +28,7 @@ from bench.report import evaluate, render
 from bench.retained import measure_retained
 from bench.scenarios import QUIX_PY, Bench
 
-ALL = ("1", "2", "3", "4", "5", "latency", "sdk", "retained", "check", "quix", "naive")
+ALL = ("1", "2", "1live", "2live", "3", "4", "5", "latency", "sdk", "retained", "check", "quix", "quixlive", "naive")
 SMOKE = ("1", "2", "5", "sdk", "retained", "check", "quix", "naive")  # < 60 s: each worker start costs ~6 s
 
 
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = {
         "1": ("s1", b.scenario1),
         "2": ("s2", b.scenario2),
+        "1live": ("s1live", b.scenario1_live),
+        "2live": ("s2live", b.scenario2_live),
         "3": ("s3", b.scenario3),
         "4": ("s4", lambda: b.scenario4(a.pending, a.store)),
         "5": ("s5", b.scenario5),
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "retained": ("retained", measure_retained),
         "check": ("partition_check", measure_partition_check),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
+        "quixlive": ("quixlive", lambda: b.quix(allow_install=not a.smoke, live=True)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),
     }
     try:

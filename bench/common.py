@@ -236,11 +236,12 @@ def labelled_events(preds: list[dict[str, Any]], labels: list[dict[str, Any]],
 
 # ---- worker subprocess ---------------------------------------------------------------------
 class WorkerProc:
-    """``python -m driftline.streams.cli worker --no-sink`` with DRIFTLINE_* env (as tests/worker_harness.py)."""
+    """``python -m driftline.streams.cli worker [--no-sink]`` with DRIFTLINE_* env (as tests/worker_harness.py)."""
 
     def __init__(self, bootstrap: str, prefix: str, tmp: Path, *, app_id: str, partitions: int = 8,
-                 extra_env: dict[str, str] | None = None, name: str = "worker") -> None:
+                 extra_env: dict[str, str] | None = None, name: str = "worker", sink: bool = False) -> None:
         self.tmp = tmp
+        self.sink = sink  # with its ClickHouse sink (chdb in the temp dir) or ``--no-sink``
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -254,7 +255,7 @@ class WorkerProc:
             "DRIFTLINE_WEB_PORT": str(self.port),
             "DRIFTLINE_PARTITIONS": str(partitions),
             "DRIFTLINE_APP_ID": app_id,
-            "DRIFTLINE_SINK": "0",
+            "DRIFTLINE_SINK": "1" if sink else "0",
             "DRIFTLINE_LOG_LEVEL": "warning",
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             **(extra_env or {}),
@@ -268,7 +269,8 @@ class WorkerProc:
 
     def start(self) -> WorkerProc:
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "worker", "--no-sink"],
+        args = [] if self.sink else ["--no-sink"]
+        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "worker", *args],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
         return self
 

@@ -9,9 +9,11 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +91,31 @@ class Bench:
         return prefix, info
 
     # ---- worker measurement ----------------------------------------------------------------------
-    def _run_workers(self, prefix: str, fill: dict[str, Any], n_workers: int, tag: str) -> dict[str, Any]:
+    def _live_topics(self, tag: str, single_event: bool) -> tuple[str, dict[str, Any], Callable[[], None]]:
+        """Empty topics and the function that fills them (called once the workers are waiting)."""
+        prefix = new_prefix(tag)
+        create_all_topics(self.bootstrap, prefix, self.partitions)
+        preds, labels = self.data()
+        fill: dict[str, Any] = {"predictions": len(preds), "labels": len(labels), "messages": None}
+
+        def produce() -> None:
+            info = produce_events(self.bootstrap, prefix, labelled_events(preds, labels), len(preds) + len(labels),
+                                  single_event=single_event, progress=self.p, what=tag)
+            fill.update(seconds=info["seconds"], events=info["events"], messages=info["kafka_messages"])
+
+        return prefix, fill, produce
+
+    def _run_workers(self, prefix: str, fill: dict[str, Any], n_workers: int, tag: str,
+                     live: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Time ``n_workers`` workers through the input: a backlog already in the topics, or with
+        ``live``, the load produced while they run (with the ClickHouse sink, end to end)."""
         app_id = f"bench-{tag}-{uuid.uuid4().hex[:6]}"
         workers = [WorkerProc(self.bootstrap, prefix, self.tmp, app_id=app_id, partitions=self.partitions,
-                              name=f"{tag}-w{i}") for i in range(n_workers)]
-        expected_msgs, expected_joins = fill["messages"], fill["labels"]
+                              name=f"{tag}-w{i}", sink=live is not None) for i in range(n_workers)]
+        expected_joins = fill["labels"]
         events = fill["predictions"] + fill["labels"]
         spies: list[tuple[str, subprocess.Popen[bytes]]] = []
+        producer: threading.Thread | None = None
         try:
             for w in workers:
                 w.start()
@@ -115,15 +135,30 @@ class Bench:
 
             stages_before: list[dict[str, float]] = [{}]
 
-            def started() -> bool:
+            def snapshot() -> None:
                 before[:] = [(time.monotonic(), [cpu_seconds(w.pid) for w in workers], self._broker_cpu())]
                 stages_before[0] = stage_cpu(healths)  # the last poll before any message was applied
                 threads0[:] = [cpu_seconds_by_thread(w.pid) for w in workers]
+
+            def started() -> bool:
+                snapshot()
                 return sum(messages_in(h) for h in poll()) > 0
 
-            wait_until(started, 180, f"{tag}: first message", interval=0.02,
-                       on_tick=lambda: self.p.update(f"  {tag}: waiting for the group join "
-                                                     f"({time.monotonic() - t_start:.0f}s)"))
+            def waiting() -> bool:  # every join partition assigned, sinks up: the fleet may send
+                hs = poll()
+                ready = sum(len((h or {}).get("partitions", [])) for h in hs) >= self.partitions
+                return ready and all(h is not None and (live is None or h.get("sink") is not None) for h in hs)
+
+            on_tick = lambda: self.p.update(f"  {tag}: waiting for the group join ({time.monotonic() - t_start:.0f}s)")  # noqa: E731
+            if live is None:
+                wait_until(started, 180, f"{tag}: first message", interval=0.02, on_tick=on_tick)
+            else:
+                wait_until(waiting, 180, f"{tag}: workers waiting", interval=0.1, on_tick=on_tick)
+                time.sleep(1.0)  # idle CPU settles; the measurement starts with the first event sent
+                poll()
+                snapshot()
+                producer = threading.Thread(target=live, name="bench-producer", daemon=True)
+                producer.start()
             t0, cpu0, broker0 = before[0]
             stages0 = stages_before[0]
             startup = t0 - t_start
@@ -141,10 +176,13 @@ class Bench:
                 hs = poll()
                 m = sum(messages_in(h) for h in hs)
                 j = sum(int(counters(h).get("joins", 0)) for h in hs)
+                rows = sum(int(((h or {}).get("sink") or {}).get("rows_written", {}).get("outcomes", 0)) for h in hs)
                 el = time.monotonic() - t0
-                self.p.update(f"  {tag}: {m:,}/{expected_msgs:,} messages, {j:,}/{expected_joins:,} joins, "
-                              f"{el:.1f}s")
-                return m >= expected_msgs and j >= expected_joins
+                expected = fill["messages"]  # known once the producer has delivered everything
+                self.p.update(f"  {tag}: {m:,}/{expected or '?'} messages, {j:,}/{expected_joins:,} joins, "
+                              + (f"{rows:,} outcome rows, " if live is not None else "") + f"{el:.1f}s")
+                return (expected is not None and m >= expected and j >= expected_joins
+                        and (live is None or rows >= expected_joins))
 
             wait_until(done, self.timeout, f"{tag}: all input processed", interval=0.05)
             t1 = time.monotonic()
@@ -157,7 +195,9 @@ class Bench:
             stages1 = stage_cpu(poll())
             by_stage = {k: round((v - stages0.get(k, 0.0)) * 1e6 / events, 2) for k, v in stages1.items()} if events else {}
             res = {
-                "events": events, "kafka_messages": expected_msgs, "joins": expected_joins,
+                "mode": "live" if live is not None else "backlog",
+                "events_per_cpu_s": events / cpu if cpu > 0 else None,
+                "events": events, "kafka_messages": fill["messages"], "joins": expected_joins,
                 "elapsed_s": round(elapsed, 3), "events_per_s": events / elapsed if elapsed > 0 else None,
                 "cpu_us_per_event": cpu * 1e6 / events if events else None,
                 "cpu_s": round(cpu, 2), "cpu_cores_used": round(cpu / elapsed, 2) if elapsed > 0 else None,
@@ -180,12 +220,15 @@ class Bench:
                 "cpu_us_per_event_by_stage": by_stage,
             }
             self.p.done(f"  {tag}: {events:,} events in {elapsed:.2f}s = {res['events_per_s']:,.0f} events/s, "
-                        f"{res['cpu_us_per_event']:.1f} CPU-us/event, peak RSS {res['peak_rss_mb']:.0f} MB")
+                        f"{res['cpu_us_per_event']:.1f} CPU-us/event = {res['events_per_cpu_s']:,.0f} events per "
+                        f"CPU-second, peak RSS {res['peak_rss_mb']:.0f} MB")
             if by_stage:
                 self.p.log("    CPU-us per event by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in by_stage.items()))
             return res
         finally:
             self._stop_profiles(spies)
+            if producer is not None:
+                producer.join(timeout=120)
             for w in workers:
                 w.stop()
 
@@ -233,6 +276,16 @@ class Bench:
         if self.single_prefix is None:
             self.single_prefix, self.single_fill = self._fill("s2", single_event=True)
         return self.single_prefix, self.single_fill
+
+    def scenario1_live(self) -> dict[str, Any]:
+        """Scenario 1's envelopes sent while the worker runs, with its ClickHouse sink."""
+        prefix, fill, produce = self._live_topics("s1live", single_event=False)
+        return self._run_workers(prefix, fill, 1, "s1live", live=produce)
+
+    def scenario2_live(self) -> dict[str, Any]:
+        """Scenario 2's single-event messages sent while the worker runs, with its sink."""
+        prefix, fill, produce = self._live_topics("s2live", single_event=True)
+        return self._run_workers(prefix, fill, 1, "s2live", live=produce)
 
     def scenario3(self) -> dict[str, Any]:
         prefix, fill = self._fill("s3", single_event=False)
@@ -484,7 +537,8 @@ class Bench:
         return out
 
     # ---- baselines ---------------------------------------------------------------------------------------------
-    def quix(self, allow_install: bool) -> dict[str, Any]:
+    def quix(self, allow_install: bool, live: bool = False) -> dict[str, Any]:
+        """Baseline (a) over scenario 2's messages: a backlog, or (``live``) sent while it runs."""
         if not QUIX_PY.exists():
             if not allow_install:
                 return {"skipped": "bench/.venv-quix not present (created by a full run)"}
@@ -494,13 +548,21 @@ class Bench:
                                capture_output=True, text=True)
             if r.returncode != 0:
                 return {"skipped": "pip install quixstreams failed: " + r.stderr[-500:]}
-        prefix, fill = self._single_topics()
-        expected = fill["messages"]
+        produce: Callable[[], None] | None = None
+        if live:
+            prefix, fill, produce = self._live_topics("quixlive", single_event=True)
+            expected = len(self.data()[0]) + len(self.data()[1])  # one message per event
+        else:
+            prefix, fill = self._single_topics()
+            expected = fill["messages"]
         events = fill["predictions"] + fill["labels"]
         cmd = [str(QUIX_PY), str(ROOT / "bench" / "quix_baseline.py"), self.bootstrap,
                f"bench-quix-{uuid.uuid4().hex[:6]}", str(expected), prefix + "predictions", prefix + "labels"]
         log = open(self.tmp / "quix.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(self.tmp))
+        if produce is not None:
+            time.sleep(8.0)  # its group join (session timeout 6 s); it measures from its first message
+            threading.Thread(target=produce, name="bench-producer", daemon=True).start()
         result = None
         assert proc.stdout is not None
         t = time.monotonic()
@@ -516,9 +578,12 @@ class Bench:
         if result is None or result["count"] < expected:
             return {"error": f"quix baseline failed: {result}", "log": (self.tmp / "quix.log").read_text()[-2000:]}
         el = result["elapsed_s"]
-        res = {"events": events, "elapsed_s": round(el, 3), "events_per_s": events / el,
-               "cpu_us_per_event": result["cpu_s"] * 1e6 / events, "peak_rss_mb": result["peak_rss_mb"]}
-        self.p.done(f"  quix: {events:,} events in {el:.2f}s = {res['events_per_s']:,.0f} events/s")
+        res = {"mode": "live" if live else "backlog", "events": events, "elapsed_s": round(el, 3),
+               "events_per_s": events / el, "cpu_us_per_event": result["cpu_s"] * 1e6 / events,
+               "events_per_cpu_s": events / result["cpu_s"] if result["cpu_s"] > 0 else None,
+               "peak_rss_mb": result["peak_rss_mb"]}
+        self.p.done(f"  quix ({res['mode']}): {events:,} events in {el:.2f}s = {res['events_per_s']:,.0f} events/s, "
+                    f"{res['events_per_cpu_s']:,.0f} events per CPU-second")
         return res
 
     def naive_faust(self, time_box: float) -> dict[str, Any]:
