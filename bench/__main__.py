@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.scenarios = a.scenarios or ",".join(SMOKE if smoke else ALL)
     a.selected = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     a.profiled = tuple(f"s{s.strip()}" for s in a.profile.split(",") if s.strip())
-    if any(s not in ("s1", "s2", "s3") for s in a.profiled):
-        p.error(f"--profile takes scenarios 1, 2 and 3, not {a.profile!r}")
+    if any(s not in ("s1", "s2", "s3", "s1live", "s2live") for s in a.profiled):
+        p.error(f"--profile takes scenarios 1, 2, 3, 1live and 2live, not {a.profile!r}")
     bad = [s for s in a.selected if s not in ALL]
     if bad:
         p.error(f"unknown scenarios {bad}; choose from {ALL}")

@@ -220,7 +220,7 @@ class Bench:
                 "cpu_us_per_event_by_stage": by_stage,
             }
             self.p.done(f"  {tag}: {events:,} events in {elapsed:.2f}s = {res['events_per_s']:,.0f} events/s, "
-                        f"{res['cpu_us_per_event']:.1f} CPU-us/event = {res['events_per_cpu_s']:,.0f} events per "
+                        f"{res['cpu_us_per_event']:.1f} CPU-us/event = {res['events_per_cpu_s'] or 0:,.0f} events per "
                         f"CPU-second, peak RSS {res['peak_rss_mb']:.0f} MB")
             if by_stage:
                 self.p.log("    CPU-us per event by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in by_stage.items()))
@@ -583,7 +583,7 @@ class Bench:
                "events_per_cpu_s": events / result["cpu_s"] if result["cpu_s"] > 0 else None,
                "peak_rss_mb": result["peak_rss_mb"]}
         self.p.done(f"  quix ({res['mode']}): {events:,} events in {el:.2f}s = {res['events_per_s']:,.0f} events/s, "
-                    f"{res['events_per_cpu_s']:,.0f} events per CPU-second")
+                    f"{res['events_per_cpu_s'] or 0:,.0f} events per CPU-second")
         return res
 
     def naive_faust(self, time_box: float) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert r["s5"]["rows"] == size and r["s5"]["rows_per_s"] > 0
     assert r["naive"]["events"] > 0
     assert r["sdk"]["broker_down"]["median_us"] < 1000  # never blocks on the closed port
-    assert {t["id"] for t in res["targets"]} >= {"s1_rate", "s1_vs_naive", "sdk_median"}
+    assert {t["id"] for t in res["targets"]} >= {"s1live_cpu", "s2live_cpu", "s1_cpu", "s1_vs_naive", "sdk_median"}
+    # the worker's CPU by stage reaches the bench (/health ``stage_cpu_s``)
+    assert {"decode", "join", "apply"} <= set(r["s2"]["cpu_us_per_event_by_stage"])
     # the printed table carries the header, the rows and the targets
     assert "CPU-us/ev" in proc.stdout and ("PASS" in proc.stdout or "MISS" in proc.stdout)
 
