@@ -52,7 +52,6 @@ it (kind ``challenger``).
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +73,7 @@ from driftline.streams.judgements import (
     quality_offenders,
 )
 from driftline.streams.models import ModelConfig, ModelsConfig
+from driftline.streams.retained import RetainedIndex, decode_window_record, encode_window_state
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
@@ -107,17 +107,11 @@ class MergedWindow:
 
 #: A partition whose last heartbeat is older than this is behind or down: no silence judgement.
 HEARTBEAT_STALE_S = 30.0
-_ZLIB = b"\x78"  # the first byte of a zlib stream; a JSON record starts with "{"
 
 
 def encode_window_record(partition: int, mw: MergedWindow) -> bytes:
-    """A ``w:`` record: zlib-compressed JSON (~4x smaller: a week of windows is kept)."""
-    return zlib.compress(orjson.dumps({"partition": partition, "w": mw.to_state()}), 6)
-
-
-def decode_window_record(raw: bytes) -> dict[str, Any]:
-    """Read a ``w:`` record, compressed or (written before compression) plain JSON."""
-    return dict(orjson.loads(zlib.decompress(raw) if raw[:1] == _ZLIB else raw))
+    """A ``w:`` record: packed and deflated (``driftline.streams.retained``: a week of windows is kept)."""
+    return encode_window_state(partition, mw.to_state())
 
 
 @dataclass
@@ -152,7 +146,7 @@ class WindowMerger:
         # Settled windows (emitted, judged, recorded) leave memory: only their last update time
         # stays here, their state lives compressed in the merge table (``load`` reads it back
         # when a late partial revises one). Without ``load`` every window stays in memory.
-        self.retained: dict[SeriesKey, float] = {}
+        self.retained = RetainedIndex()
         self._load = load
         self.engines: dict[str, AlertEngine] = {}
         self.seen_alarms: dict[str, list[str]] = {}
@@ -216,14 +210,14 @@ class WindowMerger:
         """Load one record of ``state_records`` (a restart); others' records and markers are skipped."""
         if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:", b"g:"):
             return
-        d = orjson.loads(zlib.decompress(value) if value[:1] == _ZLIB else value)
+        d = decode_window_record(value) if key.startswith(b"w:") else orjson.loads(value)
         if d.get("partition") != partition:
             return
         if key.startswith(b"w:"):
             mw = MergedWindow.from_state(d["w"])
             skey = SeriesKey.decode(key[2:].decode())
             if self._load is not None and self._settled(skey, mw):
-                self.retained[skey] = mw.last_update
+                self.retained.add(skey, mw.last_update)
             else:
                 self.windows[skey] = mw
         elif key.startswith(b"a:"):
@@ -395,7 +389,7 @@ class WindowMerger:
         mw = self.windows.get(key)
         if mw is None and key in self.retained and self._load is not None:
             raw = self._load(b"w:" + key.encode().encode())
-            del self.retained[key]
+            self.retained.pop(key)
             if raw:
                 mw = self.windows[key] = MergedWindow.from_state(decode_window_record(raw)["w"])
         return mw
@@ -410,10 +404,8 @@ class WindowMerger:
         if self._load is None:
             return
         for key in [k for k, mw in self.windows.items() if k not in out.changed_windows and self._settled(k, mw)]:
-            self.retained[key] = self.windows.pop(key).last_update
-        for key in [k for k, upd in self.retained.items() if self._expired(k, upd, now)]:
-            del self.retained[key]
-            out.dropped_windows.add(key)
+            self.retained.add(key, self.windows.pop(key).last_update)
+        out.dropped_windows.update(self.retained.expire(now, self._keep_seconds))
 
     # ---- champion / challenger -----------------------------------------------------------------
     def _compare(self, now: float, out: MergeOutput) -> None:
@@ -450,9 +442,12 @@ class WindowMerger:
             out.changed_models.add(model)
 
     def _expired(self, key: SeriesKey, last_update: float, now: float) -> bool:
-        cfg = self.models.for_model(key.model_id) or self.models.defaults
-        keep = self.keep_seconds if self.keep_seconds is not None else cfg.label_horizon_s
-        return now - last_update > keep
+        return now - last_update > self._keep_seconds(key.model_id)
+
+    def _keep_seconds(self, model_id: str) -> float:
+        """How long a window of ``model_id`` is kept after its last update."""
+        cfg = self.models.for_model(model_id) or self.models.defaults
+        return self.keep_seconds if self.keep_seconds is not None else cfg.label_horizon_s
 
     def _emit(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
         judge_volume = not mw.volume_judged and key.segment == "" and self._complete(key)
