@@ -191,30 +191,36 @@ def _uints(a: np.ndarray, out: bytearray) -> None:
     top = int(a.max()) if a.size else 0
     code = 0 if top < 2**8 else 1 if top < 2**16 else 2 if top < 2**32 else 3
     fixed = a.astype(_WIDTHS[code]).tobytes()
-    # The caller deflates the whole state: Rice only where it beats the fixed width deflated.
-    rice = _rice(a, len(zlib.compress(fixed, 9)) - 6) if a.size >= 8 else None
-    if rice is not None:
+    k, size = _rice_size(a, top)
+    # The caller deflates the whole state: Rice only where it beats the fixed width deflated too.
+    if size < len(fixed) and size < len(zlib.compress(fixed, 6)) - 6:
         out.append(4)
-        out += rice
+        out += _rice(a, k)
         return
     out.append(code)
     out += fixed
 
 
-def _rice(a: np.ndarray, budget: int) -> bytes | None:
-    """Rice code of ``a`` (``k`` low bits stored plainly, the rest in unary), or None if it
-    would not be shorter than ``budget`` bytes. Two bit streams, so that both directions are
-    vectorised: the unary parts (``q`` ones and a zero per value), then the ``k``-bit remainders."""
-    if a.size < 8:
-        return None
+def _rice_size(a: np.ndarray, top: int) -> tuple[int, int]:
+    """The Rice parameter for ``a`` and the code's size in bytes (huge when Rice does not fit)."""
+    if a.size < 32:  # too short to matter: not worth the time
+        return 0, 1 << 62
     mean = float(a.mean())
-    k = max(0, int(np.log2(mean * 0.69)) if mean >= 2 else 0)
-    q = a >> np.uint64(k)
-    unary_bits = int(q.sum()) + a.size
-    if unary_bits // 8 + (a.size * k) // 8 + 4 >= budget:
-        return None
-    bits = np.ones(unary_bits, dtype=np.uint8)
-    bits[np.cumsum(q.astype(np.int64) + 1) - 1] = 0
+    k = int(np.log2(mean * 0.69)) if mean >= 2 else 0
+    if top >> k > 4096:  # an outlier would take kilobytes of unary
+        return k, 1 << 62
+    unary_bits = int((a >> np.uint64(k)).sum()) + a.size
+    return k, (unary_bits + 7) // 8 + (a.size * k + 7) // 8 + 3
+
+
+def _rice(a: np.ndarray, k: int) -> bytes:
+    """Rice code of ``a``: ``k`` low bits stored plainly, the rest in unary. Two bit streams,
+    so that both directions are vectorised: the unary parts (``q`` ones and a zero per value),
+    then the ``k``-bit remainders; the first is led by its length."""
+    q = (a >> np.uint64(k)).astype(np.int64)
+    ends = np.cumsum(q + 1) - 1
+    bits = np.ones(int(ends[-1]) + 1, dtype=np.uint8)
+    bits[ends] = 0
     unary = np.packbits(bits).tobytes()
     head = bytearray([k])
     _varint(len(unary), head)
