@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-import zlib
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +21,9 @@ import orjson
 
 from driftline.schemas import encode_envelope
 from driftline.streams.merge import MergedWindow, MergeOutput, WindowMerger, encode_window_record
-from driftline.streams.retained import RetainedIndex, decode_window_record
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.partition import Message, PartitionProcessor
+from driftline.streams.retained import RetainedIndex, decode_window_record
 from driftline.streams.windows import SeriesKey
 
 T0 = 1_700_000_040.0
