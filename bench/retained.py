@@ -23,7 +23,7 @@ from driftline.schemas import encode_envelope
 from driftline.streams.merge import MergedWindow, MergeOutput, WindowMerger, encode_window_record
 from driftline.streams.models import ModelConfig, ModelsConfig
 from driftline.streams.partition import Message, PartitionProcessor
-from driftline.streams.retained import RetainedIndex, decode_window_record
+from driftline.streams.retained import RetainedIndex, decode_window_head, decode_window_record
 from driftline.streams.windows import SeriesKey
 
 T0 = 1_700_000_040.0
@@ -95,16 +95,18 @@ def _store_entry_bytes(record_len: int, n: int = 20_000) -> float:
     return (size + key_bytes) / len(store)
 
 
-def _codec_us(mw: MergedWindow, rounds: int = 50) -> tuple[float, float]:
-    """Microseconds to write and to read back one record (``to_state`` and ``from_state`` included)."""
-    t = time.perf_counter()
-    for _ in range(rounds):
-        raw = encode_window_record(0, mw)
-    enc = (time.perf_counter() - t) / rounds
-    t = time.perf_counter()
-    for _ in range(rounds):
-        MergedWindow.from_state(decode_window_record(raw)["w"])
-    return enc * 1e6, (time.perf_counter() - t) / rounds * 1e6
+def _codec_us(mw: MergedWindow, rounds: int = 50) -> tuple[float, float, float]:
+    """Microseconds to write one record and to read it back (``to_state`` and ``from_state``
+    included), and to read what a restart reads of a settled window (its head)."""
+    def per_call(f: Callable[[], Any]) -> float:
+        t = time.perf_counter()
+        for _ in range(rounds):
+            f()
+        return (time.perf_counter() - t) / rounds * 1e6
+    raw = encode_window_record(0, mw)
+    return (per_call(lambda: encode_window_record(0, mw)),
+            per_call(lambda: MergedWindow.from_state(decode_window_record(raw)["w"])),
+            per_call(lambda: decode_window_head(raw)))
 
 
 def measure_retained() -> dict[str, Any]:
@@ -116,7 +118,7 @@ def measure_retained() -> dict[str, Any]:
         zlib_json = len(zlib.compress(orjson.dumps({"partition": 0, "w": mw.to_state()}), 6))
         store = _store_entry_bytes(record)
         per_window = store + entry
-        enc_us, dec_us = _codec_us(mw)
+        enc_us, dec_us, head_us = _codec_us(mw)
         out["per_density"][str(events)] = {
             "record_bytes": record,
             "zlib_json_record_bytes": zlib_json,
@@ -124,7 +126,7 @@ def measure_retained() -> dict[str, Any]:
             "bytes_per_window": round(per_window),
             "mb_per_series_week": round(per_window * WEEK_OF_WINDOWS / 1e6, 2),
             "mb_100_series_week": round(per_window * WEEK_OF_WINDOWS * SERIES / 1e6),
-            "encode_us": round(enc_us), "decode_us": round(dec_us),
+            "encode_us": round(enc_us), "decode_us": round(dec_us), "restart_read_us": round(head_us, 1),
         }
     out["mb_100_series_week_at_300"] = out["per_density"]["300"]["mb_100_series_week"]
     return out

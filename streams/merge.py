@@ -64,6 +64,7 @@ from driftline.detectors.fairness import GroupRates
 from driftline.detectors.profile import PREDICTION, Profile
 from driftline.detectors.quality import check_quality
 from driftline.schemas.messages import make_comparison, make_metrics
+from driftline.streams import retained as records
 from driftline.streams.alerts import AlertEngine
 from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.judgements import (
@@ -73,7 +74,6 @@ from driftline.streams.judgements import (
     quality_offenders,
 )
 from driftline.streams.models import ModelConfig, ModelsConfig
-from driftline.streams.retained import RetainedIndex, decode_window_record, encode_window_state
 from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
@@ -111,7 +111,7 @@ HEARTBEAT_STALE_S = 30.0
 
 def encode_window_record(partition: int, mw: MergedWindow) -> bytes:
     """A ``w:`` record: packed and deflated (``driftline.streams.retained``: a week of windows is kept)."""
-    return encode_window_state(partition, mw.to_state())
+    return records.encode_window_state(partition, mw.to_state())
 
 
 @dataclass
@@ -146,7 +146,7 @@ class WindowMerger:
         # Settled windows (emitted, judged, recorded) leave memory: only their last update time
         # stays here, their state lives compressed in the merge table (``load`` reads it back
         # when a late partial revises one). Without ``load`` every window stays in memory.
-        self.retained = RetainedIndex()
+        self.retained = records.RetainedIndex()
         self._load = load
         self.engines: dict[str, AlertEngine] = {}
         self.seen_alarms: dict[str, list[str]] = {}
@@ -210,17 +210,13 @@ class WindowMerger:
         """Load one record of ``state_records`` (a restart); others' records and markers are skipped."""
         if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:", b"g:"):
             return
-        d = decode_window_record(value) if key.startswith(b"w:") else orjson.loads(value)
+        if key.startswith(b"w:"):
+            self._restore_window(key, value, partition)
+            return
+        d = orjson.loads(value)
         if d.get("partition") != partition:
             return
-        if key.startswith(b"w:"):
-            mw = MergedWindow.from_state(d["w"])
-            skey = SeriesKey.decode(key[2:].decode())
-            if self._load is not None and self._settled(skey, mw):
-                self.retained.add(skey, mw.last_update)
-            else:
-                self.windows[skey] = mw
-        elif key.startswith(b"a:"):
+        if key.startswith(b"a:"):
             self.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
             self.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
         elif key.startswith(b"r:"):
@@ -233,6 +229,18 @@ class WindowMerger:
                 recorded = {"partials": d["topic"]} if "topic" in d else None
                 check_topics(recorded, {"partials": self.source_topic}, f"merge partition {partition}")
             self.next_offset = int(d["next"])
+
+    def _restore_window(self, key: bytes, value: bytes, partition: int) -> None:
+        """A ``w:`` record: a settled window goes to the index from the record's head alone."""
+        head = records.decode_window_head(value)
+        if head.get("partition") != partition:
+            return
+        skey = SeriesKey.decode(key[2:].decode())
+        m = head["w"]  # the defaults are MergedWindow.from_state's, for records older than the fields
+        if self._load is not None and _is_settled(skey, m["rev"], m["dirty"], m.get("vol", m["rev"] >= 0), m.get("cov", False)):
+            self.retained.add(skey, m["upd"])
+        else:
+            self.windows[skey] = MergedWindow.from_state(records.decode_window_record(value)["w"])
 
     def _covered(self, key: SeriesKey, revision: int, out: MergeOutput) -> bool:
         """Whether a judgement is safe to forget: its window was dropped, or an earlier call
@@ -391,13 +399,11 @@ class WindowMerger:
             raw = self._load(b"w:" + key.encode().encode())
             self.retained.pop(key)
             if raw:
-                mw = self.windows[key] = MergedWindow.from_state(decode_window_record(raw)["w"])
+                mw = self.windows[key] = MergedWindow.from_state(records.decode_window_record(raw)["w"])
         return mw
 
     def _settled(self, key: SeriesKey, mw: MergedWindow) -> bool:
-        """Emitted, clean and judged: nothing will read it until a late partial revises it."""
-        return (mw.revision >= 0 and not mw.dirty and (mw.volume_judged or key.segment != "")
-                and (mw.coverage_checked or key.segment != ""))
+        return _is_settled(key, mw.revision, mw.dirty, mw.volume_judged, mw.coverage_checked)
 
     def _settle(self, now: float, out: MergeOutput) -> None:
         """Move settled windows recorded by an earlier call out of memory; drop expired ones."""
@@ -416,9 +422,9 @@ class WindowMerger:
             if champ is None:
                 continue
             if version == champ.version:
-                pairs.update((model, ws, k.model_version) for k in [*self.windows, *self.retained]
-                             if k.model_id == model and k.window_start == ws and k.segment == ""
-                             and champ.is_challenger(k.model_version))
+                versions = [k.model_version for k in self.windows if k.model_id == model and k.window_start == ws
+                            and k.segment == ""] + self.retained.versions_at(model, "", ws)  # not a scan of a week
+                pairs.update((model, ws, v) for v in versions if champ.is_challenger(v))
             elif champ.is_challenger(version):
                 pairs.add((model, ws, version))
         self._compare_due = set()
@@ -575,6 +581,11 @@ class WindowMerger:
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
+
+
+def _is_settled(key: SeriesKey, revision: int, dirty: bool, volume_judged: bool, coverage_checked: bool) -> bool:
+    """Emitted, clean and judged: nothing will read the window until a late partial revises it."""
+    return revision >= 0 and not dirty and ((volume_judged and coverage_checked) or key.segment != "")
 
 
 def _series_order(k: SeriesKey) -> tuple[float, str, str, str]:

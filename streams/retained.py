@@ -11,7 +11,9 @@ Record formats (the first byte tells them apart; every one stays readable):
 - ``0x02`` (written now): the state packed by ``driftline.detectors.statepack`` and deflated
   (raw deflate, no header or checksum: the changelog's record CRC covers it) with the preset
   dictionary :data:`_ZDICT`, so the key names and the fixed fields every window repeats cost
-  next to nothing;
+  next to nothing. In two parts: a head of a few dozen bytes (the revision, flags and times a
+  restart needs to tell a settled window, ``decode_window_head``) and the body (accumulators,
+  partial ids), so a restart over a week of windows does not inflate a week of accumulators;
 - ``0x78`` (zlib's first byte): zlib-compressed JSON, written before format 2;
 - ``{``: plain JSON, written before compression.
 
@@ -33,7 +35,7 @@ import orjson
 from driftline.detectors.statepack import pack_state, unpack_state
 from driftline.streams.windows import SeriesKey
 
-__all__ = ["RECORD_FORMAT", "RetainedIndex", "decode_window_record", "encode_window_state"]
+__all__ = ["RECORD_FORMAT", "RetainedIndex", "decode_window_head", "decode_window_record", "encode_window_state"]
 
 RECORD_FORMAT = 2
 _PACKED = bytes([RECORD_FORMAT])
@@ -61,26 +63,69 @@ _ZDICT = bytes.fromhex(
 )
 
 
+#: What a restart reads of a record to learn whether its window is settled (and since when): the
+#: head; the accumulators and partial ids are in the body, inflated only when a revision needs them.
+_BODY_FIELDS = ("p", "ids")
+
+
 def encode_window_state(partition: int, state: dict[str, Any]) -> bytes:
-    """A ``w:`` record (format 2) of a merged window's ``to_state`` on merge ``partition``."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=_ZDICT)
-    return _PACKED + c.compress(pack_state({"partition": partition, "w": state})) + c.flush()
+    """A ``w:`` record (format 2) of a merged window's ``to_state`` on merge ``partition``:
+    the format byte, the head's length (one byte), the deflated head, the deflated body."""
+    head = _deflate(pack_state({"partition": partition, **{k: v for k, v in state.items() if k not in _BODY_FIELDS}}))
+    if len(head) > 255:
+        raise ValueError(f"window record head of {len(head)} bytes (at most 255)")
+    body = _deflate(pack_state({k: state[k] for k in _BODY_FIELDS if k in state}))
+    return _PACKED + bytes([len(head)]) + head + body
+
+
+def decode_window_head(raw: bytes) -> dict[str, Any]:
+    """``{"partition": p, "w": state}`` of a ``w:`` record without what only a revision needs
+    (``p``, ``ids``): cheap for format 2, a full decode for the earlier formats."""
+    if raw[:1] != _PACKED:
+        return decode_window_record(raw)
+    meta = _unpack_mapping(_inflate(raw[2:2 + raw[1]]))
+    return {"partition": meta.pop("partition", None), "w": meta}
 
 
 def decode_window_record(raw: bytes) -> dict[str, Any]:
     """``{"partition": p, "w": state}`` of a ``w:`` record of any format (see the module docstring)."""
     head = raw[:1]
     if head == _PACKED:
-        d = zlib.decompressobj(-15, zdict=_ZDICT)
-        body = d.decompress(raw[1:]) + d.flush()
-        value = unpack_state(body)
-    elif head == _ZLIB_JSON:
+        if len(raw) < 2 or len(raw) < 2 + raw[1]:
+            raise ValueError("merge table: a truncated window record")
+        meta = _unpack_mapping(_inflate(raw[2:2 + raw[1]]))
+        body = _unpack_mapping(_inflate(raw[2 + raw[1]:]))
+        return {"partition": meta.pop("partition", None), "w": {**body, **meta}}
+    if head == _ZLIB_JSON:
         value = orjson.loads(zlib.decompress(raw))
     elif head == _JSON:
         value = orjson.loads(raw)
     else:
         raise ValueError(f"merge table: a window record of format {raw[:1].hex() or 'empty'} this Driftline "
                          f"cannot read (it reads {RECORD_FORMAT}, zlib JSON and JSON): written by a newer version?")
+    if not isinstance(value, dict):
+        raise ValueError("merge table: a window record that is not a mapping")
+    return value
+
+
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=_ZDICT)
+    return c.compress(data) + c.flush()
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15, zdict=_ZDICT)
+    try:
+        out = d.decompress(data) + d.flush()
+    except zlib.error as e:
+        raise ValueError(f"merge table: a corrupt window record ({e})") from None
+    if not d.eof:
+        raise ValueError("merge table: a truncated window record")
+    return out
+
+
+def _unpack_mapping(data: bytes) -> dict[str, Any]:
+    value = unpack_state(data)
     if not isinstance(value, dict):
         raise ValueError("merge table: a window record that is not a mapping")
     return value
@@ -160,6 +205,11 @@ class RetainedIndex:
                 del self._series[series]
         self._n -= len(gone)
         return gone
+
+    def versions_at(self, model_id: str, segment: str, window_start: float) -> list[str]:
+        """The versions of ``model_id`` whose ``segment`` window starting at ``window_start`` is here."""
+        return [version for (model, version, seg) in self._series if model == model_id and seg == segment
+                and SeriesKey(model, version, seg, window_start) in self]
 
     def _find(self, key: SeriesKey) -> int | None:
         arrays = self._series.get(key[:3])

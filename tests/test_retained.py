@@ -19,7 +19,12 @@ import pytest
 from driftline.detectors.cbpe import CBPEAccumulator
 from driftline.streams.merge import MergedWindow, MergeOutput, WindowMerger
 from driftline.streams.models import ModelConfig, ModelsConfig
-from driftline.streams.retained import RetainedIndex, decode_window_record
+from driftline.streams.retained import (
+    RetainedIndex,
+    decode_window_head,
+    decode_window_record,
+    encode_window_state,
+)
 from driftline.streams.windows import SeriesKey, WindowPartial
 
 W = 60.0
@@ -105,15 +110,17 @@ def test_a_restored_window_revised_by_late_partials_emits_what_one_never_retaine
         assert last["metrics"] == metrics and last["counts"] == counts
 
 
-def _old_record(partition: int, mw: MergedWindow, fmt: str) -> bytes:
+def _record(partition: int, mw: MergedWindow, fmt: str) -> bytes:
+    if fmt == "packed":
+        return encode_window_state(partition, mw.to_state())
     raw = orjson.dumps({"partition": partition, "w": mw.to_state()})
     return zlib.compress(raw, 6) if fmt == "zlib" else raw
 
 
-@pytest.mark.parametrize("fmt", ["zlib", "json"])
-def test_records_of_earlier_formats_restore_and_revise(fmt: str) -> None:
-    """A merge table written before format 2 (zlib JSON, or plain JSON before that) restores on
-    a restart, and its windows are revised exactly as ones never written."""
+@pytest.mark.parametrize("fmt", ["packed", "zlib", "json"])
+def test_records_of_every_format_restore_and_revise(fmt: str) -> None:
+    """A merge table written now, or before format 2 (zlib JSON, or plain JSON before that),
+    restores on a restart, and its windows are revised exactly as ones never written."""
     models = ModelsConfig(models={"m": ModelConfig(task="binary")})
     rng = np.random.default_rng(3)
     key = SeriesKey("m", "v1", "", T0)
@@ -122,14 +129,38 @@ def test_records_of_earlier_formats_restore_and_revise(fmt: str) -> None:
     full.feed([first])
     mw = full.merger.windows[key]
     restarted = _Run(models, retained=True)
-    restarted.store[b"w:" + key.encode().encode()] = _old_record(0, mw, fmt)
-    restarted.merger.restore_record(b"w:" + key.encode().encode(), _old_record(0, mw, fmt), 0)
+    record = _record(0, mw, fmt)
+    restarted.store[b"w:" + key.encode().encode()] = record
+    restarted.merger.restore_record(b"w:" + key.encode().encode(), record, 0)
+    restarted.merger.restore_record(b"w:" + key.encode().encode(), record, 1)  # another merge partition's: skipped
     assert key in restarted.merger.retained  # settled: restored into the index, not into memory
     full.emitted, restarted.now = [], full.now
     full.feed([late])
     restarted.feed([late])
     assert restarted.emitted == full.emitted and restarted.emitted[0]["revision"] == 1
     assert restarted.store[b"w:" + key.encode().encode()][:1] == b"\x02"  # rewritten in the current format
+
+
+def test_the_head_alone_tells_a_restart_what_it_needs() -> None:
+    """A restart reads a format-2 record's head only: every field but the accumulators and ids,
+    equal to the full decode's, while a corrupt body is refused once a revision reads it."""
+    full = _Run(ModelsConfig(models={"m": ModelConfig(task="binary")}), retained=False)
+    key = SeriesKey("m", "v1", "", T0)
+    full.feed([_msg(key, "0:1", _partial("binary", 300, np.random.default_rng(5)))])
+    record = encode_window_state(3, full.merger.windows[key].to_state())
+    whole = decode_window_record(record)
+    head = decode_window_head(record)
+    assert head["partition"] == whole["partition"] == 3
+    assert head["w"] == {k: v for k, v in whole["w"].items() if k not in ("p", "ids")}
+    assert whole["w"] == _json_round_trip(full.merger.windows[key].to_state())
+    corrupt = record[:2 + record[1]] + b"\xff" * 20
+    assert decode_window_head(corrupt) == head
+    with pytest.raises(ValueError, match="window record"):
+        decode_window_record(corrupt)
+
+
+def _json_round_trip(state: Any) -> Any:
+    return orjson.loads(orjson.dumps(state))
 
 
 def test_a_record_of_an_unknown_format_is_refused_with_a_message() -> None:
@@ -162,5 +193,9 @@ def test_the_index_agrees_with_a_dict() -> None:
             for key in expected:
                 del ref[key]
         assert len(idx) == len(ref)
+        if step % 100 == 0:
+            k = rnd.choice(keys)
+            assert sorted(idx.versions_at(k.model_id, k.segment, k.window_start)) == sorted(
+                r.model_version for r in ref if (r.model_id, r.segment, r.window_start) == (k.model_id, k.segment, k.window_start))
     assert sorted(idx) == sorted(ref) and all(k in idx for k in ref)
     assert SeriesKey("zz", "1", "", T0) not in idx and "not a key" not in idx
