@@ -7,11 +7,13 @@ lists), so a state restored from either form rebuilds the same accumulator and y
 metrics, to the last bit. What makes it small are the arrays, which dominate window states
 (score histograms, sketch buckets, calibration sums):
 
-- a list of two or more ints is one array, written with the narrowest unsigned width
-  (1, 2, 4 or 8 bytes) that holds its zigzag-coded values, in one of three layouts, whichever
-  is fewest values: *plain*; *delta* (a non-decreasing list, such as the indexes of a sparse
-  histogram: the differences are small); *sparse* (mostly zeros, such as a dense histogram or a
-  sketch's buckets: the gaps between non-zero positions, then the non-zero values);
+- a list of two or more ints is one array in one of three layouts: *sparse* when it is mostly
+  zeros (a dense histogram, a sketch's buckets: the gaps between non-zero positions, then the
+  non-zero values), else *delta* when it never decreases (the indexes of a sparse histogram:
+  the steps are small), else *plain* (the minimum, then each value's excess over it, so counts
+  of at least one become mostly zeros). Each stream of non-negative values is written at the
+  narrowest width (1, 2, 4 or 8 bytes), or as a Rice code where that is shorter even after
+  deflate (histogram gaps take ~4-5 bits, not 8);
 - a list of two or more floats is float64 bytes, or float32 when every value survives the trip
   through float32 bit for bit (never an approximation);
 - a float with an integral value (a timestamp in whole seconds, ``0.0``) is a varint.
