@@ -52,7 +52,6 @@ _INTS_PLAIN, _INTS_DELTA, _INTS_SPARSE, _FLOATS8, _FLOATS4 = range(9, 14)
 _WIDTHS = (np.dtype("<u1"), np.dtype("<u2"), np.dtype("<u4"), np.dtype("<u8"))
 _MAX_DEPTH = 64  # deeper than any accumulator state: a hostile input cannot exhaust the stack
 _F64 = struct.Struct("<d")
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def pack_state(state: Any) -> bytes:
@@ -135,9 +134,11 @@ def _pack_array(v: list[Any] | tuple[Any, ...], out: bytearray) -> bool:
     """Write ``v`` as an int or float array if it is one; False if it is a mixed list."""
     kinds = set(map(type, v))  # in C: a dense histogram is thousands of values
     if kinds == {int}:
-        if min(v) < _I64_MIN or max(v) > _I64_MAX:
+        try:
+            a = np.asarray(v, dtype=np.int64)
+        except OverflowError:  # beyond int64: one value at a time
             return False
-        _pack_ints(np.asarray(v, dtype=np.int64), out)
+        _pack_ints(a, out)
         return True
     if kinds == {float}:
         wide = np.asarray(v, dtype="<f8")
