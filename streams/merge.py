@@ -52,7 +52,6 @@ it (kind ``challenger``).
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +64,7 @@ from driftline.detectors.fairness import GroupRates
 from driftline.detectors.profile import PREDICTION, Profile
 from driftline.detectors.quality import check_quality
 from driftline.schemas.messages import make_comparison, make_metrics
+from driftline.streams import retained as records
 from driftline.streams.alerts import AlertEngine
 from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.judgements import (
@@ -107,17 +107,11 @@ class MergedWindow:
 
 #: A partition whose last heartbeat is older than this is behind or down: no silence judgement.
 HEARTBEAT_STALE_S = 30.0
-_ZLIB = b"\x78"  # the first byte of a zlib stream; a JSON record starts with "{"
 
 
 def encode_window_record(partition: int, mw: MergedWindow) -> bytes:
-    """A ``w:`` record: zlib-compressed JSON (~4x smaller: a week of windows is kept)."""
-    return zlib.compress(orjson.dumps({"partition": partition, "w": mw.to_state()}), 6)
-
-
-def decode_window_record(raw: bytes) -> dict[str, Any]:
-    """Read a ``w:`` record, compressed or (written before compression) plain JSON."""
-    return dict(orjson.loads(zlib.decompress(raw) if raw[:1] == _ZLIB else raw))
+    """A ``w:`` record: packed and deflated (``driftline.streams.retained``: a week of windows is kept)."""
+    return records.encode_window_state(partition, mw.to_state())
 
 
 @dataclass
@@ -152,7 +146,7 @@ class WindowMerger:
         # Settled windows (emitted, judged, recorded) leave memory: only their last update time
         # stays here, their state lives compressed in the merge table (``load`` reads it back
         # when a late partial revises one). Without ``load`` every window stays in memory.
-        self.retained: dict[SeriesKey, float] = {}
+        self.retained = records.RetainedIndex()
         self._load = load
         self.engines: dict[str, AlertEngine] = {}
         self.seen_alarms: dict[str, list[str]] = {}
@@ -216,17 +210,13 @@ class WindowMerger:
         """Load one record of ``state_records`` (a restart); others' records and markers are skipped."""
         if not value or key[:2] not in (b"w:", b"a:", b"r:", b"o:", b"g:"):
             return
-        d = orjson.loads(zlib.decompress(value) if value[:1] == _ZLIB else value)
+        if key.startswith(b"w:"):
+            self._restore_window(key, value, partition)
+            return
+        d = orjson.loads(value)
         if d.get("partition") != partition:
             return
-        if key.startswith(b"w:"):
-            mw = MergedWindow.from_state(d["w"])
-            skey = SeriesKey.decode(key[2:].decode())
-            if self._load is not None and self._settled(skey, mw):
-                self.retained[skey] = mw.last_update
-            else:
-                self.windows[skey] = mw
-        elif key.startswith(b"a:"):
+        if key.startswith(b"a:"):
             self.engines[d["e"]["model_id"]] = AlertEngine.from_state(d["e"])
             self.seen_alarms[d["e"]["model_id"]] = d.get("seen", [])
         elif key.startswith(b"r:"):
@@ -239,6 +229,18 @@ class WindowMerger:
                 recorded = {"partials": d["topic"]} if "topic" in d else None
                 check_topics(recorded, {"partials": self.source_topic}, f"merge partition {partition}")
             self.next_offset = int(d["next"])
+
+    def _restore_window(self, key: bytes, value: bytes, partition: int) -> None:
+        """A ``w:`` record: a settled window goes to the index from the record's head alone."""
+        head = records.decode_window_head(value)
+        if head.get("partition") != partition:
+            return
+        skey = SeriesKey.decode(key[2:].decode())
+        m = head["w"]  # the defaults are MergedWindow.from_state's, for records older than the fields
+        if self._load is not None and _is_settled(skey, m["rev"], m["dirty"], m.get("vol", m["rev"] >= 0), m.get("cov", False)):
+            self.retained.add(skey, m["upd"])
+        else:
+            self.windows[skey] = MergedWindow.from_state(records.decode_window_record(value)["w"])
 
     def _covered(self, key: SeriesKey, revision: int, out: MergeOutput) -> bool:
         """Whether a judgement is safe to forget: its window was dropped, or an earlier call
@@ -395,25 +397,21 @@ class WindowMerger:
         mw = self.windows.get(key)
         if mw is None and key in self.retained and self._load is not None:
             raw = self._load(b"w:" + key.encode().encode())
-            del self.retained[key]
+            self.retained.pop(key)
             if raw:
-                mw = self.windows[key] = MergedWindow.from_state(decode_window_record(raw)["w"])
+                mw = self.windows[key] = MergedWindow.from_state(records.decode_window_record(raw)["w"])
         return mw
 
     def _settled(self, key: SeriesKey, mw: MergedWindow) -> bool:
-        """Emitted, clean and judged: nothing will read it until a late partial revises it."""
-        return (mw.revision >= 0 and not mw.dirty and (mw.volume_judged or key.segment != "")
-                and (mw.coverage_checked or key.segment != ""))
+        return _is_settled(key, mw.revision, mw.dirty, mw.volume_judged, mw.coverage_checked)
 
     def _settle(self, now: float, out: MergeOutput) -> None:
         """Move settled windows recorded by an earlier call out of memory; drop expired ones."""
         if self._load is None:
             return
         for key in [k for k, mw in self.windows.items() if k not in out.changed_windows and self._settled(k, mw)]:
-            self.retained[key] = self.windows.pop(key).last_update
-        for key in [k for k, upd in self.retained.items() if self._expired(k, upd, now)]:
-            del self.retained[key]
-            out.dropped_windows.add(key)
+            self.retained.add(key, self.windows.pop(key).last_update)
+        out.dropped_windows.update(self.retained.expire(now, self._keep_seconds))
 
     # ---- champion / challenger -----------------------------------------------------------------
     def _compare(self, now: float, out: MergeOutput) -> None:
@@ -424,9 +422,9 @@ class WindowMerger:
             if champ is None:
                 continue
             if version == champ.version:
-                pairs.update((model, ws, k.model_version) for k in [*self.windows, *self.retained]
-                             if k.model_id == model and k.window_start == ws and k.segment == ""
-                             and champ.is_challenger(k.model_version))
+                versions = [k.model_version for k in self.windows if k.model_id == model and k.window_start == ws
+                            and k.segment == ""] + self.retained.versions_at(model, "", ws)  # not a scan of a week
+                pairs.update((model, ws, v) for v in versions if champ.is_challenger(v))
             elif champ.is_challenger(version):
                 pairs.add((model, ws, version))
         self._compare_due = set()
@@ -450,9 +448,12 @@ class WindowMerger:
             out.changed_models.add(model)
 
     def _expired(self, key: SeriesKey, last_update: float, now: float) -> bool:
-        cfg = self.models.for_model(key.model_id) or self.models.defaults
-        keep = self.keep_seconds if self.keep_seconds is not None else cfg.label_horizon_s
-        return now - last_update > keep
+        return now - last_update > self._keep_seconds(key.model_id)
+
+    def _keep_seconds(self, model_id: str) -> float:
+        """How long a window of ``model_id`` is kept after its last update."""
+        cfg = self.models.for_model(model_id) or self.models.defaults
+        return self.keep_seconds if self.keep_seconds is not None else cfg.label_horizon_s
 
     def _emit(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
         judge_volume = not mw.volume_judged and key.segment == "" and self._complete(key)
@@ -580,6 +581,11 @@ class WindowMerger:
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
 
+
+
+def _is_settled(key: SeriesKey, revision: int, dirty: bool, volume_judged: bool, coverage_checked: bool) -> bool:
+    """Emitted, clean and judged: nothing will read the window until a late partial revises it."""
+    return revision >= 0 and not dirty and ((volume_judged and coverage_checked) or key.segment != "")
 
 
 def _series_order(k: SeriesKey) -> tuple[float, str, str, str]:

@@ -209,4 +209,4 @@ def test_settled_windows_leave_memory_and_late_records_still_revise_them() -> No
             assert lean.retained and len(lean.windows) < len(full.windows)  # settled windows left memory
         now += 1.0
     assert finals["lean"] == finals["full"]
-    assert all(v[:1] == b"\x78" for k, v in store.items() if k.startswith(b"w:"))  # compressed records
+    assert all(v[:1] == b"\x02" for k, v in store.items() if k.startswith(b"w:"))  # packed records (format 2)
