@@ -62,7 +62,8 @@ import orjson
 from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.datadrift import compare_profiles
 from driftline.detectors.fairness import GroupRates
-from driftline.detectors.profile import PREDICTION, Profile
+from driftline.detectors.multivariate import compare_reconstruction
+from driftline.detectors.profile import Profile
 from driftline.detectors.quality import check_quality
 from driftline.schemas.messages import make_comparison, make_metrics
 from driftline.streams.alerts import AlertEngine
@@ -78,6 +79,8 @@ from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
+# (drift results, quality offenders by check, reference version, multivariate result)
+DataChecks = tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int, dict[str, Any] | None]
 RECENT_ALARMS = 10_000
 
 
@@ -478,7 +481,7 @@ class WindowMerger:
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, judge_volume=judge_volume)
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
-                                                        reference_version=data[2])
+                                                        reference_version=data[2], multivariate=data[3])
         if fairness:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
@@ -509,11 +512,12 @@ class WindowMerger:
                 counts[f"dle_error_{realised}"] = mw.partial.acc.n
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
-                     counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
+                     counts: dict[str, int]) -> DataChecks | None:
         """Compare the window profile with the reference; add the statistics to ``metrics``.
 
-        Returns (drift results, quality offenders by check, reference version) for the alert
-        engine, or None when the window has no profile comparable with the reference.
+        Returns (drift results, quality offenders by check, reference version, multivariate
+        result or None) for the alert engine, or None when the window has no profile comparable
+        with the reference.
         """
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
@@ -521,7 +525,9 @@ class WindowMerger:
                 or prof.version != ref.version):  # an unbinned profile feeds a first-hours reference
             return None
         try:
-            drift = compare_profiles(ref, prof, cfg.drift_config())
+            drift_cfg = cfg.drift_config()
+            drift = compare_profiles(ref, prof, drift_cfg)
+            mv = compare_reconstruction(ref, prof, drift_cfg.default.sigmas, drift_cfg.default.min_samples)
             thresholds = cfg.quality_thresholds()
             quality = check_quality(ref, prof, thresholds)
         except ValueError:  # bins of another reference (cannot happen with one reference per run)
@@ -533,10 +539,17 @@ class WindowMerger:
                 counts[name] = int(n)
 
         for r in drift:
-            prefix = "prediction_" if r.feature == PREDICTION else "feature_"
-            suffix = "" if r.feature == PREDICTION else f".{r.feature}"
+            prefix = "prediction_" if r.role == "prediction" else "feature_"
+            suffix = "" if r.role == "prediction" else f".{r.feature}"
             for stat in ("psi", "js", "ks", "chi2_pvalue"):
                 put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
+            if r.limit is not None and r.n_window:  # the limit the judged statistic is held against
+                put(f"{prefix}drift_limit{suffix}", r.limit, r.n_window)
+        if mv is not None:
+            put("multivariate_reconstruction_error", mv["value"], mv["n_window"])
+            if mv["limit"] is not None:
+                put("multivariate_reconstruction_error_upper", mv["limit"], mv["n_window"])
+                put("multivariate_reconstruction_error_lower", mv["lower_limit"], mv["n_window"])
         for q in quality:
             if q.schema == "appeared":
                 continue
@@ -547,7 +560,7 @@ class WindowMerger:
                 put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
             else:
                 put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
-        return [r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version
+        return ([r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version, mv)
 
     def _fairness(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                   counts: dict[str, int]) -> dict[str, GroupRates] | None:
