@@ -374,7 +374,7 @@ def compare_features(
         severity, note = None, f"fewer than {t.min_samples} values"
     return DriftResult(
         name, ref.kind, n_r, n_w, severity=severity, top_shifted=top, note=note, role=role,
-        statistic=t.statistic, value=value, limit=limit, limits=mode, **res
+        statistic=statistic, value=value, limit=limit, limits=mode, **res
     )
 
 
