@@ -115,7 +115,10 @@ class DriftEvent(TypedDict):
     emitted_at: float
 
 
-ALERT_FIELDS = tuple(Alert.__annotations__)
+# every alert's keys; data-drift alerts add ``feature`` (``NotRequired``, which string annotations
+# hide from ``__required_keys__``)
+ALERT_OPTIONAL_FIELDS = ("feature",)
+ALERT_FIELDS = tuple(k for k in Alert.__annotations__ if k not in ALERT_OPTIONAL_FIELDS)
 METRICS_FIELDS = tuple(MetricsWindow.__annotations__)
 DRIFT_EVENT_FIELDS = tuple(DriftEvent.__annotations__)
 

@@ -543,8 +543,9 @@ class WindowMerger:
             suffix = "" if r.role == "prediction" else f".{r.feature}"
             for stat in ("psi", "js", "ks", "chi2_pvalue"):
                 put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
-            if r.limit is not None and r.n_window:  # the limit the judged statistic is held against
+            if r.limit and r.value is not None:  # the judged statistic's limit, and the value over it
                 put(f"{prefix}drift_limit{suffix}", r.limit, r.n_window)
+                put(f"{prefix}drift_score{suffix}", r.value / r.limit, r.n_window)
         if mv is not None:
             put("multivariate_reconstruction_error", mv["value"], mv["n_window"])
             if mv["limit"] is not None:
