@@ -195,3 +195,25 @@ def test_old_profiles_load_and_report_the_prediction_as_prediction() -> None:
     res = compare_profiles(back, win)
     assert [(r.feature, r.role) for r in res] == [("x", "feature"), ("prediction", "prediction")]
     assert res[1].severity == "drift"
+
+
+def test_baseline_create_takes_the_chunk_size_or_derives_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from driftline.streams.baseline_cmd import (
+        create_baseline,
+        default_chunk_size,
+        limits_note,
+        load_latest,
+    )
+
+    rng = np.random.default_rng(9)
+    rows = _rows(rng, 4000)
+    src = tmp_path / "ref.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    create_baseline("m", src, tmp_path / "p", chunk_size=250)
+    p = load_latest("m", tmp_path / "p")
+    assert p.limits is not None and (p.limits.chunk_size, p.limits.chunks, p.limits.n_reference) == (250, 16, 4000)
+    assert "16 reference chunks of 250 rows" in limits_note(p)
+    create_baseline("m", src, tmp_path / "p")  # default: 4000 / 20 = 200 rows, 20 chunks
+    p = load_latest("m", tmp_path / "p")
+    assert p.limits is not None and p.limits.chunk_size == default_chunk_size(4000) == 200 and p.limits.chunks == 20
+    assert p.pca is not None and sorted(p.pca.features) == ["x", "y"]  # c is categorical
