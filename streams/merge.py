@@ -22,7 +22,8 @@ revision of a whole-model window whose partials carry a profile is compared with
 reference (``driftline.detectors.datadrift.compare_profiles``, ``driftline.detectors.quality.check_quality``);
 the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
 ``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
-``prediction_psi``) and the alert engine judges them (kinds ``data_drift``, ``data_quality``).
+``prediction_psi``, ``multivariate_reconstruction_error``: ``judgements.data_metrics``) and the
+alert engine judges them (kinds ``data_drift``, one incident per feature, and ``data_quality``).
 
 Reference from the first hours (``data_drift: {baseline: first_hours}``, no reference yet):
 every whole-model partial's unbinned profile goes into the model's ``ReferenceBuilder`` as it
@@ -71,6 +72,7 @@ from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.judgements import (
     compare_windows,
     comparison_dict,
+    data_metrics,
     fairness_metrics,
     quality_offenders,
 )
@@ -533,34 +535,7 @@ class WindowMerger:
         except ValueError:  # bins of another reference (cannot happen with one reference per run)
             return None
 
-        def put(name: str, value: float | None, n: int) -> None:
-            if value is not None and math.isfinite(value):
-                metrics[name] = float(value)
-                counts[name] = int(n)
-
-        for r in drift:
-            prefix = "prediction_" if r.role == "prediction" else "feature_"
-            suffix = "" if r.role == "prediction" else f".{r.feature}"
-            for stat in ("psi", "js", "ks", "chi2_pvalue"):
-                put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
-            if r.limit and r.value is not None:  # the judged statistic's limit, and the value over it
-                put(f"{prefix}drift_limit{suffix}", r.limit, r.n_window)
-                put(f"{prefix}drift_score{suffix}", r.value / r.limit, r.n_window)
-        if mv is not None:
-            put("multivariate_reconstruction_error", mv["value"], mv["n_window"])
-            if mv["limit"] is not None:
-                put("multivariate_reconstruction_error_upper", mv["limit"], mv["n_window"])
-                put("multivariate_reconstruction_error_lower", mv["lower_limit"], mv["n_window"])
-        for q in quality:
-            if q.schema == "appeared":
-                continue
-            kind = ref.features[q.feature].kind
-            put(f"feature_missing_rate.{q.feature}", q.missing_rate, q.n)
-            put(f"feature_type_mismatch_rate.{q.feature}", q.type_mismatch_rate, q.n)
-            if kind == "numeric":
-                put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
-            else:
-                put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
+        data_metrics(ref, drift, quality, mv, metrics, counts)
         return ([r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version, mv)
 
     def _fairness(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
