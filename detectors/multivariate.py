@@ -35,16 +35,24 @@ __all__ = ["PCAModel", "ReconstructionSums", "DEFAULT_VARIANCE", "compare_recons
 DEFAULT_VARIANCE = 0.65
 
 
+def _number(v: Any) -> float:
+    """A value as a float, NaN unless it is a number (a bool is not one)."""
+    return float(v) if is_number(v) else math.nan
+
+
 def _matrix(rows: Sequence[dict[str, Any] | None], features: Sequence[str]) -> np.ndarray:
-    """Rows x features as floats; NaN where a value is missing, non-numeric or infinite."""
-    out = np.full((len(rows), len(features)), np.nan)
-    for i, r in enumerate(rows):
-        if not r:
-            continue
-        for j, f in enumerate(features):
-            v = r.get(f)
-            if is_number(v) and math.isfinite(float(v)):  # type: ignore[arg-type]
-                out[i, j] = v
+    """Rows x features as floats; NaN where a value is missing, non-numeric or infinite.
+
+    Runs in the join stage for every event of a model with a PCA: plain floats and ints take a
+    type check only (a per-value ``isinstance`` chain tripled the window profile's cost)."""
+    n = len(rows)
+    out = np.empty((n, len(features)))
+    dicts = [r or {} for r in rows]
+    for j, f in enumerate(features):
+        out[:, j] = np.fromiter(
+            (v if (t := type(v)) is float or t is int else _number(v) for v in (d.get(f) for d in dicts)),
+            dtype=np.float64, count=n)
+    out[~np.isfinite(out)] = np.nan
     return out
 
 

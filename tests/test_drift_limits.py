@@ -217,3 +217,20 @@ def test_baseline_create_takes_the_chunk_size_or_derives_it(tmp_path) -> None:  
     p = load_latest("m", tmp_path / "p")
     assert p.limits is not None and p.limits.chunk_size == default_chunk_size(4000) == 200 and p.limits.chunks == 20
     assert p.pca is not None and sorted(p.pca.features) == ["x", "y"]  # c is categorical
+
+
+def test_missing_and_mistyped_values_are_imputed_with_the_reference_mean() -> None:
+    rng = np.random.default_rng(12)
+    x = rng.multivariate_normal([2.0, 5.0], [[1.0, 0.7], [0.7, 2.0]], 3000)
+    model = PCAModel.fit([{"a": float(a), "b": float(b)} for a, b in x], ["a", "b"], 0.65)
+    assert model is not None
+    scaler = StandardScaler().fit(x)
+    pca = PCA(n_components=0.65, svd_solver="full").fit(scaler.transform(x))
+    rows: list[dict[str, Any] | None] = [{"a": 3.0, "b": None}, {"a": "x", "b": 4.0}, {"a": True, "b": float("inf")},
+                                         {"a": np.float32(1.5), "b": np.int64(6)}, None, {"c": 1.0}]
+    # independent: a value that is not a finite number becomes the reference mean
+    filled = np.array([[3.0, x[:, 1].mean()], [x[:, 0].mean(), 4.0], [1.5, 6.0]])
+    z = scaler.transform(filled)
+    expected = np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1)
+    got = model.errors(rows)  # rows without any usable value (True and inf, None, no feature) are not counted
+    assert got.size == 3 and np.allclose(got, expected, atol=1e-6)
