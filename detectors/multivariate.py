@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,20 @@ def _matrix(rows: Sequence[dict[str, Any] | None], features: Sequence[str]) -> n
     return out
 
 
+def _shares(sq: np.ndarray) -> list[float]:
+    total = float(np.sum(sq))
+    return [float(v) / total for v in sq] if total > 0 else []
+
+
+def _top_features(pca: PCAModel, sums: ReconstructionSums, top: int = 3) -> list[dict[str, Any]]:
+    """The features whose share of the squared residuals moved most from the reference's."""
+    win = _shares(np.asarray(sums.feature_sq))
+    if len(win) != len(pca.features) or len(pca.residual_share) != len(win):
+        return []
+    moved = sorted(range(len(win)), key=lambda j: -abs(win[j] - pca.residual_share[j]))[:top]
+    return [{"feature": pca.features[j], "reference": pca.residual_share[j], "window": win[j]} for j in moved]
+
+
 @dataclass
 class PCAModel:
     """Standardisation and principal components of a reference's numeric features.
@@ -80,6 +94,8 @@ class PCAModel:
     components: np.ndarray  # n_components x n_features, orthonormal rows
     explained: list[float]  # explained variance ratio of each kept component
     variance: float = DEFAULT_VARIANCE
+    # each feature's share of the reference's squared residuals: what a window's shares compare with
+    residual_share: list[float] = field(default_factory=list)
 
     @property
     def n_components(self) -> int:
@@ -106,27 +122,33 @@ class PCAModel:
         ratio = s**2 / np.sum(s**2)
         k = int(np.searchsorted(np.cumsum(ratio), variance - 1e-12) + 1)
         k = min(k, len(keep))
-        return cls([features[j] for j in keep], mean, scale, vt[:k].copy(), [float(r) for r in ratio[:k]], variance)
+        model = cls([features[j] for j in keep], mean, scale, vt[:k].copy(), [float(r) for r in ratio[:k]], variance)
+        model.residual_share = _shares(np.sum(model.residuals(rows) ** 2, axis=0))
+        return model
 
-    def errors(self, rows: Sequence[dict[str, Any] | None]) -> np.ndarray:
-        """Reconstruction error of each row that has at least one of the model's features."""
+    def residuals(self, rows: Sequence[dict[str, Any] | None]) -> np.ndarray:
+        """Standardised row minus its reconstruction, per feature, for each row that has at least
+        one of the model's features (rows x features)."""
         x = _matrix(rows, self.features)
         x = x[~np.all(np.isnan(x), axis=1)]
         z = np.nan_to_num((x - self.mean) / self.scale, nan=0.0)
-        recon = (z @ self.components.T) @ self.components
-        return np.asarray(np.sqrt(np.sum((z - recon) ** 2, axis=1)))
+        return np.asarray(z - (z @ self.components.T) @ self.components)
+
+    def errors(self, rows: Sequence[dict[str, Any] | None]) -> np.ndarray:
+        """Reconstruction error (Euclidean norm of the residuals) of each row with a feature."""
+        return np.asarray(np.sqrt(np.sum(self.residuals(rows) ** 2, axis=1)))
 
     def to_state(self) -> dict[str, Any]:
         return {"features": list(self.features), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "components": self.components.tolist(), "explained": list(self.explained),
-                "variance": self.variance}
+                "variance": self.variance, "residual_share": list(self.residual_share)}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> PCAModel:
         comps = np.asarray(d["components"], dtype=np.float64).reshape(-1, len(d["features"]))
         return cls([str(f) for f in d["features"]], np.asarray(d["mean"], dtype=np.float64),
                    np.asarray(d["scale"], dtype=np.float64), comps, [float(v) for v in d["explained"]],
-                   float(d.get("variance", DEFAULT_VARIANCE)))
+                   float(d.get("variance", DEFAULT_VARIANCE)), [float(v) for v in d.get("residual_share", [])])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PCAModel) and self.to_state() == other.to_state()
@@ -134,7 +156,8 @@ class PCAModel:
 
 @dataclass
 class ReconstructionSums:
-    """Mergeable reconstruction errors of a window: rows, sum and sum of squares.
+    """Mergeable reconstruction errors of a window: rows, sum and sum of squares, and each
+    feature's sum of squared residuals (which features the error comes from).
 
     >>> a, b = ReconstructionSums(), ReconstructionSums()
     >>> a.add(np.array([1.0, 2.0])); b.add(np.array([3.0]))
@@ -145,27 +168,38 @@ class ReconstructionSums:
     n: int = 0
     total: float = 0.0
     total_sq: float = 0.0
+    feature_sq: list[float] = field(default_factory=list)
 
     def add(self, errors: np.ndarray) -> None:
         self.n += int(errors.size)
         self.total += float(np.sum(errors))
         self.total_sq += float(np.sum(errors**2))
 
+    def add_residuals(self, residuals: np.ndarray) -> None:
+        """Add rows' residuals (``PCAModel.residuals``): their errors and per-feature squares."""
+        sq = residuals**2
+        self.add(np.sqrt(np.sum(sq, axis=1)))
+        per = np.sum(sq, axis=0)
+        self.feature_sq = (per if not self.feature_sq else np.asarray(self.feature_sq) + per).tolist()
+
     def merge(self, other: ReconstructionSums) -> None:
         self.n += other.n
         self.total += other.total
         self.total_sq += other.total_sq
+        if other.feature_sq:
+            self.feature_sq = (list(other.feature_sq) if not self.feature_sq
+                               else (np.asarray(self.feature_sq) + np.asarray(other.feature_sq)).tolist())
 
     @property
     def mean(self) -> float:
         return self.total / self.n if self.n else math.nan
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "sum": self.total, "sumsq": self.total_sq}
+        return {"n": self.n, "sum": self.total, "sumsq": self.total_sq, "fsq": list(self.feature_sq)}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> ReconstructionSums:
-        return cls(int(d["n"]), float(d["sum"]), float(d["sumsq"]))
+        return cls(int(d["n"]), float(d["sum"]), float(d["sumsq"]), [float(v) for v in d.get("fsq", [])])
 
 
 def compare_reconstruction(reference: Any, window: Any, sigmas: float = 3.0,
@@ -186,7 +220,8 @@ def compare_reconstruction(reference: Any, window: Any, sigmas: float = 3.0,
     out: dict[str, Any] = {"statistic": "reconstruction_error", "value": sums.mean, "n_window": sums.n,
                            "features": list(pca.features), "components": pca.n_components,
                            "explained_variance": float(sum(pca.explained)), "severity": None, "note": "",
-                           "limit": None, "lower_limit": None, "reference_mean": None}
+                           "limit": None, "lower_limit": None, "reference_mean": None,
+                           "top_features": _top_features(pca, sums)}
     if stats is None or stats.chunks < 10 or not math.isfinite(stats.std):
         out["note"] = "no reference chunk limits"
         return out

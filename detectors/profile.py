@@ -287,7 +287,7 @@ class Profile:
         if predictions is not None:
             self.update_predictions(predictions)
         if self.pca is not None and self.reconstruction is not None:
-            self.reconstruction.add(self.pca.errors(rows))
+            self.reconstruction.add_residuals(self.pca.residuals(rows))
 
     def update_predictions(self, values: Sequence[Any] | np.ndarray) -> None:
         """Add predictions (scores, regression values or labels) to ``"__prediction__"``."""

@@ -327,7 +327,7 @@ class AlertEngine:
         message = (f"multivariate drift on {win['model_id']} {win['model_version']}: PCA reconstruction error "
                    f"{v:.3g} outside [{mv['lower_limit']:.3g}, {mv['limit']:.3g}] of {len(mv['features'])} features")
         evidence = {k: mv.get(k) for k in ("statistic", "value", "limit", "lower_limit", "reference_mean", "n_window",
-                                           "features", "components", "explained_variance")}
+                                           "features", "components", "explained_variance", "top_features")}
         return self._condition(cfg, win, "multivariate_drift", "data_drift", "multivariate_reconstruction_error",
                                mv.get("severity") == "drift", "critical", v,
                                mv["limit"] if v >= mv["limit"] else mv["lower_limit"], int(mv["n_window"]),

@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from driftline.detectors.datadrift import DriftConfig, compare_profiles
-from driftline.detectors.multivariate import PCAModel, compare_reconstruction
+from driftline.detectors.multivariate import PCAModel, ReconstructionSums, compare_reconstruction
 from driftline.detectors.profile import Profile
 from driftline.detectors.thresholds import MIN_CHUNKS
 from driftline.sinks.alertmanager import alert_labels
@@ -111,8 +111,21 @@ def test_pca_and_reconstruction_error_equal_sklearn() -> None:
     new = rng.multivariate_normal([1.0, -2.0, 0.0], [[4.0, -1.5, 0.3], [-1.5, 1.0, 0.2], [0.3, 0.2, 2.0]], 700)
     z = scaler.transform(new)
     expected = np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1)
-    got = model.errors([{"a": float(a), "b": float(b), "z": float(c)} for a, b, c in new])
+    new_rows = [{"a": float(a), "b": float(b), "z": float(c)} for a, b, c in new]
+    got = model.errors(new_rows)
     assert np.allclose(got, expected, atol=1e-9)
+    # per-feature shares of the squared residuals, window and reference, as sklearn's residuals give them
+    sums = ReconstructionSums()
+    sums.add_residuals(model.residuals(new_rows[:300]))
+    other = ReconstructionSums()
+    other.add_residuals(model.residuals(new_rows[300:]))
+    sums.merge(ReconstructionSums.from_state(json.loads(json.dumps(other.to_state()))))
+    res_new = (z - pca.inverse_transform(pca.transform(z))) ** 2
+    zr = scaler.transform(x)
+    res_ref = (zr - pca.inverse_transform(pca.transform(zr))) ** 2
+    assert np.allclose(model.residual_share, res_ref.sum(0) / res_ref.sum(), atol=1e-9)
+    assert sums.n == 700 and sums.mean == pytest.approx(expected.mean(), rel=1e-12)
+    assert np.allclose(np.asarray(sums.feature_sq) / sum(sums.feature_sq), res_new.sum(0) / res_new.sum(), atol=1e-9)
 
 
 def test_a_correlation_flip_fires_the_pca_signal_and_no_univariate_statistic() -> None:

@@ -92,6 +92,8 @@ def test_worker_per_feature_incident_and_multivariate_signal(bootstrap: str, top
         assert ev["statistic"] == "js" and ev["limits"] == "reference" and ev["value"] > ev["limit"]
         assert ev["top_shifted"]
         mv = [a for a in got if a["rule"] == "multivariate_drift"]
+        mv_ev = json.loads(mv[0]["evidence"]) if mv else {}
+        assert mv_ev.get("features") == ["x", "y"] and {f["feature"] for f in mv_ev["top_features"]} == {"x", "y"}
         assert [(a["status"], float(a["ws"])) for a in mv] == [("firing", start + 6 * W), ("resolved", start + 8 * W)]
         assert not [a for a in got if a["feature"] in ("x", "y")]  # their marginals never moved
         rows = worker.query("SELECT toUnixTimestamp(window_start) AS ws, "
