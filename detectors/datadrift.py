@@ -26,8 +26,9 @@ Statistics (window ``w`` against reference ``r``; shares are bin or category pro
   degrees of freedom (regularised incomplete gamma, computed here to 1e-12).
 
 A result counts (``severity`` set) only when both samples hold ``min_samples`` values
-(default 100). Which statistic judges (``statistic``: ``psi`` or ``js``) and against which
-limit (``limits``):
+(default 100). Which statistic judges (``statistic``: ``psi``, ``js``, or ``auto``, the
+default: JS when the reference has chunk limits, else PSI) and against which limit (``limits``,
+default ``reference``):
 
 - ``fixed``: severity is ``"drift"`` at ``psi >= psi_drift`` (0.25), ``"warning"`` at
   ``psi >= psi_warning`` (0.1); for JS at ``js_drift`` (0.1, NannyML's constant) and
@@ -76,7 +77,8 @@ PREDICTION_NAME = "prediction"
 
 @dataclass(frozen=True)
 class DriftThresholds:
-    """Levels of one feature: PSI warning/drift, samples needed, empty-bin share."""
+    """How one feature is judged: statistic and limits mode, the fixed PSI and JS cuts, the
+    multiplier of the reference chunks' standard deviation, samples needed, empty-bin share."""
 
     psi_warning: float = 0.1
     psi_drift: float = 0.25

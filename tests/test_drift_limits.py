@@ -247,3 +247,17 @@ def test_missing_and_mistyped_values_are_imputed_with_the_reference_mean() -> No
     expected = np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1)
     got = model.errors(rows)  # rows without any usable value (True and inf, None, no feature) are not counted
     assert got.size == 3 and np.allclose(got, expected, atol=1e-6)
+
+
+def test_models_file_selects_statistic_and_limits() -> None:
+    from driftline.streams.models import ConfigError, parse_models_config
+
+    cfg = parse_models_config({"models": {"m": {"data_drift": {
+        "statistic": "psi", "limits": "reference", "sigmas": 4, "features": {"prediction": {"statistic": "js"}}}}}})
+    dc = cfg.models["m"].drift_config()
+    assert (dc.default.statistic, dc.default.limits, dc.default.sigmas) == ("psi", "reference", 4)
+    assert dc.for_prediction().statistic == "js" and dc.for_feature("x").statistic == "psi"
+    assert DriftConfig().default.statistic == "auto" and DriftConfig().default.limits == "reference"
+    for bad in ({"statistic": "ks"}, {"limits": "adaptive"}, {"sigmas": 0}):
+        with pytest.raises(ConfigError, match="models.m.data_drift"):
+            parse_models_config({"models": {"m": {"data_drift": bad}}})
