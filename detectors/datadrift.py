@@ -26,8 +26,17 @@ Statistics (window ``w`` against reference ``r``; shares are bin or category pro
   degrees of freedom (regularised incomplete gamma, computed here to 1e-12).
 
 A result counts (``severity`` set) only when both samples hold ``min_samples`` values
-(default 100): severity is ``"drift"`` at ``psi >= psi_drift`` (0.25), ``"warning"`` at
-``psi >= psi_warning`` (0.1), else ``None``.
+(default 100). Which statistic judges (``statistic``: ``psi``, ``js``, or ``auto``, the
+default: JS when the reference has chunk limits, else PSI) and against which limit (``limits``,
+default ``reference``):
+
+- ``fixed``: severity is ``"drift"`` at ``psi >= psi_drift`` (0.25), ``"warning"`` at
+  ``psi >= psi_warning`` (0.1); for JS at ``js_drift`` (0.1, NannyML's constant) and
+  ``js_warning`` (0.05).
+- ``reference``: ``"drift"`` when the statistic exceeds ``mean + sigmas x std`` of its values
+  over reference chunks of a window's size (``driftline.detectors.thresholds``, stored in the
+  profile by ``driftline baseline create``); a profile without such limits (older, or built
+  from the first hours) falls back to the fixed cuts, and the result says which applied.
 """
 
 from __future__ import annotations
@@ -39,13 +48,19 @@ from typing import Any
 
 import numpy as np
 
-from .profile import OTHER, PREDICTION, FeatureProfile, Profile, sketch_buckets
+from .profile import LEGACY_PREDICTION, OTHER, FeatureProfile, Profile, sketch_buckets
+from .thresholds import ChunkStats, ReferenceLimits
 
 __all__ = [
+    "LIMIT_MODES",
+    "PREDICTION_NAME",
+    "STATISTICS",
     "DriftConfig",
     "DriftResult",
     "DriftThresholds",
     "chi2_sf",
+    "distances",
+    "judged_statistic",
     "compare_features",
     "compare_profiles",
     "ks_from_sketches",
@@ -54,17 +69,37 @@ __all__ = [
 ]
 
 
+STATISTICS = ("auto", "psi", "js")
+LIMIT_MODES = ("fixed", "reference")
+# What users see for the model output, in settings, metrics, alerts and rows.
+PREDICTION_NAME = "prediction"
+
+
 @dataclass(frozen=True)
 class DriftThresholds:
-    """Levels of one feature: PSI warning/drift, samples needed, empty-bin share."""
+    """How one feature is judged: statistic and limits mode, the fixed PSI and JS cuts, the
+    multiplier of the reference chunks' standard deviation, samples needed, empty-bin share."""
 
     psi_warning: float = 0.1
     psi_drift: float = 0.25
     min_samples: int = 100
     epsilon: float = 1e-4
     top_bins: int = 3
+    statistic: str = "auto"
+    limits: str = "reference"
+    js_warning: float = 0.05
+    js_drift: float = 0.1
+    sigmas: float = 3.0
 
     def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}")
+        if self.limits not in LIMIT_MODES:
+            raise ValueError(f"limits must be one of {LIMIT_MODES}, got {self.limits!r}")
+        if not 0.0 <= self.js_warning <= self.js_drift <= 1.0:
+            raise ValueError(f"need 0 <= js_warning <= js_drift <= 1, got {self.js_warning}, {self.js_drift}")
+        if self.sigmas <= 0:
+            raise ValueError(f"sigmas must be > 0, got {self.sigmas!r}")
         if not 0.0 <= self.psi_warning <= self.psi_drift:
             raise ValueError(
                 f"need 0 <= psi_warning <= psi_drift, got {self.psi_warning}, {self.psi_drift}"
@@ -77,7 +112,7 @@ class DriftThresholds:
 
 @dataclass(frozen=True)
 class DriftConfig:
-    """Thresholds of one model: ``default`` plus overrides by feature (or ``"__prediction__"``).
+    """Thresholds of one model: ``default`` plus overrides by feature (or ``"prediction"``).
 
     Examples
     --------
@@ -93,6 +128,10 @@ class DriftConfig:
 
     def for_feature(self, name: str) -> DriftThresholds:
         return self.features.get(name, self.default)
+
+    def for_prediction(self) -> DriftThresholds:
+        """The model output's: ``features: {prediction: ...}`` (``__prediction__`` before format 3)."""
+        return self.features.get(PREDICTION_NAME) or self.features.get(LEGACY_PREDICTION, self.default)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DriftConfig:
@@ -112,7 +151,10 @@ class DriftResult:
     ``top_shifted`` lists ``(bin label, reference share, window share)`` of the bins whose
     share moved most. ``note`` says why no severity was judged (too few samples, no
     values, a changed kind); statistics that could not be computed are ``None``, so
-    ``to_dict()`` is JSON-safe.
+    ``to_dict()`` is JSON-safe. ``role`` is ``"feature"`` or ``"prediction"`` (the model
+    output, named ``"prediction"``); ``statistic``, ``value`` and ``limit`` say what judged
+    it: the statistic's name and value and the drift limit it was held against, from the
+    ``limits`` mode that applied (``"fixed"`` or ``"reference"``).
     """
 
     feature: str
@@ -128,6 +170,11 @@ class DriftResult:
     severity: str | None = None
     top_shifted: list[tuple[str, float, float]] = field(default_factory=list)
     note: str = ""
+    role: str = "feature"
+    statistic: str = "psi"
+    value: float | None = None
+    limit: float | None = None
+    limits: str = "fixed"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -240,25 +287,73 @@ def _aligned_counts(
     return labels, r, w
 
 
+def _judge(t: DriftThresholds, statistic: str, value: float, stats: ChunkStats | None,
+           scale: float) -> tuple[str | None, float]:
+    """(severity, drift limit) of a statistic's value; ``stats`` None: the fixed cuts."""
+    if stats is not None:
+        upper = stats.upper(t.sigmas) * scale
+        return ("drift" if value > upper else None), upper
+    warn, drift = (t.psi_warning, t.psi_drift) if statistic == "psi" else (t.js_warning, t.js_drift)
+    return ("drift" if value >= drift else "warning" if value >= warn else None), drift
+
+
+def judged_statistic(t: DriftThresholds, has_limits: bool) -> tuple[str, str]:
+    """(statistic, limits mode) that judge a feature: ``auto`` is JS against reference limits
+    when the reference has them, else PSI against the fixed cuts (bench/RESULTS.md says why)."""
+    mode = "reference" if t.limits == "reference" and has_limits else "fixed"
+    if t.statistic != "auto":
+        return t.statistic, mode
+    return ("js" if mode == "reference" else "psi"), mode
+
+
+def distances(ref: FeatureProfile, win: FeatureProfile, epsilon: float = 1e-4,
+              leave_out: bool = False) -> dict[str, float]:
+    """PSI and JS distance of a window's bins against the reference's (``{}`` without values).
+
+    ``leave_out``: the window's rows are part of the reference (a reference chunk); compare
+    with the reference's counts minus the window's (``driftline.detectors.thresholds``).
+    """
+    if ref.kind != win.kind:
+        return {}
+    _, rc, wc = _aligned_counts(ref, win)
+    if leave_out:
+        rc = np.maximum(rc - wc, 0.0)
+    n_r, n_w = rc.sum(), wc.sum()
+    if n_r == 0 or n_w == 0:
+        return {}
+    return {"psi": psi(rc / n_r, wc / n_w, epsilon), "js": _js(rc / n_r, wc / n_w)}
+
+
 def compare_features(
-    ref: FeatureProfile, win: FeatureProfile, thresholds: DriftThresholds | None = None
+    ref: FeatureProfile, win: FeatureProfile, thresholds: DriftThresholds | None = None,
+    limits: ReferenceLimits | None = None, role: str = "feature",
 ) -> DriftResult:
-    """Drift statistics of one feature profile against its reference profile."""
+    """Drift statistics of one feature profile against its reference profile.
+
+    ``limits``: the reference's chunk limits (used with ``limits: reference``); ``role``:
+    ``"feature"`` or ``"prediction"``, carried into the result.
+    """
     t = thresholds or DriftThresholds()
+    stats_of = (lambda s: None) if limits is None else (lambda s: limits.get(ref.name, s, role))
+    statistic, mode = judged_statistic(t, stats_of("js" if t.statistic == "auto" else t.statistic) is not None)
+    name = PREDICTION_NAME if role == "prediction" else ref.name
     if ref.kind != win.kind:
         return DriftResult(
-            ref.name,
+            name,
             ref.kind,
             ref.count,
             win.count,
             None,
             None,
             note=f"kind changed to {win.kind}",
+            role=role,
+            statistic=statistic,
         )
     labels, rc, wc = _aligned_counts(ref, win)
     n_r, n_w = int(rc.sum()), int(wc.sum())
     if n_r == 0 or n_w == 0:
-        return DriftResult(ref.name, ref.kind, n_r, n_w, None, None, note="no values")
+        return DriftResult(name, ref.kind, n_r, n_w, None, None, note="no values", role=role,
+                           statistic=statistic)
     rs, ws = rc / n_r, wc / n_w
     res: dict[str, Any] = {"psi": psi(rs, ws, t.epsilon), "js": _js(rs, ws)}
     if ref.kind == "numeric":
@@ -272,15 +367,16 @@ def compare_features(
         res["chi2"], res["chi2_pvalue"] = stat, (chi2_sf(stat, dof) if dof >= 1 else None)
     order = np.argsort(-np.abs(ws - rs), kind="stable")[: t.top_bins]
     top = [(labels[i], float(rs[i]), float(ws[i])) for i in order]
-    severity, note = None, ""
+    value = float(res[statistic])
+    stats = stats_of(statistic) if mode == "reference" else None
+    scale = 1.0 if limits is None or stats is None else limits.scale(statistic, n_w)
+    severity, limit = _judge(t, statistic, value, stats, scale)
+    note = ""
     if min(n_r, n_w) < t.min_samples:
-        note = f"fewer than {t.min_samples} values"
-    elif res["psi"] >= t.psi_drift:
-        severity = "drift"
-    elif res["psi"] >= t.psi_warning:
-        severity = "warning"
+        severity, note = None, f"fewer than {t.min_samples} values"
     return DriftResult(
-        ref.name, ref.kind, n_r, n_w, severity=severity, top_shifted=top, note=note, **res
+        name, ref.kind, n_r, n_w, severity=severity, top_shifted=top, note=note, role=role,
+        statistic=statistic, value=value, limit=limit, limits=mode, **res
     )
 
 
@@ -288,6 +384,9 @@ def compare_profiles(
     reference: Profile, window: Profile, config: DriftConfig | None = None
 ) -> list[DriftResult]:
     """One ``DriftResult`` per reference feature present in the window, then the prediction.
+
+    The reference's chunk limits (``reference.limits``) are used for features whose
+    thresholds say ``limits: "reference"``.
 
     Examples
     --------
@@ -301,13 +400,13 @@ def compare_profiles(
     [('x', 'drift'), ('c', None)]
     """
     cfg = config or DriftConfig()
+    lim = reference.limits
     out = [
-        compare_features(fp, window.features[name], cfg.for_feature(name))
+        compare_features(fp, window.features[name], cfg.for_feature(name), lim)
         for name, fp in reference.features.items()
         if name in window.features
     ]
     if reference.prediction is not None and window.prediction is not None:
-        out.append(
-            compare_features(reference.prediction, window.prediction, cfg.for_feature(PREDICTION))
-        )
+        out.append(compare_features(reference.prediction, window.prediction, cfg.for_prediction(), lim,
+                                    role="prediction"))
     return out

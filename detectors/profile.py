@@ -38,16 +38,23 @@ import numpy as np
 from .calibration import ScoreCalibrator, fit_calibrator
 from .feature_profile import OTHER, FeatureProfile, infer_kind, is_number, sketch_buckets
 from .metrics import BinaryAccumulator, MulticlassAccumulator, RegressionAccumulator
+from .multivariate import PCAModel, ReconstructionSums
+from .thresholds import ReferenceLimits
 
 if TYPE_CHECKING:  # dle reads profiles: imported where used, not at module level
     from .dle import LossModel
 
-__all__ = ["FeatureProfile", "Profile", "infer_kind", "load_records", "sketch_buckets", "PREDICTION", "OTHER"]
+__all__ = ["FeatureProfile", "Profile", "infer_kind", "load_records", "sketch_buckets", "PREDICTION", "OTHER",
+           "LEGACY_PREDICTION"]
 
 # 2: references carry a binary classifier's score calibrator or a regressor's loss model
-# (older ones load without)
-PROFILE_FORMAT = 2
+# 3: references carry drift limits from their chunks and a PCA of the numeric features;
+#    windows carry reconstruction-error sums (older ones load without)
+PROFILE_FORMAT = 3
+# The prediction profile's internal name (loss-model terms use it too); users see it as
+# ``"prediction"`` (``driftline.detectors.datadrift.PREDICTION_NAME``).
 PREDICTION = "__prediction__"
+LEGACY_PREDICTION = PREDICTION
 
 
 def _split_row(
@@ -160,6 +167,12 @@ class Profile:
         self.metrics: dict[str, float] = {}
         self.calibrator: ScoreCalibrator | None = None
         self.loss_model: LossModel | None = None
+        # references from ``baseline create``: chunk limits and the PCA of the numeric features
+        self.limits: ReferenceLimits | None = None
+        self.pca: PCAModel | None = None
+        # windows of a reference with a PCA: their reconstruction errors (``pca`` is the
+        # reference's, attached at run time and never part of a window's state)
+        self.reconstruction: ReconstructionSums | None = None
         self.n_events = 0
         self.unknown_features: dict[str, int] = {}
         # Unbinned warm-up profiles add the features they meet (kind inferred per batch).
@@ -177,8 +190,14 @@ class Profile:
         prediction_column: str = "prediction",
         label_column: str = "label",
         calibrate: bool = True,
+        chunk_size: int | None = None,
+        pca_variance: float = 0.65,
     ) -> Profile:
         """Reference profile of rows (flat dicts, or inference events with ``features``).
+
+        ``chunk_size``: also fit the PCA of the numeric features (components explaining
+        ``pca_variance``) and derive drift limits from contiguous chunks of that many rows
+        (``driftline.detectors.thresholds``; none with fewer than 3 chunks).
 
         Labelled rows give the reference metrics; for a binary classifier (0/1 labels, scores
         in [0, 1]) and ``calibrate``, also the score calibrator (``fit_calibrator``: isotonic
@@ -208,7 +227,18 @@ class Profile:
                 elif calibrate and "mae" in p.metrics:  # a regressor: fit its loss model
                     p.loss_model = _fit_loss_model(p, split)
         p.n_events = len(rows)
+        if chunk_size is not None:
+            p.fit_limits(feats, preds if p.prediction is not None else None, chunk_size, pca_variance)
         return p
+
+    def fit_limits(self, features: Sequence[dict[str, Any]], predictions: Sequence[Any] | None,
+                   chunk_size: int, pca_variance: float = 0.65) -> None:
+        """Fit the PCA of the numeric features and the chunk limits on this profile's own rows."""
+        from .thresholds import reference_limits
+
+        numeric = [n for n, fp in self.features.items() if fp.kind == "numeric"]
+        self.pca = PCAModel.fit(features, numeric, pca_variance)
+        self.limits = reference_limits(self, features, predictions, chunk_size, self.pca)
 
     @classmethod
     def new_window_like(cls, reference: Profile) -> Profile:
@@ -219,7 +249,17 @@ class Profile:
             None if reference.prediction is None else reference.prediction.empty_like(),
         )
         p.version = reference.version
+        if reference.pca is not None:
+            p.pca = reference.pca
+            p.reconstruction = ReconstructionSums()
         return p
+
+    def attach_pca(self, reference: Profile) -> None:
+        """Give a restored window the reference's PCA (a window's state keeps only its sums)."""
+        if self.pca is None and reference.pca is not None and self.version == reference.version and not self.infer:
+            self.pca = reference.pca
+            if self.reconstruction is None:
+                self.reconstruction = ReconstructionSums()
 
     def update_many(
         self,
@@ -246,6 +286,8 @@ class Profile:
                         unknown[k] = unknown.get(k, 0) + 1
         if predictions is not None:
             self.update_predictions(predictions)
+        if self.pca is not None and self.reconstruction is not None:
+            self.reconstruction.add_residuals(self.pca.residuals(rows))
 
     def update_predictions(self, values: Sequence[Any] | np.ndarray) -> None:
         """Add predictions (scores, regression values or labels) to ``"__prediction__"``."""
@@ -284,6 +326,10 @@ class Profile:
         for k, v in other.unknown_features.items():
             if k in self.unknown_features or len(self.unknown_features) < self.MAX_UNKNOWN:
                 self.unknown_features[k] = self.unknown_features.get(k, 0) + v
+        if other.reconstruction is not None:
+            if self.reconstruction is None:
+                self.reconstruction = ReconstructionSums()
+            self.reconstruction.merge(other.reconstruction)
         self.n_events += other.n_events
 
     def to_state(self) -> dict[str, Any]:
@@ -303,6 +349,9 @@ class Profile:
             # only references have one: window states (written every batch) stay as they were
             **({} if self.calibrator is None else {"calibrator": self.calibrator.to_state()}),
             **({} if self.loss_model is None else {"loss_model": self.loss_model.to_state()}),
+            **({} if self.limits is None else {"limits": self.limits.to_state()}),
+            **({} if self.pca is None or self.reconstruction is not None else {"pca": self.pca.to_state()}),
+            **({} if self.reconstruction is None else {"recon": self.reconstruction.to_state()}),
         }
 
     @classmethod
@@ -330,6 +379,13 @@ class Profile:
             from .dle import LossModel
 
             p.loss_model = LossModel.from_state(d["loss_model"])
+        # absent before format 3: fixed drift cuts, no multivariate signal
+        if d.get("limits") is not None:
+            p.limits = ReferenceLimits.from_state(d["limits"])
+        if d.get("pca") is not None:
+            p.pca = PCAModel.from_state(d["pca"])
+        if d.get("recon") is not None:
+            p.reconstruction = ReconstructionSums.from_state(d["recon"])
         return p
 
     def __eq__(self, other: object) -> bool:

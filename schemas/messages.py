@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import quote, unquote
 
 import orjson
@@ -52,7 +52,10 @@ __all__ = [
 
 
 class Alert(TypedDict):
-    """Alerts topic value (key = model_id). One message per transition (firing, resolved)."""
+    """Alerts topic value (key = model_id). One message per transition (firing, resolved).
+
+    Data-drift alerts also carry ``feature`` (``NotRequired``: other kinds leave it out).
+    """
 
     alert_id: str
     incident_id: str
@@ -72,6 +75,7 @@ class Alert(TypedDict):
     emitted_at: float
     message: str
     evidence: dict[str, Any]
+    feature: NotRequired[str]
 
 
 class MetricsWindow(TypedDict):
@@ -111,7 +115,10 @@ class DriftEvent(TypedDict):
     emitted_at: float
 
 
-ALERT_FIELDS = tuple(Alert.__annotations__)
+# every alert's keys; data-drift alerts add ``feature`` (``NotRequired``, which string annotations
+# hide from ``__required_keys__``)
+ALERT_OPTIONAL_FIELDS = ("feature",)
+ALERT_FIELDS = tuple(k for k in Alert.__annotations__ if k not in ALERT_OPTIONAL_FIELDS)
 METRICS_FIELDS = tuple(MetricsWindow.__annotations__)
 DRIFT_EVENT_FIELDS = tuple(DriftEvent.__annotations__)
 
@@ -231,8 +238,12 @@ def make_alert(
     message: str,
     evidence: dict[str, Any] | None = None,
     emitted_at: float | None = None,
+    feature: str = "",
 ) -> Alert:
     """Build an alert; ``incident_start`` is the detected_at of the incident's firing alert.
+
+    ``feature``: the feature a data-drift alert is about (``"prediction"`` for the model
+    output); the key is present only when set.
 
     Examples
     --------
@@ -244,7 +255,7 @@ def make_alert(
     >>> a["incident_id"] == incident_id("churn", "v1", "", "accuracy_min", "accuracy", 1.8e9 + 300)
     True
     """
-    return {
+    alert: Alert = {
         "alert_id": alert_id(
             model_id, model_version, segment, rule, metric, incident_start, status
         ),
@@ -266,6 +277,9 @@ def make_alert(
         "message": message,
         "evidence": {} if evidence is None else evidence,
     }
+    if feature:
+        alert["feature"] = feature
+    return alert
 
 
 def make_metrics(

@@ -3,7 +3,8 @@
 Mapping (one Alertmanager alert per incident):
 
 * labels: ``alertname`` = ``driftline_<kind>``, ``kind``, ``rule``, ``severity``, ``model_id``,
-  ``model_version``, ``segment``, ``metric``. Labels are an alert's identity in Alertmanager (equal
+  ``model_version``, ``segment``, ``metric``, ``feature`` (data drift: the drifting feature, or
+  ``prediction`` for the model output). Labels are an alert's identity in Alertmanager (equal
   label sets are one alert), so they must name one incident: ``metric`` is there because some
   rules watch several metrics at once (a fairness rule per protected key, a challenger rule per
   compared metric). A label with an empty value is left out (``segment`` of whole-model alerts),
@@ -39,7 +40,7 @@ import orjson
 from driftline.sinks.delivery import http_post
 
 #: Labels taken from the alert message, in this order (``alertname`` comes first).
-LABEL_FIELDS = ("kind", "rule", "severity", "model_id", "model_version", "segment", "metric")
+LABEL_FIELDS = ("kind", "rule", "severity", "model_id", "model_version", "segment", "metric", "feature")
 #: A firing alert's endsAt is this many re-post intervals ahead (Prometheus: 4 x resend delay).
 LEASE_INTERVALS = 4
 

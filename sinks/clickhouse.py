@@ -44,7 +44,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "alerts": (
         "alert_id", "incident_id", "status", "severity", "kind", "rule", "model_id",
         "model_version", "segment", "metric", "value", "threshold", "window_start", "window_end",
-        "detected_at", "emitted_at", "message", "evidence",
+        "detected_at", "emitted_at", "message", "evidence", "feature",
     ),
     "drift_events": (
         "event_id", "model_id", "model_version", "partition", "detector", "kind", "direction",
@@ -113,7 +113,7 @@ def _alert_rows(a: dict[str, Any]) -> list[tuple[Any, ...]]:
         a.get("kind") or "", a.get("rule") or "", a["model_id"], str(a.get("model_version") or ""),
         a.get("segment") or "", a.get("metric") or "", _f(a.get("value")), _f(a.get("threshold")),
         _ms(a.get("window_start")), _ms(a.get("window_end")), _ms(a.get("detected_at")),
-        _ms(a.get("emitted_at")), a.get("message") or "", _json(a.get("evidence")),
+        _ms(a.get("emitted_at")), a.get("message") or "", _json(a.get("evidence")), a.get("feature") or "",
     )]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Reference profiles into ClickHouse (``driftline.reference_profiles``, migration 007).
+"""Reference profiles into ClickHouse (``driftline.reference_profiles``, migrations 007 and 008).
 
 Profiles are saved as JSON files by ``driftline baseline create`` and by the worker (first-hours
 references), under ``<root>/<model_id>/profile-v<N>.json`` (``streams/baseline_cmd.py``; the
@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from driftline.detectors.datadrift import PREDICTION_NAME
 from driftline.detectors.profile import FeatureProfile, Profile
 from driftline.sinks.migrations import validate_database
 
@@ -38,7 +39,7 @@ COLUMNS = (
     "model_id", "version", "feature", "kind", "n", "present", "missing", "missing_rate",
     "type_mismatch", "type_mismatch_rate", "min", "max", "p01", "p05", "p25", "p50", "p75", "p95",
     "p99", "bin_edges", "bin_counts", "bin_labels", "categories", "category_counts", "created_at",
-    "source", "n_events", "reference_metrics",
+    "source", "n_events", "reference_metrics", "drift_limits", "multivariate",
 )  # fmt: skip
 QUANTILES = {
     "p01": 0.01,
@@ -81,8 +82,9 @@ def _feature_row(fp: FeatureProfile) -> tuple[Any, ...]:
 def profile_rows(state: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Rows of ``reference_profiles`` (in :data:`COLUMNS` order) for a ``Profile.to_state()``.
 
-    One row per feature, then one for the prediction (feature ``"__prediction__"``) when the
-    profile has one. Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed state.
+    One row per feature, then one for the prediction (feature ``"prediction"``) when the
+    profile has one; each row carries its chunk limits (``drift_limits``) and every row the
+    multivariate signal's (``multivariate``). Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed state.
 
     Examples
     --------
@@ -96,8 +98,31 @@ def profile_rows(state: dict[str, Any]) -> list[tuple[Any, ...]]:
     metrics = {k: v for k, v in p.metrics.items() if not math.isnan(v)}
     head = (p.model_id, p.version)
     tail = (created, p.source, p.n_events, metrics)
-    feats = [*p.features.values(), *([p.prediction] if p.prediction is not None else [])]
-    return [(*head, fp.name, *_feature_row(fp), *tail) for fp in feats]
+    mv = _multivariate(p)
+    rows = [(*head, fp.name, *_feature_row(fp), *tail, _limits(p, fp.name, "feature"), mv)
+            for fp in p.features.values()]
+    if p.prediction is not None:
+        rows.append((*head, PREDICTION_NAME, *_feature_row(p.prediction), *tail, _limits(p, "", "prediction"), mv))
+    return rows
+
+
+def _limits(p: Profile, name: str, role: str) -> dict[str, float]:
+    """``{"<statistic>_mean": ..., "<statistic>_std": ...}`` of the reference chunks, finite ones only."""
+    lim = p.limits
+    per = {} if lim is None else (lim.prediction if role == "prediction" else lim.features.get(name, {}))
+    out = {f"{s}_{k}": v for s, c in per.items() for k, v in (("mean", c.mean), ("std", c.std))}
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+
+def _multivariate(p: Profile) -> dict[str, float]:
+    if p.pca is None:
+        return {}
+    out = {"components": float(p.pca.n_components), "explained_variance": float(sum(p.pca.explained))}
+    mv = None if p.limits is None else p.limits.multivariate
+    if p.limits is not None and mv is not None and math.isfinite(mv.std):
+        out |= {"reconstruction_error_mean": mv.mean, "reconstruction_error_std": mv.std,
+                "chunk_size": float(p.limits.chunk_size)}
+    return out
 
 
 def profile_files(root: str | Path) -> list[tuple[str, int, Path]]:

@@ -13,6 +13,7 @@ Row shapes (keys; times are epoch seconds):
   ``feature_missing_rate.<f>``, ``estimated_<m>``) and the per-class ones of multiclass models
   (:data:`CLASS_PREFIXES`)
 - ``alerts``: model_id, model_version, segment, status, severity, kind, rule, metric, message, t
+  (and ``feature`` for data-drift incidents)
 - ``drift_events``: model_id, model_version, detector, kind, direction, partition, t
 - ``histograms``: model_id, model_version, column, split_at, split_reason, edges (list),
   before (list of counts), after (list of counts)
@@ -222,11 +223,22 @@ def _beyond_accuracy_charts(name: str, by_metric: dict[str, list[tuple[float, fl
     """Data drift (PSI), data quality (missing rates), CBPE and DLE charts, each only when the model
     has those metrics (docs/beyond-accuracy.md, docs/beyond-accuracy-estimation.md)."""
     charts = []
-    psi = _top(by_metric, "feature_psi.") + (("prediction_psi",) if "prediction_psi" in by_metric else ())
-    if psi:
-        charts.append(("Data drift: PSI against the reference (features that moved most)", svg_line_chart(
-            [Series(n.removeprefix("feature_psi."), by_metric[n]) for n in psi],
-            title=f"{name}: PSI per feature", y_label="PSI (0.1 warning, 0.25 drift)", t_range=t_range,
+    # the judged statistic over its limit (1 = the limit), else PSI (windows written before scores)
+    stat, label, y = (("drift_score", "drift score", "judged statistic / its limit (1 = drift)")
+                      if any(n.startswith("feature_drift_score.") for n in by_metric)
+                      else ("psi", "PSI", "PSI (0.1 warning, 0.25 drift)"))
+    top = _top(by_metric, f"feature_{stat}.") + ((f"prediction_{stat}",) if f"prediction_{stat}" in by_metric else ())
+    if top:  # the model output is "prediction", as in the alerts
+        charts.append((f"Data drift: {label} against the reference (features that moved most)", svg_line_chart(
+            [Series(n.removeprefix(f"feature_{stat}.").replace(f"prediction_{stat}", "prediction"), by_metric[n])
+             for n in top], title=f"{name}: {label} per feature", y_label=y, t_range=t_range,
+            markers=marks, y_min=0.0)))  # fmt: skip
+    mv = "multivariate_reconstruction_error"
+    if mv in by_metric:
+        charts.append(("Multivariate drift: PCA reconstruction error and its reference limits", svg_line_chart(
+            [Series(n.removeprefix(f"{mv}_") if n != mv else "error", by_metric[n])
+             for n in (mv, f"{mv}_upper", f"{mv}_lower") if n in by_metric],
+            title=f"{name}: PCA reconstruction error", y_label="mean error (standardised)", t_range=t_range,
             markers=marks, y_min=0.0)))  # fmt: skip
     missing = _top(by_metric, "feature_missing_rate.")
     if missing:
@@ -378,12 +390,13 @@ def alerts_table(alerts: list[Row]) -> str:
     for a in rows[:MAX_TABLE_ROWS]:
         status, sev = str(a.get("status", "")), str(a.get("severity", ""))
         seg = f" [{a['segment']}]" if a.get("segment") else ""
+        feat = f" ({a['feature']})" if a.get("feature") else ""  # data drift: one incident per feature
         body.append(
             f"<tr><td>{escape(fmt_time(float(a['t'])))}</td>"
             f'<td><span class="pill {escape(status)}">{escape(status)}</span></td>'
             f'<td><span class="pill {escape(sev)}">{escape(sev)}</span></td>'
             f"<td>{escape(str(a.get('model_id')))} {escape(str(a.get('model_version') or ''))}"
-            f"{escape(seg)}</td><td>{escape(str(a.get('rule', '')))}</td>"
+            f"{escape(seg)}</td><td>{escape(str(a.get('rule', '')) + feat)}</td>"
             f"<td>{escape(str(a.get('message', '')))}</td></tr>"
         )
     more = (f'<p class="note">{len(rows) - MAX_TABLE_ROWS} older rows not shown.</p>'

@@ -14,8 +14,11 @@ Rules, per model (``driftline.streams.models.ModelConfig``):
 - latency p99 above the SLO (``latency``);
 - volume below ``volume_drop`` x or above ``volume_spike`` x the recent average (``volume``);
 - label coverage below a floor, judged ``coverage_after_s`` (wall clock) after the window (``label_coverage``);
-- data drift against the reference profile (``data_drift``, rule ``psi``): warning when a
-  feature's (or the prediction's) PSI reaches ``psi_warning``, critical at ``psi_drift``;
+- data drift against the reference profile (``data_drift``): rule ``feature_drift``, one incident
+  per feature (``feature`` = its name, ``prediction`` for the model output) whose statistic crosses
+  its limit (``driftline.detectors.datadrift``: JS against the reference's chunk limits, or PSI
+  against ``psi_warning``/``psi_drift``), and rule ``multivariate_drift`` for the PCA
+  reconstruction error outside its reference limits;
 - data quality against the reference (``data_quality``), one rule per check: ``missing_rate``,
   ``type_mismatch``, ``out_of_range``, ``unseen_categories``, ``feature_vanished``, ``feature_appeared``;
 - fairness (``fairness``): a disparity across the groups of a protected segment key past its
@@ -183,34 +186,21 @@ class AlertEngine:
                                f"label coverage {v:.1%} below {cfg.label_coverage_min:.0%}")
 
     def on_data(self, cfg: ModelConfig, win: dict[str, Any], drift: list[dict[str, Any]],
-                quality: dict[str, list[dict[str, Any]]], emitted_at: float, reference_version: int = 0) -> list[Alert]:
+                quality: dict[str, list[dict[str, Any]]], emitted_at: float, reference_version: int = 0,
+                multivariate: dict[str, Any] | None = None) -> list[Alert]:
         """Data drift and data quality of a whole-model window against its reference.
 
-        ``drift``: ``DriftResult.to_dict()`` of each feature (and the prediction); only
-        results judged (enough samples) count, and with none judged nothing changes.
-        ``quality``: check -> offending features (``{"feature", "value", "level", ...}``),
-        every check present (an empty list = clean); ``{}`` when the window has too few
-        events to judge. Each yields one incident per (version, rule): fired once, resolved
-        when a later revision or window is clean.
+        ``drift``: ``DriftResult.to_dict()`` of each feature (and the prediction); each judged
+        result (enough samples) is one incident per (version, feature): fired when the feature
+        drifts, kept while its windows drift, resolved by a later clean window (a feature not
+        judged in a window changes nothing). ``multivariate``: ``compare_reconstruction``'s result,
+        its own incident. ``quality``: check -> offending features (``{"feature", "value",
+        "level", ...}``), every check present (an empty list = clean); ``{}`` when the window has
+        too few events to judge; one incident per (version, check).
         """
-        out: list[Alert] = []
-        judged = [r for r in drift if r.get("psi") is not None and not r.get("note")]
-        if judged:
-            bad = sorted((r for r in judged if r.get("severity")), key=lambda r: -r["psi"])
-            worst = bad or sorted(judged, key=lambda r: -r["psi"])
-            critical = any(r["severity"] == "drift" for r in bad)
-            severity = "critical" if critical else "warning"
-            thresholds = cfg.drift_config().for_feature(worst[0]["feature"])
-            names = ", ".join(f"{r['feature']} PSI {r['psi']:.3g}" for r in bad[:5])
-            key = self._key(win, "psi", "feature_psi")
-            if bad and critical and key in self.active:
-                self.active[key]["severity"] = "critical"  # escalates silently, like detector alarms
-            out += self._condition(
-                cfg, win, "psi", "data_drift", "feature_psi", bool(bad), severity, worst[0]["psi"],
-                thresholds.psi_drift if critical else thresholds.psi_warning, int(worst[0]["n_window"]), emitted_at,
-                f"data drift on {win['model_id']} {win['model_version']}: {names}"
-                f"{f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''}",
-                {"features": [_drift_evidence(r) for r in bad], "reference_version": reference_version})
+        out: list[Alert] = self._drift_incidents(cfg, win, drift, emitted_at, reference_version)
+        if multivariate is not None:
+            out += self._multivariate(cfg, win, multivariate, emitted_at, reference_version)
         for check, offenders in quality.items():
             rank = {"warning": 1, "critical": 2}
             severity = max((o["level"] for o in offenders), key=lambda lv: rank[lv], default="warning")
@@ -303,6 +293,46 @@ class AlertEngine:
         return out
 
     # ---- rules ---------------------------------------------------------------------------
+    def _drift_incidents(self, cfg: ModelConfig, win: dict[str, Any], drift: list[dict[str, Any]],
+                         emitted_at: float, reference_version: int) -> list[Alert]:
+        """One incident per drifting feature (rule ``feature_drift``, metric = the judged statistic)."""
+        out: list[Alert] = []
+        judged = [r for r in drift if r.get("value") is not None and not r.get("note")]
+        if judged:  # an incident of the one-per-version rule of earlier releases ends here
+            legacy = self._key(win, "psi", "feature_psi")
+            if legacy in self.active:
+                out.append(self._resolve(legacy, win, emitted_at, None, "replaced by one incident per feature"))
+        for r in judged:
+            prediction = r.get("role") == "prediction"
+            metric = f"prediction_{r['statistic']}" if prediction else f"feature_{r['statistic']}.{r['feature']}"
+            severity = "critical" if r.get("severity") == "drift" else "warning"
+            key = self._key(win, "feature_drift", metric)
+            if r.get("severity") == "drift" and key in self.active:
+                self.active[key]["severity"] = "critical"  # escalates silently, like detector alarms
+            what = "the prediction distribution" if prediction else f"feature {r['feature']}"
+            message = (f"data drift on {win['model_id']} {win['model_version']}: {what} "
+                       f"{r['statistic'].upper()} {r['value']:.3g} (drift limit {r['limit']:.3g}, {r['limits']})")
+            out += self._condition(cfg, win, "feature_drift", "data_drift", metric, bool(r.get("severity")), severity,
+                                   r["value"], r["limit"], int(r["n_window"]), emitted_at, message,
+                                   {**_drift_evidence(r), "reference_version": reference_version},
+                                   feature=str(r["feature"]))
+        return out
+
+    def _multivariate(self, cfg: ModelConfig, win: dict[str, Any], mv: dict[str, Any], emitted_at: float,
+                      reference_version: int) -> list[Alert]:
+        """The PCA reconstruction error outside its reference limits (rule ``multivariate_drift``)."""
+        if mv.get("note") or mv.get("limit") is None:
+            return []
+        v = float(mv["value"])
+        message = (f"multivariate drift on {win['model_id']} {win['model_version']}: PCA reconstruction error "
+                   f"{v:.3g} outside [{mv['lower_limit']:.3g}, {mv['limit']:.3g}] of {len(mv['features'])} features")
+        evidence = {k: mv.get(k) for k in ("statistic", "value", "limit", "lower_limit", "reference_mean", "n_window",
+                                           "features", "components", "explained_variance", "top_features")}
+        return self._condition(cfg, win, "multivariate_drift", "data_drift", "multivariate_reconstruction_error",
+                               mv.get("severity") == "drift", "critical", v,
+                               mv["limit"] if v >= mv["limit"] else mv["lower_limit"], int(mv["n_window"]),
+                               emitted_at, message, {**evidence, "reference_version": reference_version})
+
     def _volume(self, cfg: ModelConfig, win: dict[str, Any], emitted_at: float) -> list[Alert]:
         n = win["metrics"].get("prediction_count", 0.0)
         base = self._baseline(win, "prediction_count", cfg.volume_baseline_windows, minimum=3)
@@ -332,7 +362,7 @@ class AlertEngine:
     # ---- lifecycle -----------------------------------------------------------------------
     def _condition(self, cfg: ModelConfig, win: dict[str, Any], rule: str, kind: str, metric: str, bad: bool,
                    severity: str, value: float, threshold: float | None, n: int, emitted_at: float, message: str,
-                   extra: dict[str, Any] | None = None) -> list[Alert]:
+                   extra: dict[str, Any] | None = None, feature: str = "") -> list[Alert]:
         key = self._key(win, rule, metric)
         if bad:
             if key in self.active:
@@ -341,14 +371,14 @@ class AlertEngine:
                         "revision": win.get("revision", 0), **(extra or {})}
             return self._fire(cfg, key, win, rule=rule, kind=kind, metric=metric, severity=severity, value=value,
                               threshold=threshold, detected_at=win["window_end"], emitted_at=emitted_at,
-                              message=message, evidence=evidence)
+                              message=message, evidence=evidence, feature=feature)
         if key in self.active and win["window_start"] >= self.active[key]["window_start"]:
             return [self._resolve(key, win, emitted_at, value, f"{metric} back to {value:.4g}")]
         return []
 
     def _fire(self, cfg: ModelConfig, key: str, ctx: dict[str, Any], *, rule: str, kind: str, metric: str,
               severity: str, value: float | None, threshold: float | None, detected_at: float, emitted_at: float,
-              message: str, evidence: dict[str, Any]) -> list[Alert]:
+              message: str, evidence: dict[str, Any], feature: str = "") -> list[Alert]:
         last = self.resolved_at.get(key)
         if last is not None and detected_at < last + cfg.cooldown_s:
             return []
@@ -356,11 +386,12 @@ class AlertEngine:
                            model_id=ctx["model_id"], model_version=ctx["model_version"], segment=ctx["segment"],
                            metric=metric, value=value, threshold=threshold, window_start=ctx["window_start"],
                            window_end=ctx["window_end"], detected_at=detected_at, emitted_at=emitted_at,
-                           message=message, evidence=evidence, incident_start=detected_at)
+                           message=message, evidence=evidence, incident_start=detected_at, feature=feature)
         self.active[key] = {"kind": kind, "rule": rule, "metric": metric, "severity": severity,
                             "model_version": ctx["model_version"], "segment": ctx["segment"],
                             "window_start": ctx["window_start"], "incident_start": detected_at,
-                            "last_seen": detected_at, "value": value, "threshold": threshold}
+                            "last_seen": detected_at, "value": value, "threshold": threshold,
+                            **({"feature": feature} if feature else {})}
         return [dict(alert)]
 
     def _resolve(self, key: str, win: dict[str, Any], emitted_at: float, value: float | None, why: str) -> Alert:
@@ -373,7 +404,7 @@ class AlertEngine:
                            detected_at=win["window_end"], emitted_at=emitted_at, message=f"resolved: {why}",
                            evidence={"incident_id": incident_id(self.model_id, inc["model_version"], inc["segment"],
                                                                 inc["rule"], inc["metric"], inc["incident_start"])},
-                           incident_start=inc["incident_start"])
+                           incident_start=inc["incident_start"], feature=inc.get("feature", ""))
         return dict(alert)
 
     # ---- baselines -----------------------------------------------------------------------
@@ -408,8 +439,9 @@ class AlertEngine:
 
 
 def _drift_evidence(r: dict[str, Any]) -> dict[str, Any]:
-    ev = {k: r.get(k) for k in ("feature", "kind", "severity", "psi", "js", "ks", "ks_error_bound", "chi2",
-                                "chi2_pvalue", "n_reference", "n_window") if r.get(k) is not None}
+    ev = {k: r.get(k) for k in ("feature", "kind", "severity", "statistic", "value", "limit", "limits", "psi", "js",
+                                "ks", "ks_error_bound", "chi2", "chi2_pvalue", "n_reference", "n_window")
+          if r.get(k) is not None}
     ev["top_shifted"] = [{"bin": b, "reference": ref, "window": w} for b, ref, w in r.get("top_shifted", [])]
     return ev
 

@@ -41,7 +41,8 @@ from typing import Any
 
 from driftline.detectors.profile import Profile, load_records
 
-__all__ = ["ReferenceBuilder", "create_baseline", "estimation_note", "load_latest", "load_references", "save_profile"]
+__all__ = ["ReferenceBuilder", "create_baseline", "default_chunk_size", "estimation_note", "limits_note", "load_latest",
+           "load_references", "save_profile"]
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 _VERSION_FILE = re.compile(r"profile-v(\d+)\.json")
@@ -105,13 +106,16 @@ def create_baseline(
     prediction_column: str = "prediction",
     label_column: str = "label",
     min_version: int = 1,
+    chunk_size: int | None = None,
 ) -> Path:
     """Profile the records of ``path`` (CSV, JSONL, JSON, Parquet) and save a new version.
 
     Returns the path of ``profile-v<N>.json``. Rows are flat (feature columns plus optional
     ``prediction`` and ``label`` columns) or inference events (``features``, ``prediction``).
     With labels, a binary classifier's profile carries its score calibrator and a regressor's
-    its loss model (module docstring).
+    its loss model (module docstring). ``chunk_size`` (default ``default_chunk_size``) sets the
+    reference chunks the drift limits and the PCA's limits come from
+    (``driftline.detectors.thresholds``).
 
     Examples
     --------
@@ -137,10 +141,33 @@ def create_baseline(
         max_categories=max_categories,
         prediction_column=prediction_column,
         label_column=label_column,
+        chunk_size=chunk_size or default_chunk_size(len(rows)),
     )
     # the name only: the folder it came from means nothing on the machines that read the table
     profile.source = Path(path).name
     return save_profile(profile, out_dir, min_version)
+
+
+def default_chunk_size(rows: int) -> int:
+    """Reference rows / 20, at least 100 (``min_samples``): 20 chunks give the standard
+    deviation some footing, and a chunk under 100 rows is noise the window-size scaling cannot
+    carry to real windows. A reference under 1,000 rows thus gets no chunk limits.
+
+    >>> default_chunk_size(50_000), default_chunk_size(1_500)
+    (2500, 100)
+    """
+    return max(100, rows // 20)
+
+
+def limits_note(profile: Profile) -> str:
+    """One line on the drift limits and the PCA, for ``driftline baseline create``."""
+    lim, pca = profile.limits, profile.pca
+    pca_txt = ("no PCA (fewer than two numeric features)" if pca is None else
+               f"PCA of {len(pca.features)} numeric features: {pca.n_components} components, "
+               f"{sum(pca.explained):.0%} of the variance")
+    if lim is None:
+        return f"no drift limits from the reference (fewer than 10 chunks: fixed PSI cuts apply); {pca_txt}"
+    return f"drift limits from {lim.chunks} reference chunks of {lim.chunk_size} rows; {pca_txt}"
 
 
 def load_latest(model_id: str, out_dir: str | Path) -> Profile:

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--from", dest="source", required=True, help="reference file: .csv, .jsonl, .json or .parquet")
     pc.add_argument("--dir", default=None, help="profiles folder (default <DRIFTLINE_DATA_DIR>/profiles)")
     pc.add_argument("--features", default=None, help="comma-separated feature columns (default: all but prediction and label)")
+    pc.add_argument("--chunk-size", type=int, default=None,
+                    help="rows per reference chunk for the drift limits (default: rows / 20, at least 100); "
+                         "about the events a whole-model window holds")
     pc.add_argument("--no-publish", action="store_true",
                     help="only write the file; by default the profile is also published to <prefix>baselines, "
                          "where every worker picks it up live")
@@ -256,7 +259,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from driftline.streams.baseline_cmd import create_baseline, estimation_note, load_latest
+    from driftline.streams.baseline_cmd import (
+        create_baseline,
+        estimation_note,
+        limits_note,
+        load_latest,
+    )
 
     s = _settings(args)
     out_dir = args.dir or str(Path(s.data_dir) / "profiles")
@@ -269,10 +277,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         topic = create_topics(s.bootstrap, s.topic_prefix, s.partitions, client_config=dict(s.kafka))["baselines"]
         published = read_baselines(s.bootstrap, topic, dict(s.kafka)).get(args.model)
         newest = published.version if published is not None else 0  # versions go on from the topic's
-    path = create_baseline(args.model, args.source, out_dir, feature_names=feats, min_version=newest + 1)
+    path = create_baseline(args.model, args.source, out_dir, feature_names=feats, min_version=newest + 1,
+                           chunk_size=args.chunk_size)
     prof = load_latest(args.model, out_dir)
     _print(f"{path} (version {prof.version}: {prof.n_events} records, {len(prof.features)} features)")
     _print(estimation_note(prof))
+    _print(limits_note(prof))
     if topic is not None:
         from driftline.streams.baselines import publish_baseline
 

@@ -1,5 +1,6 @@
 """What the merge stage judges on a merged window besides its metrics: fairness metric names,
-champion / challenger comparisons, data-quality offenders. Pure functions of window contents.
+champion / challenger comparisons, data-quality offenders, data-drift metric names. Pure functions of
+window contents.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from driftline.detectors.comparison import (
     compare_proportions,
     compare_regression,
 )
+from driftline.detectors.datadrift import DriftResult
 from driftline.detectors.fairness import GroupRates
 from driftline.detectors.metrics import (
     BinaryAccumulator,
@@ -119,3 +121,40 @@ def quality_offenders(ref: Profile, window: Profile, results: list[QualityResult
                 out[check].append({"feature": q.feature, "value": value, "level": level, "threshold": levels[0], **extra})
     return out
 
+
+def data_metrics(ref: Profile, drift: list[DriftResult], quality: list[QualityResult], mv: dict[str, Any] | None,
+                 metrics: dict[str, float], counts: dict[str, int]) -> None:
+    """Add a window's data-drift and data-quality statistics to its metrics (docs/beyond-accuracy.md).
+
+    Per feature ``feature_<stat>.<f>`` (``prediction_<stat>`` for the model output) for PSI, JS,
+    KS, the chi-square p-value, the judged statistic's ``drift_limit`` and ``drift_score`` (value
+    over limit), the quality rates, and ``multivariate_reconstruction_error`` with its limits.
+    """
+    def put(name: str, value: float | None, n: int) -> None:
+        if value is not None and math.isfinite(value):
+            metrics[name] = float(value)
+            counts[name] = int(n)
+
+    for r in drift:
+        prefix = "prediction_" if r.role == "prediction" else "feature_"
+        suffix = "" if r.role == "prediction" else f".{r.feature}"
+        for stat in ("psi", "js", "ks", "chi2_pvalue"):
+            put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
+        if r.limit and r.value is not None:  # the judged statistic's limit, and the value over it
+            put(f"{prefix}drift_limit{suffix}", r.limit, r.n_window)
+            put(f"{prefix}drift_score{suffix}", r.value / r.limit, r.n_window)
+    if mv is not None:
+        put("multivariate_reconstruction_error", mv["value"], mv["n_window"])
+        if mv["limit"] is not None:
+            put("multivariate_reconstruction_error_upper", mv["limit"], mv["n_window"])
+            put("multivariate_reconstruction_error_lower", mv["lower_limit"], mv["n_window"])
+    for q in quality:
+        if q.schema == "appeared":
+            continue
+        kind = ref.features[q.feature].kind
+        put(f"feature_missing_rate.{q.feature}", q.missing_rate, q.n)
+        put(f"feature_type_mismatch_rate.{q.feature}", q.type_mismatch_rate, q.n)
+        if kind == "numeric":
+            put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
+        else:
+            put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)

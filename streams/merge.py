@@ -22,7 +22,8 @@ revision of a whole-model window whose partials carry a profile is compared with
 reference (``driftline.detectors.datadrift.compare_profiles``, ``driftline.detectors.quality.check_quality``);
 the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
 ``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
-``prediction_psi``) and the alert engine judges them (kinds ``data_drift``, ``data_quality``).
+``prediction_psi``, ``multivariate_reconstruction_error``: ``judgements.data_metrics``) and the
+alert engine judges them (kinds ``data_drift``, one incident per feature, and ``data_quality``).
 
 Reference from the first hours (``data_drift: {baseline: first_hours}``, no reference yet):
 every whole-model partial's unbinned profile goes into the model's ``ReferenceBuilder`` as it
@@ -61,7 +62,8 @@ import orjson
 from driftline.detectors.calibration import ScoreCalibrator
 from driftline.detectors.datadrift import compare_profiles
 from driftline.detectors.fairness import GroupRates
-from driftline.detectors.profile import PREDICTION, Profile
+from driftline.detectors.multivariate import compare_reconstruction
+from driftline.detectors.profile import Profile
 from driftline.detectors.quality import check_quality
 from driftline.schemas.messages import make_comparison, make_metrics
 from driftline.streams import retained as records
@@ -70,6 +72,7 @@ from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.judgements import (
     compare_windows,
     comparison_dict,
+    data_metrics,
     fairness_metrics,
     quality_offenders,
 )
@@ -78,6 +81,8 @@ from driftline.streams.statecheck import check_topics
 from driftline.streams.windows import SeriesKey, WindowPartial
 
 MAX_IDS_PER_WINDOW = 4096
+# (drift results, quality offenders by check, reference version, multivariate result)
+DataChecks = tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int, dict[str, Any] | None]
 RECENT_ALARMS = 10_000
 
 
@@ -479,7 +484,7 @@ class WindowMerger:
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, judge_volume=judge_volume)
         if data is not None:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
-                                                        reference_version=data[2])
+                                                        reference_version=data[2], multivariate=data[3])
         if fairness:
             alerts += self.engine(key.model_id).on_fairness(cfg, dict(msg), fairness, emitted_at=now)
         if alerts:
@@ -510,11 +515,12 @@ class WindowMerger:
                 counts[f"dle_error_{realised}"] = mw.partial.acc.n
 
     def _data_checks(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
-                     counts: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], int] | None:
+                     counts: dict[str, int]) -> DataChecks | None:
         """Compare the window profile with the reference; add the statistics to ``metrics``.
 
-        Returns (drift results, quality offenders by check, reference version) for the alert
-        engine, or None when the window has no profile comparable with the reference.
+        Returns (drift results, quality offenders by check, reference version, multivariate
+        result or None) for the alert engine, or None when the window has no profile comparable
+        with the reference.
         """
         prof = mw.partial.profile
         ref = self.references.get(key.model_id)
@@ -522,33 +528,16 @@ class WindowMerger:
                 or prof.version != ref.version):  # an unbinned profile feeds a first-hours reference
             return None
         try:
-            drift = compare_profiles(ref, prof, cfg.drift_config())
+            drift_cfg = cfg.drift_config()
+            drift = compare_profiles(ref, prof, drift_cfg)
+            mv = compare_reconstruction(ref, prof, drift_cfg.default.sigmas, drift_cfg.default.min_samples)
             thresholds = cfg.quality_thresholds()
             quality = check_quality(ref, prof, thresholds)
         except ValueError:  # bins of another reference (cannot happen with one reference per run)
             return None
 
-        def put(name: str, value: float | None, n: int) -> None:
-            if value is not None and math.isfinite(value):
-                metrics[name] = float(value)
-                counts[name] = int(n)
-
-        for r in drift:
-            prefix = "prediction_" if r.feature == PREDICTION else "feature_"
-            suffix = "" if r.feature == PREDICTION else f".{r.feature}"
-            for stat in ("psi", "js", "ks", "chi2_pvalue"):
-                put(f"{prefix}{stat}{suffix}", getattr(r, stat), r.n_window)
-        for q in quality:
-            if q.schema == "appeared":
-                continue
-            kind = ref.features[q.feature].kind
-            put(f"feature_missing_rate.{q.feature}", q.missing_rate, q.n)
-            put(f"feature_type_mismatch_rate.{q.feature}", q.type_mismatch_rate, q.n)
-            if kind == "numeric":
-                put(f"feature_out_of_range_rate.{q.feature}", q.out_of_range_rate, q.n)
-            else:
-                put(f"feature_unseen_category_rate.{q.feature}", q.unseen_category_rate, q.n)
-        return [r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version
+        data_metrics(ref, drift, quality, mv, metrics, counts)
+        return ([r.to_dict() for r in drift], quality_offenders(ref, prof, quality, thresholds), ref.version, mv)
 
     def _fairness(self, key: SeriesKey, mw: MergedWindow, cfg: ModelConfig, metrics: dict[str, float],
                   counts: dict[str, int]) -> dict[str, GroupRates] | None:

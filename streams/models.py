@@ -362,8 +362,9 @@ def _model_config(raw: Any, where: str, defaults: Mapping[str, Any]) -> ModelCon
 
 def _data_drift(value: Any, path: str) -> Mapping[str, Any] | bool | None:
     """``data_drift``: true/false, or a mapping with ``baseline`` (``latest`` or a version
-    number) and ``driftline.detectors.datadrift.DriftConfig`` keys (``psi_warning``, ``psi_drift``,
-    ``min_samples``, ``epsilon``, ``top_bins``, ``features: {name: {...}}``)."""
+    number) and ``driftline.detectors.datadrift.DriftConfig`` keys (``statistic``, ``limits``,
+    ``sigmas``, ``psi_warning``, ``psi_drift``, ``js_warning``, ``js_drift``, ``min_samples``,
+    ``epsilon``, ``top_bins``, ``features: {name: {...}}``)."""
     if value is None or isinstance(value, bool):
         return value
     if not isinstance(value, Mapping):

@@ -27,12 +27,14 @@ SQL = {
 SELECT model_id, model_version, task, metric,
        toUnixTimestamp64Milli(window_start) / 1000 AS t, value, count
 FROM driftline.metrics_latest
-WHERE segment = '' AND (metric IN ({metrics}) OR metric = 'prediction_psi' OR startsWith(metric, 'estimated_')
-       OR startsWith(metric, 'feature_psi.') OR startsWith(metric, 'feature_missing_rate.')
+WHERE segment = '' AND (metric IN ({metrics}) OR metric IN ('prediction_psi', 'prediction_drift_score')
+       OR startsWith(metric, 'estimated_') OR startsWith(metric, 'multivariate_reconstruction_error')
+       OR startsWith(metric, 'feature_psi.') OR startsWith(metric, 'feature_drift_score.')
+       OR startsWith(metric, 'feature_missing_rate.')
        OR (task = 'multiclass' AND ({class_prefixes}))) {where}
 ORDER BY model_id, model_version, metric, t""",
     "alerts": """
-SELECT model_id, model_version, segment, status, severity, kind, rule, metric, message,
+SELECT model_id, model_version, segment, status, severity, kind, rule, metric, feature, message,
        toUnixTimestamp64Milli(detected_at) / 1000 AS t
 FROM driftline.alerts
 WHERE 1 {where}

@@ -54,6 +54,8 @@ class WindowBuffers:
         window profile is unbinned (sketches and categories, merged into the reference)."""
         if w.profile is None:
             w.profile = Profile(p.model_id, infer=True) if ref is None else Profile.new_window_like(ref)
+        elif ref is not None and w.profile.pca is None and ref.pca is not None:
+            w.profile.attach_pca(ref)  # a window restored from state keeps its sums, not the PCA
         buf = self.features.get(w)
         if buf is None:
             buf = self.features[w] = ([], [])

@@ -156,21 +156,23 @@ def test_covariate_drift_raises_data_drift_naming_the_feature(references: dict[s
     preds, labels = generate(12_000, seed=7, rate=RATE, start_ts=T0, covariate_drift_at=drift_at)
     out, _ = run_pipeline(preds, labels, MODELS, references)
     firing = [a for a in out.alerts if a["kind"] == "data_drift" and a["status"] == "firing"]
-    fraud = [a for a in firing if a["model_id"] == "fraud" and a["model_version"] == "v1"]
-    assert len(fraud) == 1, firing  # one incident, not one per window
-    a = fraud[0]
-    assert a["rule"] == "psi" and a["segment"] == "" and a["severity"] == "critical"
-    assert a["window_start"] == T0 + 120.0  # the first window after the shift
+    fraud = {a["feature"]: a for a in firing if a["model_id"] == "fraud" and a["model_version"] == "v1"}
+    # one incident per drifting feature, not one per window
+    assert len(fraud) == len([a for a in firing if a["model_id"] == "fraud" and a["model_version"] == "v1"])
+    a = fraud["amount"]
+    assert a["rule"] == "feature_drift" and a["metric"] == "feature_psi.amount" and a["segment"] == ""
+    assert a["severity"] == "critical" and a["window_start"] == T0 + 120.0  # the first window after the shift
     assert "amount" in a["message"]
-    feats = {f["feature"]: f for f in a["evidence"]["features"]}
-    assert feats["amount"]["psi"] >= 0.25 and feats["amount"]["severity"] == "drift"
-    assert feats["amount"]["ks"] > 0.2 and feats["amount"]["top_shifted"]
-    assert {"bin", "reference", "window"} <= set(feats["amount"]["top_shifted"][0])
-    assert "country" in feats  # fraud's markets moved too
+    ev = a["evidence"]  # a reference without chunk limits: PSI against the fixed cuts
+    assert ev["statistic"] == "psi" and ev["limits"] == "fixed" and ev["limit"] == 0.25 and ev["value"] >= 0.25
+    assert ev["ks"] > 0.2 and ev["top_shifted"] and {"bin", "reference", "window"} <= set(ev["top_shifted"][0])
+    assert "country" in fraud  # fraud's markets moved too
     assert {x["model_id"] for x in firing} == {"fraud", "intent", "eta"}  # every model's features shift
     assert not [x for x in firing if x["window_start"] < T0 + 120.0]
-    # The drift persists to the end of the run: never resolved.
-    assert not [x for x in out.alerts if x["kind"] == "data_drift" and x["status"] == "resolved"]
+    # The drift persists to the end of the run: the shifted features' incidents never resolve.
+    resolved = {x["feature"] for x in out.alerts if x["kind"] == "data_drift" and x["status"] == "resolved"
+                and x["model_id"] == "fraud"}
+    assert "amount" not in resolved and "country" not in resolved
 
 
 def test_missing_values_raise_data_quality_then_resolve(references: dict[str, Profile]) -> None:
@@ -344,17 +346,18 @@ def test_worker_raises_data_drift_after_covariate_drift(bootstrap: str, topic_pr
         assert stats["dropped"] == 0
 
         def drift_alerts() -> list[dict[str, Any]]:
-            return worker.query("SELECT model_id, model_version, segment, rule, status, severity, "
+            return worker.query("SELECT model_id, model_version, segment, rule, feature, status, severity, "
                                 "toUnixTimestamp(window_start) AS ws, message "
                                 "FROM driftline.alerts WHERE kind = 'data_drift'")
 
         worker.wait_for(lambda: [a for a in drift_alerts() if a["model_id"] == "fraud"], 40, "a data_drift alert")
         worker.wait_idle(30)
         alerts = drift_alerts()
+        # one incident per drifted feature, each fired once and open while the drift lasts
         assert {(a["model_id"], a["model_version"], a["segment"], a["rule"], a["status"]) for a in alerts} == {
-            ("fraud", "v1", "", "psi", "firing")}, alerts
-        assert "amount" in alerts[0]["message"]
-        assert float(alerts[0]["ws"]) >= start_ts + drift_at  # none on the clean first half
+            ("fraud", "v1", "", "feature_drift", "firing")}, alerts
+        assert len({a["feature"] for a in alerts}) == len(alerts) and "amount" in {a["feature"] for a in alerts}
+        assert all(float(a["ws"]) >= start_ts + drift_at for a in alerts)  # none on the clean first half
         latest = worker.query("SELECT toUnixTimestamp(window_start) AS ws, "
                               "maxIf(value, metric = 'feature_psi.amount') AS psi, "
                               "maxIf(value, metric = 'estimated_accuracy') AS est, "

@@ -155,8 +155,8 @@ def test_prediction_distribution_and_min_samples() -> None:
     win = Profile.new_window_like(ref)
     win.update_many([{"f": 1.0}] * 50, rng.beta(5, 2, 50))
     res = {r.feature: r for r in compare_profiles(ref, win)}
-    assert res["__prediction__"].severity is None and "fewer than 100" in res["__prediction__"].note
-    assert (res["__prediction__"].psi or 0.0) > 0.25
+    assert res["prediction"].severity is None and "fewer than 100" in res["prediction"].note
+    assert (res["prediction"].psi or 0.0) > 0.25
     win.update_many([{"f": 1.0}] * 500, rng.beta(5, 2, 500))
     assert compare_profiles(ref, win)[-1].severity == "drift"
 

@@ -190,7 +190,7 @@ def test_baseline_of_a_miscalibrated_binary_model_stores_a_calibrator(tmp_path) 
     src.write_text("\n".join(json.dumps(r) for r in _miscalibrated_rows(1, 5000)))
     path = create_baseline("churn", src, tmp_path / "profiles")
     state = json.loads(path.read_text())
-    assert state["format"] == 2 and state["calibrator"]["method"] == "isotonic"
+    assert state["format"] == 3 and state["calibrator"]["method"] == "isotonic"
     prof = load_latest("churn", tmp_path / "profiles")
     assert prof.calibrator is not None and prof.calibrator.method == "isotonic" and prof.calibrator.n == 5000
     s = np.array([r["prediction"] for r in _miscalibrated_rows(1, 5000)])
@@ -215,7 +215,7 @@ def test_format_1_profiles_still_load_and_newer_ones_are_refused() -> None:
     assert back.calibrator is None and back.features.keys() == ref.features.keys()
     assert Profile.from_state(json.loads(json.dumps(state))) == ref
     with pytest.raises(ValueError, match="newer"):
-        Profile.from_state(state | {"format": 3})
+        Profile.from_state(state | {"format": 4})
 
 
 def test_reference_builder_freezes_after_hours_and_round_trips() -> None:

@@ -13,11 +13,12 @@ import clickhouse_connect
 import numpy as np
 import pytest
 
-from driftline.detectors.profile import PREDICTION, Profile
+from driftline.detectors.profile import Profile
 from driftline.sinks.clickhouse import ClickHouseSink
 from driftline.sinks.profiles import QUANTILES, insert_rows, profile_rows, sync_profiles
 from driftline.streams.baseline_cmd import ReferenceBuilder, create_baseline, save_profile
 
+PREDICTION = "prediction"  # the model output's row, as users see it (profiles store "__prediction__")
 N = 1000
 
 

@@ -111,7 +111,7 @@ def test_report_has_every_section(report: Path, store) -> None:
     for chart in ("PSI per feature", "missing rate per feature", "estimated vs realised"):
         assert html.count(f'aria-label="churn v1: {chart}"') == 1
     psi = html.split('aria-label="churn v1: PSI per feature"')[1].split("</svg>")[0]
-    assert "tenure_months" in psi and "plan" in psi and "prediction_psi" in psi
+    assert "tenure_months" in psi and "plan" in psi and "prediction" in psi and "prediction_psi" not in psi
     cbpe = html.split('aria-label="churn v1: estimated vs realised"')[1].split("</svg>")[0]
     assert "estimated_accuracy" in cbpe and "estimated_f1" in cbpe
     assert "<h2>Champion / challenger</h2>" in html and 'aria-label="fraud: v2 minus v1"' in html
@@ -133,7 +133,9 @@ def test_report_has_every_section(report: Path, store) -> None:
     for text in ("accuracy 0.61 &lt; 0.8 for fraud v1 country=fr", "ADWIN detected concept drift"):
         assert text in html
     assert "<b>4</b><span>model versions</span>" in html and "<b>3</b><span>models</span>" in html
-    assert "<b>3</b><span>alerts fired</span>" in html
+    fired = sum(a["status"] == "firing" for a in msgs["alerts"])
+    assert f"<b>{fired}</b><span>alerts fired</span>" in html
+    assert "feature_drift (tenure_months)" in html  # data drift: one incident per feature
 
 
 def test_report_is_self_contained(report: Path) -> None:
@@ -249,3 +251,21 @@ def test_dle_chart_draws_the_estimated_loss_beside_the_realised() -> None:
     html = render_report(metrics=rows, alerts=[], drift_events=[], histograms=[])
     dle = html.split('aria-label="eta v7: estimated vs realised loss"')[1].split("</svg>")[0]
     assert "estimated_mae" in dle and "estimated_rmse" in dle and "Loss estimated before labels" in html
+
+
+def test_drift_score_and_multivariate_charts_and_per_feature_alerts() -> None:
+    metrics = [("feature_drift_score.amount", 1.6), ("feature_psi.amount", 0.3), ("prediction_drift_score", 0.4),
+               ("multivariate_reconstruction_error", 0.9), ("multivariate_reconstruction_error_upper", 0.3),
+               ("multivariate_reconstruction_error_lower", 0.2)]
+    rows = [{"model_id": "fraud", "model_version": "v1", "task": "binary", "metric": m, "t": 1.8e9 + 60 * i,
+             "value": v} for i in range(3) for m, v in metrics]
+    alert = {"model_id": "fraud", "model_version": "v1", "segment": "", "status": "firing", "severity": "critical",
+             "kind": "data_drift", "rule": "feature_drift", "metric": "feature_js.amount", "feature": "amount",
+             "message": "data drift on fraud v1: feature amount", "t": 1.8e9 + 60}
+    html = render_report(metrics=rows, alerts=[alert], drift_events=[], histograms=[])
+    score = html.split('aria-label="fraud v1: drift score per feature"')[1].split("</svg>")[0]
+    assert "amount" in score and "prediction" in score and "prediction_drift_score" not in score
+    assert 'aria-label="fraud v1: PSI per feature"' not in html  # the judged score replaces it
+    mv = html.split('aria-label="fraud v1: PCA reconstruction error"')[1].split("</svg>")[0]
+    assert "error" in mv and "upper" in mv and "lower" in mv
+    assert "feature_drift (amount)" in html
