@@ -25,22 +25,22 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import faust
 import orjson
 from faust.types import TP
 
-from driftline.detectors.drift import DetectorStateError
 from driftline.detectors.profile import Profile
 from driftline.schemas.codec import split_by_size
 from driftline.streams import faust_compat
 from driftline.streams.baselines import BaselineFeed
 from driftline.streams.changelog import ChangelogWriter, read_range
 from driftline.streams.commit import apply_join_batches, apply_merge
+from driftline.streams.halt import halt_on_error
+from driftline.streams.joininput import INPUT_ORDER, JoinInput
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
@@ -51,17 +51,12 @@ from driftline.streams.references import References
 from driftline.streams.settings import Settings, aiokafka_security
 from driftline.streams.stageclock import StageClock
 from driftline.streams.stageio import StageIO
-from driftline.streams.statecheck import ForeignStateError
 from driftline.streams.topics import topic_names
 from driftline.streams.web import add_views
 
 log = logging.getLogger("driftline.worker")
 
 TICK_SECONDS = 0.25
-COMMIT_SECONDS = 1.0  # input offsets the join stage applied are committed this often
-INPUT_FETCHES_QUEUED = 4  # fetches of input records waiting for the join stage (joined into one batch)
-#: The join stage processes a fetch's records of one partition in this order of kinds.
-INPUT_ORDER = {"prediction": 0, "forwarded": 1, "label": 2}
 # Memory of each partition's RocksDB (one per table and partition): at most two 8 MB memtables
 # and a 16 MB block cache, so 32 MB. faust's defaults allow 3 x 64 MB and a 2 GB cache each.
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
@@ -120,9 +115,7 @@ class DriftlineApp:
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
         self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
-        self._inbox: asyncio.Queue[tuple[int, faust_compat.FetchedRecords]] = asyncio.Queue(INPUT_FETCHES_QUEUED)
-        self._to_commit: dict[TP, int] = {}  # input offsets applied, not committed yet
-        self._committed_at = 0.0
+        self.join_input = JoinInput(self._input_kinds_by_name(inverse=True))
         self.refs.on_install(self._install_reference)
         self.baselines = baselines
         self.app = self._build_app()
@@ -244,69 +237,23 @@ class DriftlineApp:
         async for event in stream:  # pragma: no cover - nothing is delivered here
             log.error("input record reached faust's stream", extra={"topic": event.message.topic})
 
-    async def _on_fetched(self, records: faust_compat.FetchedRecords, generation: int) -> None:
-        """A fetch's input records, queued for the join stage (a full queue holds the fetcher)."""
-        await self._inbox.put((generation, records))
-
     async def _join_input(self) -> None:
-        """The join stage's loop: each fetch of input records, processed and applied whole."""
+        """The join stage's loop: fetches of input records, processed and applied whole."""
         while True:
-            generation, records = self._coalesce([await self._inbox.get()])
+            generation, records = await self.join_input.next_batch()
             if not (self._tables_ready and faust_compat.accepting(self.app, generation)):
                 # A rebalance since the fetch: faust seeks to the committed offsets, and the
                 # state's applied offsets decide what is read again (``_resume_from_state``).
                 self.metrics.count({"fetches_dropped_by_rebalance": 1})
                 continue
-            with self._halt_on_error("join stage"):
+            with halt_on_error("join stage"):
                 faust_compat.mark_processed(self.app, records)
                 await self._join_batch(records)
-
-    @contextlib.contextmanager
-    def _halt_on_error(self, what: str) -> Iterator[None]:
-        """Exit the process on an unexpected error in a processing step.
-
-        faust would restart the agent and ack the failed batch, and the partition's in-memory
-        state would run ahead of what was delivered and written. Exiting commits nothing more;
-        the restarted worker resumes from the tables (``_resume_from_state``), as after SIGKILL.
-        """
-        try:
-            yield
-        except ForeignStateError as exc:
-            # A configuration error, not a crash: a restart would meet the same state.
-            log.critical("refusing another deployment's state: %s", exc)
-            logging.shutdown()
-            os._exit(78)  # EX_CONFIG
-        except DetectorStateError as exc:
-            # Old (pickle) or unreadable detector state, or a river this code does not know: a
-            # restart would meet the same state; the message says how to start afresh.
-            log.critical("refusing the recovered detector state: %s", exc)
-            logging.shutdown()
-            os._exit(78)  # EX_CONFIG
-        except Exception:
-            log.critical("%s failed: exiting so that a restart resumes from the tables", what, exc_info=True)
-            logging.shutdown()
-            os._exit(70)
-
-    def _coalesce(self, fetches: list[tuple[int, faust_compat.FetchedRecords]]) -> tuple[int, faust_compat.FetchedRecords]:
-        """The fetches waiting in the inbox joined into one batch: a batch's apply waits for the
-        broker three times, so live traffic (many small fetches) pays that once per batch."""
-        while not self._inbox.empty():
-            fetches.append(self._inbox.get_nowait())
-        generation = fetches[-1][0]
-        merged: faust_compat.FetchedRecords = {}
-        for gen, records in fetches:
-            if gen != generation:  # fetched before a rebalance: read again after its seek
-                continue
-            for tp, recs in records.items():
-                merged.setdefault(tp, []).extend(recs)
-        return generation, merged
 
     async def _join_batch(self, records: faust_compat.FetchedRecords) -> None:
         self.stages.start()
         kinds = self._input_kinds_by_name()
         by_partition: dict[int, list[Message]] = {}
-        # Predictions before labels of the same fetch: a label then finds its prediction waiting
-        # instead of becoming an early label (the windows are the same either way).
         for tp in sorted(records, key=lambda tp: (tp.partition, INPUT_ORDER[kinds[tp.topic]])):
             kind, recs = kinds[tp.topic], records[tp]
             self.metrics.events_in.labels(topic=tp.topic).inc(len(recs))
@@ -381,18 +328,11 @@ class DriftlineApp:
         await apply_join_batches(steps, self._join_io)
         self.stages.lap("apply")  # outputs, changelog, partials: includes what ran during its awaits
         for proc, res in steps:
-            self._commit_later(proc)  # 4. offsets: what the state now includes
+            self.join_input.applied(proc.partition, proc.applied)  # 4. offsets, committed by the timer
             self.metrics.count(res.counters)
             p = str(proc.partition)
             self.metrics.pending.labels(partition=p).set(proc.pending_count)
             self.metrics.open_windows.labels(partition=p).set(len(proc.windows))
-
-    def _commit_later(self, proc: PartitionProcessor) -> None:
-        """Queue the input offsets ``proc`` has applied for the next commit (``_commit_inputs``)."""
-        names = self._input_kinds_by_name(inverse=True)
-        for kind, offset in proc.applied.items():
-            if offset >= 0:
-                self._to_commit[TP(names[kind], proc.partition)] = offset + 1
 
     # ---- merge stage -------------------------------------------------------------------------
     def _merger(self, partition: int) -> WindowMerger:
@@ -411,7 +351,7 @@ class DriftlineApp:
 
     async def _merge_agent(self, stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.05):
-            with self._halt_on_error("merge agent"):
+            with halt_on_error("merge agent"):
                 self.stages.start()
                 await self._merge_batch(events)
                 self.stages.lap("merge")
@@ -478,7 +418,7 @@ class DriftlineApp:
 
     # ---- timers, rebalance, views ------------------------------------------------------------
     async def _tick(self) -> None:
-        with self._halt_on_error("timer"):
+        with halt_on_error("timer"):
             await self._tick_step()
 
     async def _tick_step(self) -> None:
@@ -528,17 +468,9 @@ class DriftlineApp:
                 merger.tick(now, out)
                 if out.metrics or out.alerts or out.dropped_windows or out.comparisons or out.changed_builders:
                     await self._apply_merge(partition, merger, out)
-        await self._commit_inputs(now)
+        await self.join_input.commit_due(self.app.consumer, now)
         self._update_gauges()
         self._releaser.maybe_release(now)
-
-    async def _commit_inputs(self, now: float) -> None:
-        """Commit the input offsets the join stage's state includes (it records them itself, so a
-        commit only saves re-reading: a restart resumes from the state either way)."""
-        if self._to_commit and now - self._committed_at >= COMMIT_SECONDS:
-            offsets, self._to_commit = self._to_commit, {}
-            self._committed_at = now
-            await faust_compat.commit_offsets(self.app.consumer, offsets)
 
     def _caught_up(self, partition: int) -> bool:
         """Whether this worker has applied every record of ``partition`` of its input topics.
@@ -601,12 +533,12 @@ class DriftlineApp:
             # during recovery: state read from a table still being recovered would be empty
             # (a partition taken over without a standby replica started from nothing).
             if self._tables_ready:
-                with self._halt_on_error("resuming from the recovered state"):
+                with halt_on_error("resuming from the recovered state"):
                     await self._resume_from_state()
 
         faust_compat.after_seek_to_committed(self.app.consumer, after_seek)
         inputs = frozenset(self._input_kinds_by_name())
-        faust_compat.divert_fetched(self.app.consumer, inputs, self._on_fetched)
+        faust_compat.divert_fetched(self.app.consumer, inputs, self.join_input.put)
 
     async def _resume_from_state(self) -> None:
         """Rewind each input partition whose committed offset is past what our state has applied:

@@ -337,9 +337,9 @@ def test_worker_exits_with_ex_config_on_detector_state_error() -> None:
     import sys
 
     code = (
-        "from driftline.streams.app import DriftlineApp\n"
+        "from driftline.streams.halt import halt_on_error\n"
         "from driftline.detectors import DetectorBank\n"
-        "with DriftlineApp._halt_on_error(None, 'join agent'):\n"
+        "with halt_on_error('join agent'):\n"
         "    DetectorBank.from_state({'config': {'ddm': {}}, 'n': 1, 'in_warning': {}, 'detectors': 'gASV'})\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

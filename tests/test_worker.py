@@ -306,7 +306,7 @@ async def _apply_joins(self, steps):
     if _dead or any(o["prediction_id"].startswith("boom") for _, r in steps for o in r.outcomes):
         _dead.append(1)
         for proc, _ in steps:  # offsets committed all the same (an operator's reset, an old worker)
-            self._commit_later(proc)
+            self.join_input.applied(proc.partition, proc.applied)
         return
     await _join(self, steps)
 async def _apply_merge(self, *args, **kwargs):
