@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from driftline.detectors.drift import DetectorStateError
-from driftline.streams.statecheck import ForeignStateError
+from driftline.streams.statecheck import ForeignStateError, UnknownStateFormatError
 
 log = logging.getLogger("driftline.worker")
 
@@ -30,6 +30,9 @@ def halt_on_error(what: str) -> Iterator[None]:
         yield
     except ForeignStateError as exc:
         log.critical("refusing another deployment's state: %s", exc)
+        _exit(EX_CONFIG)
+    except UnknownStateFormatError as exc:
+        log.critical("refusing recovered state this version cannot read: %s", exc)
         _exit(EX_CONFIG)
     except DetectorStateError as exc:
         # Old (pickle) or unreadable detector state, or a river this code does not know; the

@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from driftline.detectors.statepack import pack_state, unpack_state
+from driftline.streams.statecheck import UnknownStateFormatError
 from driftline.streams.windows import SeriesKey
 
 __all__ = ["RECORD_FORMAT", "RetainedIndex", "decode_window_head", "decode_window_record", "encode_window_state"]
@@ -101,7 +102,7 @@ def decode_window_record(raw: bytes) -> dict[str, Any]:
     elif head == _JSON:
         value = orjson.loads(raw)
     else:
-        raise ValueError(f"merge table: a window record of format {raw[:1].hex() or 'empty'} this Driftline "
+        raise UnknownStateFormatError(f"merge table: a window record of format {raw[:1].hex() or 'empty'} this Driftline "
                          f"cannot read (it reads {RECORD_FORMAT}, zlib JSON and JSON): written by a newer version?")
     if not isinstance(value, dict):
         raise ValueError("merge table: a window record that is not a mapping")

@@ -15,6 +15,10 @@ class ForeignStateError(RuntimeError):
     """The recovered state's offsets belong to other topics than this worker reads."""
 
 
+class UnknownStateFormatError(ValueError):
+    """A recovered state record is in a format this Driftline cannot read (a newer version's)."""
+
+
 def check_topics(recorded: Mapping[str, str] | None, expected: Mapping[str, str], where: str) -> None:
     """Raise :class:`ForeignStateError` when ``recorded`` names other topics than ``expected``.
 

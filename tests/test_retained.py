@@ -199,3 +199,19 @@ def test_the_index_agrees_with_a_dict() -> None:
                 r.model_version for r in ref if (r.model_id, r.segment, r.window_start) == (k.model_id, k.segment, k.window_start))
     assert sorted(idx) == sorted(ref) and all(k in idx for k in ref)
     assert SeriesKey("zz", "1", "", T0) not in idx and "not a key" not in idx
+
+
+def test_a_record_of_a_newer_format_stops_the_worker_with_ex_config() -> None:
+    """A restart would meet the same record: the worker exits 78 saying why, not 70 in a loop."""
+    import subprocess
+    import sys
+
+    code = (
+        "from driftline.streams.halt import halt_on_error\n"
+        "from driftline.streams.retained import decode_window_record\n"
+        "with halt_on_error('merge agent'):\n"
+        "    decode_window_record(b'\\x7f' + b'x' * 20)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 78, run.stderr
+    assert "cannot read" in run.stderr
