@@ -483,16 +483,20 @@ class Bench:
                 first[k] = m
         closes = [m["emitted_at"] - (m["window_end"] + lateness) for m in first.values()
                   if m["window_end"] + lateness <= sim_end - 0.5]
-        # (ii) drift-triggering event -> alert
+        # (ii) drift -> alert. A drift event's ``detected_at`` is the event time of the outcome that
+        # triggered it; the detectors see outcomes in event-time order, once the allowed lateness
+        # has passed them (docs/event-time.md), so, like (i), the pipeline's latency is measured
+        # from that point; the raw figure (event -> alert, lateness included) is kept beside it.
         drift_at_ts = {d["event_id"]: d["detected_at"] for d in msgs["drift_events"]}
-        alerts = []
+        alerts, raw_alerts = [], []
         for a in msgs["alerts"]:
             if a.get("status") != "firing":
                 continue
             ev = a.get("evidence") or {}
             det = drift_at_ts.get(ev.get("drift_event_id"), a.get("detected_at") if ev.get("drift_event_id") else None)
             if det is not None:
-                alerts.append(a["emitted_at"] - det)
+                alerts.append(a["emitted_at"] - (det + lateness))
+                raw_alerts.append(a["emitted_at"] - det)
         res = {
             "rate": rate, "duration_s": duration, "drift_at_s": drift_at, "window_s": window,
             "allowed_lateness_s": lateness, "sim": {k: sim[k] for k in ("predictions", "labels", "elapsed_s")},
@@ -502,6 +506,7 @@ class Bench:
             "drift_events": len(msgs["drift_events"]), "drift_alerts_measured": len(alerts),
             "drift_alert_p50_s": pct(alerts, 50), "drift_alert_p99_s": pct(alerts, 99),
             "drift_alert_max_s": max(alerts) if alerts else None,
+            "drift_event_to_alert_p99_s": pct(raw_alerts, 99),
             "alert_rules": dict(Counter(a.get("rule") for a in msgs["alerts"])),
         }
         self.p.done(f"  latency: window close->metrics p99 {_fmt_s(res['window_close_p99_s'])} over {len(closes)} "
