@@ -201,9 +201,9 @@ class DriftlineApp:
             proc.load_state(table.data.get(proc.state_key()))
             proc.rebuild_index((k, v) for k, v in table.data.items() if k[:2] in (b"p:", b"l:") and v is not None)
             # Deletes listed by the last partition record that the changelog may have lost.
-            for key in proc.last_deleted:
-                if table.data.get(key) is not None:
-                    self._join_del(partition, key)
+            lost = [(key, None) for key in proc.last_deleted if table.data.get(key) is not None]
+            if lost:
+                self._join_io.write_table(partition, lost)
         self.processors[partition] = proc
         log.info("partition processor ready", extra={"partition": partition, "pending": proc.pending_count,
                                                      "open_windows": len(proc.windows), "outbox": len(proc.outbox)})
@@ -221,12 +221,8 @@ class DriftlineApp:
             self._merge_changelog = ChangelogWriter(self.settings.bootstrap, topic, self.settings.kafka)
         return self._merge_changelog
 
-    def _join_del(self, partition: int, key: bytes) -> None:
-        self._join_store().pop(key, None)
-        self.changelog().put(partition, key, None)
-
     def _join_store(self) -> Any:
-        """``_raw_store`` of the join table, looked up once (it is called per written key)."""
+        """``_raw_store`` of the join table, looked up once (it is called per applied batch)."""
         if self._join_raw is None:
             self._join_raw = faust_compat.raw_store(self.join_table)
         return self._join_raw

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -56,10 +56,7 @@ class ChangelogWriter:
             **dict(client_config or {}),
         })
 
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        self.put_many(partition, [(key, value)])
-
-    def put_many(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+    def put_many(self, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Append ``records`` (key, value or None) to ``partition``, in order."""
         produce, topic = self._producer.produce, self.topic
         with self._lock:

@@ -9,7 +9,7 @@ the repartition topic is applied once per origin offset.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from driftline.schemas.codec import decode_message
 from driftline.schemas.events import Rejection
-from driftline.schemas.messages import make_dead_letter
+from driftline.schemas.messages import Outcome, make_dead_letter
 from driftline.streams.reroute import owners, reason, unwrap_forward, wrap_forward
 
 
@@ -39,7 +39,7 @@ class BatchResult:
     state: bytes = b""
     deletes: list[bytes] = field(default_factory=list)
     dlq: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     partials: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     # Misrouted input for the repartition topic: (target partition, key, wrapped value).
@@ -69,7 +69,7 @@ class InputLog:
         self.applied = {"forwarded": -1, **d["applied"]}
         self.forward_applied = d.get("forward_applied", {})
 
-    def read(self, messages: list[Message], res: BatchResult) -> Iterator[tuple[Message, list[Any]]]:
+    def read(self, messages: list[Message], res: BatchResult) -> list[tuple[Message, list[Any]]]:
         """Each new message with this partition's events of it (dead letters, forwards into ``res``)."""
         self._res = res
         self._read = dict.fromkeys(self.applied, 0)
@@ -79,15 +79,15 @@ class InputLog:
                 self.count(f"messages_{kind}", n)
         owned = self._owners(batch)
         if owned is None or (owned == self.partition).all():  # the common case: no per-message check
-            for msg, events, _ in batch:
-                yield msg, events
-            return
+            return [(msg, events) for msg, events, _ in batch]
+        out = []
         ends = np.cumsum([len(events) for _, events, _ in batch])
         for (msg, events, forwarded), end in zip(batch, ends.tolist(), strict=True):
             mine = owned[end - len(events) : end]
             if not (mine == self.partition).all():
                 events = self._reroute(msg, events, mine, forwarded)
-            yield msg, events
+            out.append((msg, events))
+        return out
 
     def dead_letter(self, msg: Message, rej: Rejection, raw: object) -> None:
         self.count(f"dlq_{rej.code}", 1)

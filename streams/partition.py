@@ -177,16 +177,12 @@ class PartitionProcessor:
     # ---- batch processing ----------------------------------------------------------------
     def process(self, messages: list[Message]) -> BatchResult:
         """Apply a batch of this partition's messages (in log order per topic)."""
-        res = BatchResult()
-        self._res = res
-        self._overlay: dict[bytes, bytes | None] = {}
-        self._joins: dict[tuple[str, str], list[tuple[Prediction, Label, int]]] = {}
-        self.buffers.reset()
+        res = self._begin()
         self.last_activity = self.clock()
         self.input_seen = True
         stages = self.stages
         stages.start()
-        decoded = list(self.input.read(messages, res))
+        decoded = self.input.read(messages, res)
         stages.lap("decode")
         for msg, events in decoded:
             for ev in events:
@@ -212,20 +208,14 @@ class PartitionProcessor:
 
     def close_idle(self) -> BatchResult:
         """Close every open window (the partition has been idle); emit late deltas."""
-        self._res = BatchResult()
-        self._overlay = {}
-        self._joins = {}
-        self.buffers.reset()
+        self._begin()
         self._run_detectors(force=True)
         self._close_windows(force=True)
         return self._finish()
 
     def checkpoint(self) -> BatchResult:
         """A partition record with no new input (to re-send a recovered outbox)."""
-        self._res = BatchResult()
-        self._overlay = {}
-        self._joins = {}
-        self.buffers.reset()
+        self._begin()
         return self._finish()
 
     def heartbeat(self) -> BatchResult:
@@ -242,6 +232,14 @@ class PartitionProcessor:
         self.out.records = []
 
     # ---- internals -------------------------------------------------------------------------
+    def _begin(self) -> BatchResult:
+        """A fresh result, table overlay, join list and window buffers for one step."""
+        self._res = BatchResult()
+        self._overlay: dict[bytes, bytes | None] = {}
+        self._joins: dict[tuple[str, str], list[tuple[Prediction, Label, int]]] = {}
+        self.buffers.reset()
+        return self._res
+
     def _finish(self) -> BatchResult:
         res = self._res
         for key, value in self._overlay.items():
@@ -439,7 +437,7 @@ class PartitionProcessor:
         if len(self.recent_joined) > RECENT_JOINED:
             self.recent_joined.popitem(last=False)
         outcome = make_outcome(p, lab)
-        self._res.outcomes.append(outcome)  # type: ignore[arg-type]
+        self._res.outcomes.append(outcome)
         ws = window_start(p.timestamp, self.window_seconds)
         table = self.late if self._is_closed(p, ws) else self.windows
         delay = max(lab.timestamp - p.timestamp, 0.0)
@@ -552,6 +550,7 @@ class PartitionProcessor:
                 self._count("windows_closed")
         # Volume is judged on windows every partition has closed (``WindowMerger``).
         self.out.progress(self.eventtime.watermarks, self.allowed_lateness, force)
+
 
 def _exact(data: bytes) -> bytes:
     """A right-sized copy of an ``orjson.dumps`` result kept long-term.

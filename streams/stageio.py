@@ -7,7 +7,7 @@ first-hours reference the merge stage froze.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from driftline.detectors.profile import Profile
@@ -31,7 +31,7 @@ class StageIO:
     async def flush_outputs(self) -> None:
         await self.owner.app.producer.flush()
 
-    def write_table(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+    def write_table(self, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
         store = self.store()
         with faust_compat.partition_context(partition):
             for key, value in writes:

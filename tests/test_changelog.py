@@ -69,7 +69,7 @@ def test_records_put_during_concurrent_flushes_are_all_recoverable(bootstrap: st
         for i in range(3000):
             p = i % PARTITIONS
             key, value = f"k{i % 97}".encode(), (None if i % 11 == 0 else f"v{i}".encode())
-            writer.put(p, key, value)
+            writer.put_many(p, [(key, value)])
             expected[p][key] = value
             if i % 50 == 49:  # this "coroutine" awaits its own flush, as _apply_join does
                 writer.flush_blocking(30)

@@ -203,15 +203,9 @@ def test_the_index_agrees_with_a_dict() -> None:
 
 def test_a_record_of_a_newer_format_stops_the_worker_with_ex_config() -> None:
     """A restart would meet the same record: the worker exits 78 saying why, not 70 in a loop."""
-    import subprocess
-    import sys
+    from worker_harness import run_halted_step
 
-    code = (
-        "from driftline.streams.halt import halt_on_error\n"
-        "from driftline.streams.retained import decode_window_record\n"
-        "with halt_on_error('merge agent'):\n"
-        "    decode_window_record(b'\\x7f' + b'x' * 20)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = run_halted_step("from driftline.streams.retained import decode_window_record",
+                          "decode_window_record(b'\\x7f' + b'x' * 20)")
     assert run.returncode == 78, run.stderr
     assert "cannot read" in run.stderr

@@ -333,16 +333,10 @@ def test_changed_river_layout_is_refused_with_a_clear_error(
 
 def test_worker_exits_with_ex_config_on_detector_state_error() -> None:
     """The worker must not restart-loop on state it can never read: exit 78 with the reason."""
-    import subprocess
-    import sys
+    from worker_harness import run_halted_step
 
-    code = (
-        "from driftline.streams.halt import halt_on_error\n"
-        "from driftline.detectors import DetectorBank\n"
-        "with halt_on_error('join agent'):\n"
-        "    DetectorBank.from_state({'config': {'ddm': {}}, 'n': 1, 'in_warning': {}, 'detectors': 'gASV'})\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = run_halted_step("from driftline.detectors import DetectorBank",
+                          "DetectorBank.from_state({'config': {'ddm': {}}, 'n': 1, 'in_warning': {}, 'detectors': 'gASV'})")
     assert run.returncode == 78, run.stderr
     assert "refusing the recovered detector state" in run.stderr and "DRIFTLINE_APP_ID" in run.stderr
 

@@ -23,6 +23,13 @@ FAST_WINDOWS = {
 }
 
 
+def run_halted_step(imports: str, statement: str) -> subprocess.CompletedProcess[str]:
+    """Run ``statement`` in a fresh interpreter inside ``halt_on_error``, as a worker runs a
+    processing step: its exit status and stderr say how the worker would stop."""
+    code = f"from driftline.streams.halt import halt_on_error\n{imports}\nwith halt_on_error('step'):\n    {statement}\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
