@@ -27,9 +27,10 @@ from bench.partition_check import measure_partition_check
 from bench.report import evaluate, render
 from bench.retained import measure_retained
 from bench.scenarios import QUIX_PY, Bench
+from bench.stages import measure_stages
 
-ALL = ("1", "2", "1live", "2live", "3", "4", "5", "latency", "sdk", "retained", "check", "quix", "quixlive", "naive")
-SMOKE = ("1", "2", "5", "sdk", "retained", "check", "quix", "naive")  # < 60 s: each worker start costs ~6 s
+ALL = ("1", "2", "1live", "2live", "3", "4", "5", "latency", "sdk", "retained", "check", "stages", "quix", "quixlive", "naive")
+SMOKE = ("1", "2", "5", "sdk", "retained", "check", "stages", "quix", "naive")  # < 60 s: each worker start costs ~6 s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "sdk": ("sdk", lambda: b.sdk(a.sdk_calls)),
         "retained": ("retained", measure_retained),
         "check": ("partition_check", measure_partition_check),
+        "stages": ("stages", lambda: measure_stages(*b.data())),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
         "quixlive": ("quixlive", lambda: b.quix(allow_install=not a.smoke, live=True)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),

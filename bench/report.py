@@ -139,6 +139,11 @@ def render(res: dict[str, Any]) -> str:
             note=f"RSS all pending {_num(d.get('rss_mb_all_pending'))} MB (labels/s, CPU-us per label)")
     if "s5" in r:
         row("5 sink only: outcome rows -> chdb", r["s5"], rate="rows_per_s", cpu="cpu_us_per_row", note="rows/s")
+    for kind in ("envelopes", "single"):
+        if kind in r.get("stages", {}):
+            d = r["stages"][kind]
+            row(f"join stage alone, {'envelopes' if kind == 'envelopes' else 'single events'}, no Kafka", d,
+                rate="events_per_cpu_s", note=f"partition 0 of 8: {d['events']:,} events in {d['steps']} steps, best of 3")
     if "quix" in r:
         row("(a) Quix Streams consume+json+map, 1 proc", r["quix"], note="single-event messages")
     if "quixlive" in r:
