@@ -19,6 +19,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_MESSAGE_BYTES",
     "MAX_RAW_BYTES",
+    "decode_clean_event",
     "decode_message",
     "encode_envelope",
     "encode_event",
@@ -124,14 +125,44 @@ def decode_message(
         ]
 
 
+_VALUE_TYPES = (bytes, bytearray, memoryview, str)
+
+
+def decode_clean_event(value: object, kind: str, max_bytes: int, now: float) -> Prediction | Label | None:
+    """The event of a single-event message that decodes and validates cleanly, else None.
+
+    The single-event path's per-message cost (one call instead of three, no lists per message);
+    on None, :func:`decode_message` gives the same message's full answer, rejections included.
+
+    >>> decode_clean_event(b'{"prediction_id": "a", "timestamp": 1.8e9, "label": 1}', "label", 1000, 1.8e9)
+    Label(prediction_id='a', model_id=None, timestamp=1800000000.0, label=1, value=None, feedback=None)
+    >>> decode_clean_event(b'{"events": []}', "label", 1000, 1.8e9) is None
+    True
+    """
+    if type(value) is not bytes or not 0 < len(value) <= max_bytes:
+        return None
+    try:
+        doc = orjson.loads(value)
+        if type(doc) is not dict or "events" in doc:
+            return None
+        if kind == "prediction":
+            res: Any = _prediction(doc, now) if "prediction" in doc else None
+        else:
+            res = None if "prediction" in doc else _label(doc, now)
+    except Exception:  # malformed or hostile: decode_message names the reason
+        return None
+    return None if type(res) is Rejection else res
+
+
 def _decode(
     value: object, kind: str, validate: Any, max_bytes: int, now: float
 ) -> tuple[list[Any], list[tuple[Rejection, object]]]:
-    if value is None:
-        return [], [(Rejection("empty", "", "null message value (tombstone)"), None)]
-    if not isinstance(value, bytes | bytearray | memoryview | str):
-        r = Rejection("wrong_type", "", f"message value must be bytes, got {type(value).__name__}")
-        return [], [(r, value)]
+    if type(value) is not bytes:  # what consumers hand over; the rest is checked here
+        if value is None:
+            return [], [(Rejection("empty", "", "null message value (tombstone)"), None)]
+        if not isinstance(value, _VALUE_TYPES):
+            r = Rejection("wrong_type", "", f"message value must be bytes, got {type(value).__name__}")
+            return [], [(r, value)]
     size = memoryview(value).nbytes if isinstance(value, memoryview) else len(value)
     if size == 0:
         return [], [(Rejection("empty", "", "empty message value"), b"")]

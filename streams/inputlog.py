@@ -9,13 +9,14 @@ the repartition topic is applied once per origin offset.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from driftline.schemas.codec import decode_message
+from driftline.schemas.codec import decode_clean_event, decode_message
 from driftline.schemas.events import Rejection
 from driftline.schemas.messages import Outcome, make_dead_letter
 from driftline.streams.reroute import owners, reason, unwrap_forward, wrap_forward
@@ -64,6 +65,7 @@ class InputLog:
         self.forward_applied: dict[str, int] = {}
         self._res = BatchResult()
         self._read: dict[str, int] = {}  # messages read in this batch, by kind
+        self._now = time.time()
 
     def load_state(self, d: dict[str, Any]) -> None:
         self.applied = {"forwarded": -1, **d["applied"]}
@@ -73,6 +75,7 @@ class InputLog:
         """Each new message with this partition's events of it (dead letters, forwards into ``res``)."""
         self._res = res
         self._read = dict.fromkeys(self.applied, 0)
+        self._now = time.time()  # the future-timestamp bound, once per batch
         batch = [d for msg in messages if (d := self._decode(msg)) is not None]
         for kind, n in self._read.items():  # counted per batch: a counter per message cost ~1 us
             if n:
@@ -118,11 +121,14 @@ class InputLog:
                 self.count("forwarded_duplicates", 1)
                 return None
             self.forward_applied[source] = from_offset
-            events, _ = decode_message(value, kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+            events, _ = decode_message(value, kind, max_bytes=self.max_message_bytes, now=self._now)  # type: ignore[arg-type]
             origin_topic = (self.topics or {}).get(kind, msg.topic)
             return (Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value,
                             (origin_topic, from_partition, from_offset)), events, True)
-        events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes)  # type: ignore[arg-type]
+        event = decode_clean_event(msg.value, msg.kind, self.max_message_bytes, self._now)
+        if event is not None:  # a clean single-event message: the common case of non-SDK producers
+            return msg, [event], False
+        events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes, now=self._now)  # type: ignore[arg-type]
         for rej, raw in rejections:
             self.dead_letter(msg, rej, raw)
         return msg, events, False

@@ -22,6 +22,7 @@ from driftline.schemas import (
     validate_label,
     validate_prediction,
 )
+from driftline.schemas.codec import MAX_MESSAGE_BYTES, decode_clean_event
 
 NOW = 2_000_000_000.0
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -305,3 +306,40 @@ def test_ranking_shapes_only_ever_give_documented_rejections(items: Any, other: 
         else:
             assert res.feedback is not None and set(res.feedback) >= {"clicked", "converted"}
             assert validate_label(orjson.loads(encode_event(res)), now=NOW) == res
+
+
+def _same_as_decode_message(value: bytes) -> None:
+    """``decode_clean_event`` (the join stage's single-event fast path) answers only for a
+    message ``decode_message`` takes whole, and with the very event it gives."""
+    for kind in ("prediction", "label"):
+        fast = decode_clean_event(value, kind, MAX_MESSAGE_BYTES, NOW)
+        events, bad = decode_message(value, kind, now=NOW)  # type: ignore[arg-type]
+        if fast is None:
+            assert bad or len(events) != 1 or b'"events"' in value, (value, events)
+        else:
+            assert (events, bad) == ([fast], []), (value, fast, events, bad)
+
+
+# Events on the wrong topic, and envelopes: the cases the fast path must leave to decode_message.
+crossed = st.one_of(
+    label_events.map(lambda d: {**d, "prediction": {"score": 0.5}}),
+    inference_events.map(lambda d: {k: v for k, v in d.items() if k != "prediction"} | {"label": 1}),
+    st.lists(st.one_of(inference_events, label_events), max_size=2).map(lambda evs: {"events": evs}),
+    st.one_of(inference_events, label_events).map(lambda d: {**d, "events": []}),
+)
+
+
+@SETTINGS
+@given(st.one_of(inference_events, label_events, crossed, json_like))
+def test_single_event_fast_path_equals_decode_message(doc: Any) -> None:
+    try:
+        value = orjson.dumps(doc)
+    except TypeError:
+        value = json.dumps(doc).encode()
+    _same_as_decode_message(value)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_single_event_fast_path_equals_decode_message_on_bytes(data: bytes) -> None:
+    _same_as_decode_message(data)
