@@ -280,6 +280,9 @@ def check_scores(sc: object) -> dict[str, float] | Rejection:
     for k, v in sc.items():
         if type(k) is not str or not 0 < len(k) <= MAX_ID_LEN:
             return _key_error(k, "prediction.scores")
+        if type(v) is float and 0.0 <= v <= 1.0:  # the common case: no field name built
+            out[k] = v
+            continue
         field = f"prediction.scores.{k}"
         if isinstance(v, dict | list):
             return Rejection("too_deep", field, "scores must be numbers")

@@ -242,6 +242,8 @@ class PartitionProcessor:
 
     def _finish(self) -> BatchResult:
         res = self._res
+        if res.outcomes:  # one per join: counted once per step, not per event
+            self._count("joins", len(res.outcomes))
         for key, value in self._overlay.items():
             if value is None:
                 if self._get(key) is not None:  # else written and joined within this batch: no record
@@ -382,7 +384,7 @@ class PartitionProcessor:
             self._overlay[lkey] = None
             early = decode_label(early_raw, p.prediction_id).label
             if not self._kind_mismatch(msg, p, early):
-                self._join(cfg, p, early, msg)
+                self._join(cfg, p, early, ws, closed)
             return
         expires = p.timestamp + cfg.label_horizon_s
         self._overlay[key] = _exact(encode_prediction(msg.partition, msg.offset, cfg.label_horizon_s, p))
@@ -418,7 +420,9 @@ class PartitionProcessor:
             self._count("labels_after_horizon")
         self._overlay[key] = None
         self.pending_count -= 1
-        self._join(cfg, rec.pred, lab, msg)
+        p = rec.pred
+        ws = window_start(p.timestamp, self.window_seconds)
+        self._join(cfg, p, lab, ws, self._is_closed(p, ws))
 
     def _kind_mismatch(self, msg: Message, p: Prediction, lab: Label) -> bool:
         """A label of another kind than the model's task (a class for a regression model, a
@@ -431,15 +435,13 @@ class PartitionProcessor:
         self._dead_letter(msg, Rejection("label_kind_mismatch", given, detail), lab._asdict())
         return True
 
-    def _join(self, cfg: ModelConfig, p: Prediction, lab: Label, msg: Message) -> None:
-        self._count("joins")
+    def _join(self, cfg: ModelConfig, p: Prediction, lab: Label, ws: float, closed: bool) -> None:
+        """Join ``p`` (of window ``ws``, ``closed`` or open) with its label (counted in ``_finish``)."""
         self.recent_joined[p.prediction_id] = None
         if len(self.recent_joined) > RECENT_JOINED:
             self.recent_joined.popitem(last=False)
-        outcome = make_outcome(p, lab)
-        self._res.outcomes.append(outcome)
-        ws = window_start(p.timestamp, self.window_seconds)
-        table = self.late if self._is_closed(p, ws) else self.windows
+        self._res.outcomes.append(make_outcome(p, lab))
+        table = self.late if closed else self.windows
         delay = max(lab.timestamp - p.timestamp, 0.0)
         yt: Any
         yp: Any

@@ -18,6 +18,8 @@ import orjson
 
 from driftline.schemas.events import Label, Prediction
 
+_new = tuple.__new__
+
 
 class PendingPrediction(NamedTuple):
     partition: int
@@ -67,8 +69,10 @@ def decode_prediction(raw: bytes, prediction_id: str) -> PendingPrediction:
         pred = Prediction(prediction_id, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], {}, r[12], r[13], items)
         return PendingPrediction(r[0], r[1], r[2], pred)
     items = r[12] if len(r) > 12 else None
-    pred = Prediction(prediction_id, r[3], r[4], r[5], r[6], r[7], r[8], None, r[9], {}, r[10], r[11], items)
-    return PendingPrediction(r[0], r[1], r[5] + r[2], pred)  # the expiry, as _on_prediction computed it
+    # tuple.__new__ skips the NamedTuples' generated __new__: this runs once per joined label.
+    pred = _new(Prediction, (prediction_id, r[3], r[4], r[5], r[6], r[7], r[8], None, r[9], {}, r[10], r[11], items,
+                             None, None, None))
+    return _new(PendingPrediction, (r[0], r[1], r[5] + r[2], pred))  # the expiry, as _on_prediction computed it
 
 
 def encode_label(partition: int, offset: int, expires_at: float, lab: Label) -> bytes:
