@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Progress, machine_info
+from bench.floor import measure_floor
 from bench.partition_check import measure_partition_check
 from bench.report import evaluate, render
 from bench.retained import measure_retained
 from bench.scenarios import QUIX_PY, Bench
 from bench.stages import measure_stages
 
-ALL = ("1", "2", "1live", "2live", "3", "4", "5", "latency", "sdk", "retained", "check", "stages", "quix", "quixlive", "naive")
-SMOKE = ("1", "2", "5", "sdk", "retained", "check", "stages", "quix", "naive")  # < 60 s: each worker start costs ~6 s
+ALL = ("1", "2", "1live", "2live", "3", "4", "5", "latency", "sdk", "retained", "check", "stages", "floor", "quix", "quixlive", "naive")
+SMOKE = ("1", "2", "5", "sdk", "retained", "check", "stages", "floor", "quix", "naive")  # < 60 s: each worker start costs ~6 s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "retained": ("retained", measure_retained),
         "check": ("partition_check", measure_partition_check),
         "stages": ("stages", lambda: measure_stages(*b.data())),
+        "floor": ("floor", lambda: measure_floor(*b.data())),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
         "quixlive": ("quixlive", lambda: b.quix(allow_install=not a.smoke, live=True)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),

@@ -144,6 +144,11 @@ def render(res: dict[str, Any]) -> str:
             d = r["stages"][kind]
             row(f"join stage alone, {'envelopes' if kind == 'envelopes' else 'single events'}, no Kafka", d,
                 rate="events_per_cpu_s", note=f"partition 0 of 8: {d['events']:,} events in {d['steps']} steps, best of 3")
+    if "floor" in r:
+        d = r["floor"]
+        row("floor: decode + join + changelog, no checks", d, rate="events_per_cpu_s",
+            cpu="floor_us_per_event", note="cumulative CPU-us per event: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in d["cumulative_us_per_event"].items()))
     if "quix" in r:
         row("(a) Quix Streams consume+json+map, 1 proc", r["quix"], note="single-event messages")
     if "quixlive" in r:
