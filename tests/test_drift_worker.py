@@ -96,6 +96,12 @@ def test_worker_per_feature_incident_and_multivariate_signal(bootstrap: str, top
         assert mv_ev.get("features") == ["x", "y"] and {f["feature"] for f in mv_ev["top_features"]} == {"x", "y"}
         assert [(a["status"], float(a["ws"])) for a in mv] == [("firing", start + 6 * W), ("resolved", start + 8 * W)]
         assert not [a for a in got if a["feature"] in ("x", "y")]  # their marginals never moved
+        # One row per incident, each naming its feature (migration 009).
+        # A resolved incident reads resolved, though its firing and resolve may share emitted_at.
+        incidents = worker.query("SELECT rule, feature, status FROM driftline.incidents "
+                                 "WHERE model_id = 'mv' AND rule IN ('feature_drift', 'multivariate_drift')")
+        assert sorted((i["rule"], i["feature"], i["status"]) for i in incidents) == [
+            ("feature_drift", "c", "resolved"), ("multivariate_drift", "", "resolved")]
         rows = worker.query("SELECT toUnixTimestamp(window_start) AS ws, "
                             "maxIf(value, metric = 'multivariate_reconstruction_error') AS err "
                             "FROM driftline.metrics_latest WHERE model_id = 'mv' AND segment = '' GROUP BY ws")

@@ -105,6 +105,22 @@ def test_round_trip_every_kind(sink: ClickHouseSink) -> None:
     )
 
 
+def test_incidents_view_names_the_feature_and_reads_resolved_on_a_tie(sink: ClickHouseSink) -> None:
+    """A backlog's merge step can emit an incident's firing and its resolve with one emitted_at."""
+    a = next(m for m in MSGS["alerts"] if m["alert_id"] == "a-1")
+    t = a["emitted_at"]
+    firing = {**a, "alert_id": "f-1", "incident_id": "inc-f", "kind": "data_drift", "rule": "feature_drift",
+              "metric": "feature_js.country", "feature": "country", "segment": ""}
+    resolved = {**firing, "alert_id": "f-2", "status": "resolved", "detected_at": t + 60}
+    feed(sink, "alerts", [firing, resolved, {**firing, "alert_id": "g-1", "incident_id": "inc-g"}])
+    sink.flush()
+    for f in (firing, resolved):
+        assert f["emitted_at"] == t
+    rows = sink.client.query("SELECT incident_id, feature, status, firing_updates FROM driftline.incidents "
+                             "WHERE incident_id IN ('inc-f', 'inc-g') ORDER BY incident_id").result_rows
+    assert rows == [("inc-f", "country", "resolved", 1), ("inc-g", "country", "firing", 1)]
+
+
 def test_replay_same_batch_is_deduplicated_by_token(sink: ClickHouseSink) -> None:
     feed(sink, "outcomes", MSGS["outcomes"][:100])
     sink.flush()
@@ -325,6 +341,7 @@ def test_migrations_from_version_1_to_latest(tmp_path: Path) -> None:
         assert current_version(c) == latest_version()
         assert c.query("EXISTS TABLE driftline.incidents").result_rows[0][0]
         assert "idx_incident" in c.query("SHOW CREATE TABLE driftline.alerts").result_rows[0][0]
+        assert "feature" in [r[0] for r in c.query("DESCRIBE TABLE driftline.incidents").result_rows]
         assert migrate(c) == []  # idempotent
         assert [
             r[0]
