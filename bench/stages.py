@@ -27,13 +27,15 @@ ENVELOPES_PER_STEP = 8  # ~4,000 events: a live fetch of envelopes
 SINGLES_PER_STEP = 2_000  # a live fetch of single-event messages
 
 
-def _values(events: list[dict[str, Any]], single_event: bool) -> list[bytes]:
-    """Partition 0's events as Kafka message values: one per event, or envelopes of 500."""
-    mine = [orjson.dumps(ev) for ev in events if partition_for(ev["prediction_id"], PARTITIONS) == 0]
+def _values(events: list[dict[str, Any]], single_event: bool) -> list[tuple[bytes | None, bytes]]:
+    """Partition 0's events as Kafka message (key, value)s: one per event keyed by its
+    prediction id, or envelopes of 500 without a key (as the SDK sends either)."""
+    mine = [ev for ev in events if partition_for(ev["prediction_id"], PARTITIONS) == 0]
     if single_event:
-        return mine
-    return [b'{"events":[' + b",".join(mine[i : i + ENVELOPE_EVENTS]) + b"]}"
-            for i in range(0, len(mine), ENVELOPE_EVENTS)]
+        return [(ev["prediction_id"].encode(), orjson.dumps(ev)) for ev in mine]
+    values = [orjson.dumps(ev) for ev in mine]
+    return [(None, b'{"events":[' + b",".join(values[i : i + ENVELOPE_EVENTS]) + b"]}")
+            for i in range(0, len(values), ENVELOPE_EVENTS)]
 
 
 def _steps(preds: list[dict[str, Any]], labels: list[dict[str, Any]], single_event: bool) -> tuple[list[list[Message]], int]:
@@ -45,8 +47,8 @@ def _steps(preds: list[dict[str, Any]], labels: list[dict[str, Any]], single_eve
     steps: list[list[Message]] = []
     for i in range(0, len(items), per_step):
         step = []
-        for kind, value in items[i : i + per_step]:
-            step.append(Message(kind, kind + "s", 0, offsets[kind], None, value))
+        for kind, (key, value) in items[i : i + per_step]:
+            step.append(Message(kind, kind + "s", 0, offsets[kind], key, value))
             offsets[kind] += 1
         steps.append(step)
     events = sum(1 for ev in preds + labels if partition_for(ev["prediction_id"], PARTITIONS) == 0)

@@ -125,9 +125,10 @@ class InputLog:
             origin_topic = (self.topics or {}).get(kind, msg.topic)
             return (Message(kind, msg.topic, self.partition, -1 - msg.offset, msg.key, value,
                             (origin_topic, from_partition, from_offset)), events, True)
-        event = decode_clean_event(msg.value, msg.kind, self.max_message_bytes, self._now)
-        if event is not None:  # a clean single-event message: the common case of non-SDK producers
-            return msg, [event], False
+        if msg.key is not None:  # keyed: a single event by the wire contract (envelopes carry no key)
+            event = decode_clean_event(msg.value, msg.kind, self.max_message_bytes, self._now)
+            if event is not None:  # a clean one, the common message of non-SDK producers
+                return msg, [event], False
         events, rejections = decode_message(msg.value, msg.kind, max_bytes=self.max_message_bytes, now=self._now)  # type: ignore[arg-type]
         for rej, raw in rejections:
             self.dead_letter(msg, rej, raw)
