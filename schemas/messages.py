@@ -239,11 +239,14 @@ def make_alert(
     evidence: dict[str, Any] | None = None,
     emitted_at: float | None = None,
     feature: str = "",
+    escalation: bool = False,
 ) -> Alert:
     """Build an alert; ``incident_start`` is the detected_at of the incident's firing alert.
 
     ``feature``: the feature a data-drift alert is about (``"prediction"`` for the model
-    output); the key is present only when set.
+    output); the key is present only when set. ``escalation``: a second firing alert of an open
+    incident, whose severity rose to critical; it has an ``alert_id`` of its own (a transition
+    of its own for consumers that deduplicate by id), and the incident's id.
 
     Examples
     --------
@@ -257,7 +260,8 @@ def make_alert(
     """
     alert: Alert = {
         "alert_id": alert_id(
-            model_id, model_version, segment, rule, metric, incident_start, status
+            model_id, model_version, segment, rule, metric, incident_start,
+            "escalated" if escalation else status,
         ),
         "incident_id": incident_id(model_id, model_version, segment, rule, metric, incident_start),
         "status": status,

@@ -7,7 +7,7 @@ workers the group shares the partitions out, so each transition is handled by on
 
 What is delivered
 -----------------
-* Every transition (a firing or a resolved alert message) to every target: to each
+* Every transition (a firing, an escalation or a resolved alert message) to every target: to each
   Alertmanager URL (an HA pair gets both posts) as an API v2 alert
   (:mod:`driftline.sinks.alertmanager`), to the webhook as the message itself
   (:mod:`driftline.sinks.webhook`).
@@ -65,7 +65,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from driftline.sinks.alertmanager import AlertmanagerTarget
+from driftline.sinks.alertmanager import AlertmanagerTarget, alert_labels
 from driftline.sinks.delivery import Job, Sender
 from driftline.sinks.runner import consumer_config
 from driftline.sinks.webhook import WebhookTarget
@@ -248,7 +248,8 @@ class AlertDeliveryRunner:
             self._deliver(key, off, st, alert, opened, raw)
 
     def _apply(self, st: _Partition, alert: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
-        """Record a transition in the partition's state: ``(duplicate, the firing alert it resolves)``.
+        """Record a transition in the partition's state: ``(duplicate, the incident's firing alert
+        before it)``: the one a resolve ends, or the one an escalation replaces.
 
         A transition already seen changes nothing: a repeated firing must not bring back an
         incident that has resolved since.
@@ -261,16 +262,25 @@ class AlertDeliveryRunner:
         while len(st.seen) > self.seen_limit:
             st.seen.popitem(last=False)
         if alert["status"] == "firing":
+            before = st.firing.get(alert["incident_id"])
             st.firing[alert["incident_id"]] = alert
-            return False, None
+            return False, before
         return False, st.firing.pop(alert["incident_id"], None)
 
     def _deliver(self, key: TP, off: int, st: _Partition, alert: dict[str, Any],
                  opened: dict[str, Any] | None, raw: bytes) -> None:
         what = f"{alert['status']} {alert['alert_id']}"
-        # A resolve carries the labels of its firing post, or Alertmanager would not match them.
-        pair = (alert, None) if alert["status"] == "firing" else (opened or alert, alert)
-        jobs = [(s, Job([pair], key, off, st.epoch, what)) for s in self._am]
+        pairs: list[tuple[dict[str, Any], dict[str, Any] | None]]
+        if alert["status"] != "firing":
+            # A resolve carries the labels of its firing post, or Alertmanager would not match them.
+            pairs = [(opened or alert, alert)]
+        elif opened is not None and alert_labels(opened) != alert_labels(alert):
+            # An escalation: other labels are another Alertmanager alert. The warning one ends as
+            # the critical one starts, so the incident is never shown twice or not at all.
+            pairs = [(opened, alert), (alert, None)]
+        else:
+            pairs = [(alert, None)]
+        jobs = [(s, Job(pairs, key, off, st.epoch, what)) for s in self._am]
         if self._hook is not None:
             jobs.append((self._hook, Job((raw, alert["alert_id"]), key, off, st.epoch, what)))
         with self._lock:

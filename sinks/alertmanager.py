@@ -21,9 +21,9 @@ Times are event times from the alerts topic clamped to the wall clock: Alertmana
 ``endsAt`` in the future as "still firing", so a resolve stamped ahead of this host's clock
 (a producer's skewed clock) is posted as ending now.
 
-The resolved post carries the labels of the incident's firing post (the same ``severity`` even
-when the incident escalated meanwhile), else Alertmanager would not match it to the alert it
-ends.
+The resolved post carries the labels of the incident's last firing post, else Alertmanager
+would not match it to the alert it ends. An escalation (warning to critical) changes the
+``severity`` label, so the runner ends the warning alert as it posts the critical one.
 """
 
 from __future__ import annotations

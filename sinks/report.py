@@ -202,13 +202,19 @@ def model_section(model: str, version: str, task: str, metrics: list[Row], alert
         f"<figure><figcaption>{escape(c)}</figcaption>{svg}</figure>" for c, svg in charts
     )
     n_pred = sum(v for _, v in by_metric.get("prediction_count", []))
-    firing = sum(1 for a in alerts if a.get("status") == "firing")
+    firing = len(_incidents(alerts))
     n_drift = sum(1 for d in drifts if d.get("kind") == "drift")
     return (f'<section class="card model" id="{escape(_anchor(model, version))}">'
             f"<h2>{escape(model)} <span class=\"note\">version</span> {escape(version or '(none)')}</h2>"
             f'<div class="sub">task {escape(task or "?")} &middot; {int(n_pred):,} predictions &middot; '
             f"{firing} alerts fired &middot; {n_drift} drift events</div>"
             f'<div class="grid">{figs}</div></section>')  # fmt: skip
+
+
+def _incidents(alerts: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Incidents that fired, by id: each one's last firing alert (an escalation to critical is
+    a second firing alert of the same incident, counted once)."""
+    return {a.get("incident_id") or id(a): a for a in alerts if a.get("status") == "firing"}
 
 
 def _top(by_metric: dict[str, list[tuple[float, float]]], prefix: str) -> tuple[str, ...]:
@@ -548,7 +554,7 @@ def render_report(*, metrics: list[Row], alerts: list[Row], drift_events: list[R
         sections.append(model_section(m, v, task, g["metrics"], g["alerts"], g["drift"],
                                       hists.get((m, v)), (t0, t1)))  # fmt: skip
         toc.append(f'<a href="#{escape(_anchor(m, v))}">{escape(m)} {escape(v)}</a>')
-    firing = [a for a in alerts if a.get("status") == "firing"]
+    fired = _incidents(alerts)
     windows = len({(r["model_id"], r["model_version"], r["t"]) for r in metrics})
     n_pred = sum(float(r["value"]) for r in metrics if r["metric"] == "prediction_count")
     kpis = "".join([
@@ -556,8 +562,8 @@ def render_report(*, metrics: list[Row], alerts: list[Row], drift_events: list[R
         _kpi(str(len(groups)), "model versions"),
         _kpi(f"{windows:,}", "windows"),
         _kpi(fmt_num(n_pred), "predictions"),
-        _kpi(str(len(firing)), "alerts fired"),
-        _kpi(str(sum(1 for a in firing if a.get("severity") == "critical")), "critical"),
+        _kpi(str(len(fired)), "alerts fired"),
+        _kpi(str(sum(1 for a in fired.values() if a.get("severity") == "critical")), "critical"),
         _kpi(str(sum(1 for a in alerts if a.get("status") == "resolved")), "resolved"),
         _kpi(str(sum(1 for d in drift_events if d.get("kind") == "drift")), "drift events"),
     ])  # fmt: skip

@@ -92,12 +92,6 @@ class AlertEngine:
         ctx = {"model_id": ev["model_id"], "model_version": ev["model_version"], "segment": "",
                "window_start": ev["window_start"], "window_end": ev["window_end"]}
         key = self._key(ctx, rule, "error_rate")
-        incident = self.active.get(key)
-        if incident is not None:
-            incident["last_seen"] = max(incident["last_seen"], ev["detected_at"])
-            if severity == "critical" and incident["severity"] == "warning":
-                incident["severity"] = "critical"
-            return []
         evidence = {"detector": ev["detector"], "kind": ev["kind"], "direction": ev["direction"],
                     "position": ev["position"], "partition": ev["partition"], "params": ev["params"],
                     "estimate_before": ev["estimate_before"], "estimate_after": ev["estimate_after"],
@@ -105,6 +99,12 @@ class AlertEngine:
         message = f"{ev['detector'].upper()} detected concept {ev['kind']} on {ev['model_id']} {ev['model_version']}"
         if ev["estimate_before"] is not None:
             message += f": error rate {_fmt(ev['estimate_before'])} -> {_fmt(ev['estimate_after'])}"
+        incident = self.active.get(key)
+        if incident is not None:
+            incident["last_seen"] = max(incident["last_seen"], ev["detected_at"])
+            return self._escalate(key, ctx, severity, value=ev["estimate_after"], threshold=None,
+                                  detected_at=ev["detected_at"], emitted_at=emitted_at, message=message,
+                                  evidence=evidence)
         return self._fire(cfg, key, ctx, rule=rule, kind="concept_drift", metric="error_rate", severity=severity,
                           value=ev["estimate_after"], threshold=None, detected_at=ev["detected_at"],
                           emitted_at=emitted_at, message=message, evidence=evidence)
@@ -307,14 +307,18 @@ class AlertEngine:
             metric = f"prediction_{r['statistic']}" if prediction else f"feature_{r['statistic']}.{r['feature']}"
             severity = "critical" if r.get("severity") == "drift" else "warning"
             key = self._key(win, "feature_drift", metric)
-            if r.get("severity") == "drift" and key in self.active:
-                self.active[key]["severity"] = "critical"  # escalates silently, like detector alarms
             what = "the prediction distribution" if prediction else f"feature {r['feature']}"
             message = (f"data drift on {win['model_id']} {win['model_version']}: {what} "
                        f"{r['statistic'].upper()} {r['value']:.3g} (drift limit {r['limit']:.3g}, {r['limits']})")
+            evidence = {**_drift_evidence(r), "reference_version": reference_version}
+            if r.get("severity") and key in self.active:
+                out += self._escalate(key, win, severity, value=r["value"], threshold=r["limit"],
+                                      detected_at=win["window_end"], emitted_at=emitted_at, message=message,
+                                      evidence={"metric": metric, "value": r["value"], "threshold": r["limit"],
+                                                "events": int(r["n_window"]), "revision": win.get("revision", 0),
+                                                **evidence})
             out += self._condition(cfg, win, "feature_drift", "data_drift", metric, bool(r.get("severity")), severity,
-                                   r["value"], r["limit"], int(r["n_window"]), emitted_at, message,
-                                   {**_drift_evidence(r), "reference_version": reference_version},
+                                   r["value"], r["limit"], int(r["n_window"]), emitted_at, message, evidence,
                                    feature=str(r["feature"]))
         return out
 
@@ -392,6 +396,23 @@ class AlertEngine:
                             "window_start": ctx["window_start"], "incident_start": detected_at,
                             "last_seen": detected_at, "value": value, "threshold": threshold,
                             **({"feature": feature} if feature else {})}
+        return [dict(alert)]
+
+    def _escalate(self, key: str, ctx: dict[str, Any], severity: str, *, value: float | None,
+                  threshold: float | None, detected_at: float, emitted_at: float, message: str,
+                  evidence: dict[str, Any]) -> list[Alert]:
+        """An open incident's warning turns critical: a firing alert of its own (same incident,
+        ``escalation``), so that routes on ``severity="critical"`` (the pager) hear of it."""
+        inc = self.active[key]
+        if not (severity == "critical" and inc["severity"] == "warning"):
+            return []
+        inc["severity"] = "critical"
+        alert = make_alert(status="firing", severity="critical", kind=inc["kind"], rule=inc["rule"],  # type: ignore[arg-type]
+                           model_id=ctx["model_id"], model_version=inc["model_version"], segment=inc["segment"],
+                           metric=inc["metric"], value=value, threshold=threshold, window_start=ctx["window_start"],
+                           window_end=ctx["window_end"], detected_at=detected_at, emitted_at=emitted_at,
+                           message=f"escalated to critical: {message}", evidence=evidence,
+                           incident_start=inc["incident_start"], feature=inc.get("feature", ""), escalation=True)
         return [dict(alert)]
 
     def _resolve(self, key: str, win: dict[str, Any], emitted_at: float, value: float | None, why: str) -> Alert:

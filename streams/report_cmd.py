@@ -34,7 +34,7 @@ WHERE segment = '' AND (metric IN ({metrics}) OR metric IN ('prediction_psi', 'p
        OR (task = 'multiclass' AND ({class_prefixes}))) {where}
 ORDER BY model_id, model_version, metric, t""",
     "alerts": """
-SELECT model_id, model_version, segment, status, severity, kind, rule, metric, feature, message,
+SELECT model_id, model_version, segment, status, severity, kind, rule, metric, feature, message, incident_id,
        toUnixTimestamp64Milli(detected_at) / 1000 AS t
 FROM driftline.alerts
 WHERE 1 {where}

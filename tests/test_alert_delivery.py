@@ -135,6 +135,44 @@ def test_runner_delivers_each_transition_once_across_a_restart(bootstrap: str, t
         runner.stop()
 
 
+def test_an_escalation_ends_the_warning_alert_and_starts_the_critical_one(
+        bootstrap: str, topics: dict[str, str], alertmanager: LocalAlertmanager, receiver: Receiver) -> None:
+    """Severity is a label: the escalated incident is another Alertmanager alert, which a route on
+    ``severity="critical"`` notifies; the warning one ends then, and the resolve ends the critical one."""
+    topic = topics["alerts"]
+    t = time.time() - 60
+
+    def transition(status: str, severity: str, at: float, escalation: bool = False) -> bytes:
+        return orjson.dumps(make_alert(
+            status=status, severity=severity, kind="concept_drift", rule="adwin", model_id="m",  # type: ignore[arg-type]
+            model_version="v1", segment="", metric="error_rate", value=0.3, threshold=None, window_start=t - 10,
+            window_end=t, detected_at=at, incident_start=t, message=f"{severity} {status}", evidence={},
+            emitted_at=at, escalation=escalation))
+
+    runner = _runner(bootstrap, topic, alertmanager, receiver, f"{topic}-delivery")
+    try:
+        _wait(lambda: runner.stats()["assigned"] == 4, 20, "assignment")
+        _produce(bootstrap, topic, [transition("firing", "warning", t)])
+        _wait(lambda: alertmanager.alerts(), 10, "the warning alert")
+        _produce(bootstrap, topic, [transition("firing", "critical", t + 20, escalation=True)])
+        hooks = receiver.wait("/hook", lambda ps: len(ps) == 2, 20, "two webhooks")
+        assert [(a["status"], a["severity"]) for a in map(_verify, hooks)] == [("firing", "warning"),
+                                                                              ("firing", "critical")]
+        active = _wait(lambda: [a for a in alertmanager.alerts() if a["labels"]["severity"] == "critical"]
+                       and alertmanager.alerts(), 10, "the critical alert")
+        assert [a["labels"]["severity"] for a in active] == ["critical"]  # the warning one ended
+        receiver.wait("/am", lambda ps: len(am_notified(ps)) >= 3, 20, "three notifications")
+        _produce(bootstrap, topic, [transition("resolved", "critical", t + 40)])
+        receiver.wait("/am", lambda ps: len(am_notified(ps)) >= 4, 20, "the resolve")
+        time.sleep(1.5)  # anything repeated would arrive meanwhile
+        seen = Counter((a["labels"]["severity"], a["status"]) for a in am_notified(receiver.at("/am")))
+        assert seen == {("warning", "firing"): 1, ("critical", "firing"): 1, ("warning", "resolved"): 1,
+                        ("critical", "resolved"): 1}
+        assert alertmanager.alerts() == [] and runner.stats()["firing"] == 0
+    finally:
+        runner.stop()
+
+
 MODELS = """\
 allow_unlisted_models: true
 defaults:

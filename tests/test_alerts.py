@@ -300,6 +300,26 @@ def test_warning_alarm_incident_is_upgraded_by_critical() -> None:
     ) == [("firing", "ddm")]
 
 
+def test_an_escalation_to_critical_is_a_transition_of_its_own() -> None:
+    """A warning incident the policy raises to critical is posted again, so that routes on
+    ``severity="critical"`` (the pager) hear of it: same incident, an alert id of its own."""
+    cfg = ModelConfig(drift_resolve_s=600.0, **QUIET)
+    eng = AlertEngine("m")
+    (w,) = eng.on_alarm(cfg, alarm(T0 + 10, severity="warning"), emitted_at=1.0)
+    assert (w["status"], w["severity"], w["rule"]) == ("firing", "warning", "adwin")
+    (up,) = eng.on_alarm(cfg, alarm(T0 + 50, position=300, severity="critical"), emitted_at=2.0)
+    assert (up["status"], up["severity"], up["rule"], up["detected_at"]) == ("firing", "critical", "adwin", T0 + 50)
+    assert up["incident_id"] == w["incident_id"]
+    assert up["alert_id"] == alert_id("m", "v1", "", "adwin", "error_rate", T0 + 10, "escalated")
+    assert up["alert_id"] not in (w["alert_id"], alert_id("m", "v1", "", "adwin", "error_rate", T0 + 10, "resolved"))
+    assert up["message"].startswith("escalated to critical: ADWIN") and up["evidence"]["drift_event_id"] == "e300"
+    # Once critical, more alarms of either severity change nothing; the resolve says critical.
+    assert eng.on_alarm(cfg, alarm(T0 + 60, position=400, severity="critical"), emitted_at=3.0) == []
+    assert eng.on_alarm(cfg, alarm(T0 + 70, position=500, severity="warning"), emitted_at=3.0) == []
+    (res,) = eng.on_window(cfg, win(12, {}), emitted_at=4.0)
+    assert (res["status"], res["severity"], res["incident_id"]) == ("resolved", "critical", w["incident_id"])
+
+
 def _scenario(
     eng: AlertEngine, cfg: ModelConfig, steps: list[tuple[str, Any]]
 ) -> list[dict[str, Any]]:

@@ -195,6 +195,26 @@ def test_each_drifting_feature_is_its_own_incident() -> None:
                     (3, "resolved", "b"), (3, "resolved", "prediction")]
 
 
+def test_a_feature_warning_that_turns_to_drift_escalates_its_incident() -> None:
+    eng, cfg = AlertEngine("m"), ModelConfig()
+
+    def win(i: int) -> dict[str, Any]:
+        return {"model_id": "m", "model_version": "v1", "segment": "", "window_start": 60.0 * i,
+                "window_end": 60.0 * (i + 1), "revision": 0, "metrics": {}, "counts": {"prediction_count": 500}}
+
+    warn = {**_result("a", 0.08), "severity": "warning"}  # past the warning cut, under the limit
+    seen = [eng.on_data(cfg, win(i), [r], {}, emitted_at=60.0 * (i + 1))
+            for i, r in enumerate([warn, _result("a", 0.3), _result("a", 0.3), warn, _result("a", 0.05)])]
+    (fired,), (up,), again, stays, (resolved,) = seen
+    assert (fired["status"], fired["severity"]) == ("firing", "warning")
+    assert (up["status"], up["severity"], up["feature"], up["value"], up["threshold"]) == (
+        "firing", "critical", "a", 0.3, 0.1)
+    assert up["incident_id"] == fired["incident_id"] and up["alert_id"] != fired["alert_id"]
+    assert up["evidence"]["statistic"] == "js" and up["message"].startswith("escalated to critical: data drift")
+    assert again == [] and stays == []  # critical stays critical while the feature drifts
+    assert (resolved["status"], resolved["severity"]) == ("resolved", "critical")
+
+
 def test_old_profiles_load_and_report_the_prediction_as_prediction() -> None:
     rng = np.random.default_rng(4)
     rows = [{"x": float(v), "prediction": float(s)} for v, s in zip(rng.normal(0, 1, 3000), rng.uniform(0, 1, 3000),
