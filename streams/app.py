@@ -41,6 +41,7 @@ from driftline.streams.changelog import ChangelogWriter, read_range
 from driftline.streams.commit import apply_join_batches, apply_merge
 from driftline.streams.halt import halt_on_error
 from driftline.streams.joininput import INPUT_ORDER, JoinInput
+from driftline.streams.kafkawrite import OutputWriter
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
@@ -112,6 +113,7 @@ class DriftlineApp:
         self._join_raw: Any = None
         self._changelog: ChangelogWriter | None = None
         self._merge_changelog: ChangelogWriter | None = None
+        self._outputs: OutputWriter | None = None
         self._releaser = FreeMemoryReleaser()
         self.mergers: dict[int, WindowMerger] = {}
         self._heartbeats: dict[int, float] = {}  # partition -> when it last sent one
@@ -119,8 +121,8 @@ class DriftlineApp:
         self.refs.on_install(self._install_reference)
         self.baselines = baselines
         self.app = self._build_app()
-        self._join_io = StageIO(self, self._join_store, self.changelog)
-        self._merge_io = StageIO(self, lambda: self.merge_table.data, self.merge_changelog)
+        self._join_io = StageIO(self, self._join_store, self.changelog, self.outputs)
+        self._merge_io = StageIO(self, lambda: self.merge_table.data, self.merge_changelog, self.outputs)
 
     # ---- construction ----------------------------------------------------------------------
     def _build_app(self) -> faust.App:
@@ -166,8 +168,6 @@ class DriftlineApp:
         # to the partition that owns their prediction id (``PartitionProcessor._reroute``).
         inputs = app.topic(t["predictions"], t["labels"], t["repartition"])
         self.partials_topic = app.topic(t["partials"], partitions=s.partitions)
-        self.out = {name: app.topic(t[name]) for name in ("outcomes", "dlq", "metrics", "alerts", "drift_events",
-                                                          "comparisons", "repartition", "partials")}
         options = ROCKSDB_OPTIONS if s.store.startswith("rocksdb") else None
         self.join_table = app.Table("join", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes,
                                     options=options)
@@ -214,6 +214,12 @@ class DriftlineApp:
             topic = self.join_table.changelog_topic.get_topic_name()
             self._changelog = ChangelogWriter(self.settings.bootstrap, topic, self.settings.kafka)
         return self._changelog
+
+    def outputs(self) -> OutputWriter:
+        """The worker's output records (every topic but the tables' changelogs), via librdkafka."""
+        if self._outputs is None:
+            self._outputs = OutputWriter(self.settings.bootstrap, self.settings.kafka)
+        return self._outputs
 
     def merge_changelog(self) -> ChangelogWriter:
         if self._merge_changelog is None:

@@ -1,9 +1,8 @@
-"""The join table's changelog writes, through confluent-kafka instead of faust's producer.
+"""The tables' changelog writes, through librdkafka (``driftline.streams.kafkawrite``).
 
 faust sends every table write as its own message through asyncio and aiokafka, ~40-80 µs
 each (docs/architecture.md); the join stage writes one or two records per event, so that cost
-alone capped the worker at a few thousand events/s. librdkafka batches the same records
-for ~1 µs each. faust still owns the table: it creates the changelog topic, keeps the
+alone capped the worker at a few thousand events/s. faust still owns the table: it creates the changelog topic, keeps the
 in-memory (or RocksDB) copy that our code writes directly, and recovers the table from
 this very topic after a restart or rebalance.
 
@@ -23,38 +22,28 @@ offsets can be committed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from driftline.streams.kafkawrite import RecordWriter
 
 MARKER_KEY = b"\x00hw"
 
 
-class ChangelogWriter:
+class ChangelogWriter(RecordWriter):
     """Append key/value records (value None = delete) to one changelog topic."""
 
     def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(bootstrap, client_config)
         self.topic = topic
-        self._errors: list[str] = []
-        # ``put`` runs on the event loop while ``flush`` runs in an executor thread, and several
+        # ``put_many`` runs on the event loop while ``flush`` runs in an executor thread, and several
         # partitions (join agent, timer, merge agent) share one writer: the dirty set is swapped
         # under this lock so a record put during a flush keeps its partition dirty for the next.
         self._lock = threading.Lock()
         self._dirty: set[int] = set()
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,  # in order, no duplicates, across retries
-            "linger.ms": 2,
-            "batch.num.messages": 10000,
-            "message.max.bytes": 16 * 1024 * 1024,
-            # Delivery reports for failures only: a Python callback per record cost ~1 us.
-            "on_delivery": self._on_delivery,
-            "delivery.report.only.error": True,
-            **dict(client_config or {}),
-        })
 
     def put_many(self, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Append ``records`` (key, value or None) to ``partition``, in order."""
@@ -62,16 +51,10 @@ class ChangelogWriter:
         with self._lock:
             self._dirty.add(partition)
             for key, value in records:
-                while True:
-                    try:
-                        produce(topic, value=value, key=key, partition=partition)
-                        break
-                    except BufferError:  # local queue full: let librdkafka drain it, never drop
-                        self._producer.poll(0.05)
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+                try:
+                    produce(topic, value=value, key=key, partition=partition)
+                except BufferError:  # local queue full: wait for room, never drop
+                    self._produce(topic, key, value, partition)
 
     def flush_blocking(self, timeout: float = 60.0) -> None:
         """Deliver every record put so far, then a marker after each partition written.
@@ -82,23 +65,15 @@ class ChangelogWriter:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         left = self._producer.flush(timeout)
-        if dirty and not left:
+        if left:
+            with self._lock:
+                self._dirty |= dirty
+        elif dirty:
             with self._lock:
                 for partition in dirty:
                     self._producer.produce(self.topic, value=b"", key=MARKER_KEY, partition=partition)
             left = self._producer.flush(timeout)
-        elif left:
-            with self._lock:
-                self._dirty |= dirty
-        if left or self._errors:
-            errors, self._errors = self._errors[:5], []
-            raise KafkaException(f"changelog {self.topic}: {left} records undelivered; errors: {errors}")
-
-    async def flush(self, timeout: float = 60.0) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking, timeout)
-
-    def close(self) -> None:
-        self._producer.flush(10)
+        self._raise_if_failed(left, f"changelog {self.topic}")
 
 
 def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,

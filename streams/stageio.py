@@ -1,8 +1,8 @@
 """The I/O one stage's apply order needs (``driftline.streams.commit``), on faust.
 
-Outputs go through faust's producer (the app's topics), state through the stage's table (in
-the partition's changelog context) and its changelog writer; ``save_reference`` stores a
-first-hours reference the merge stage froze.
+Outputs go through the worker's librdkafka output writer (``driftline.streams.kafkawrite``),
+state through the stage's faust table (in the partition's changelog context) and its changelog
+writer; ``save_reference`` stores a first-hours reference the merge stage froze.
 """
 
 from __future__ import annotations
@@ -13,23 +13,26 @@ from typing import Any
 from driftline.detectors.profile import Profile
 from driftline.streams import faust_compat
 from driftline.streams.changelog import ChangelogWriter
+from driftline.streams.kafkawrite import OutputWriter
 
 
 class StageIO:
-    """The I/O of one stage's apply order (``driftline.streams.commit``): faust's producer for
+    """The I/O of one stage's apply order (``driftline.streams.commit``): the output writer for
     outputs, the stage's table and its changelog writer for state."""
 
     def __init__(self, owner: Any, store: Callable[[], MutableMapping[bytes, bytes]],
-                 changelog: Callable[[], ChangelogWriter]) -> None:
+                 changelog: Callable[[], ChangelogWriter], outputs: Callable[[], OutputWriter]) -> None:
         self.owner = owner
         self.store = store  # the stage table's store (the memory store's own dict when it is one)
         self.changelog = changelog
+        self.outputs = outputs  # shared by the stages: one producer for the worker's outputs
 
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        await self.owner.out[topic].send(key=key, value=value, partition=partition)
+        """Queue an output record for ``topic`` (a key of ``topic_names``); ``flush_outputs`` delivers."""
+        self.outputs().send(self.owner.topics[topic], key, value, partition)
 
     async def flush_outputs(self) -> None:
-        await self.owner.app.producer.flush()
+        await self.outputs().flush()
 
     def write_table(self, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
         store = self.store()

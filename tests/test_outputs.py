@@ -1,0 +1,73 @@
+"""The worker's output writer on the real broker: where records land, in what order, and failure.
+
+Outputs went through faust's aiokafka producer before; keyed outputs (metrics, alerts, partials
+keyed by model id) must still land on murmur2(key)'s partition, which the merge stage and any
+consumer that reads by key rely on.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftline.schemas.partitioning import partition_for
+from driftline.streams.kafkawrite import OutputWriter
+
+PARTITIONS = 4
+
+
+def _read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+    """Every record of ``topic`` by partition, read to the end (Tansu's high watermark is the last
+    batch's base offset + 1, so the end is the consumer's end-of-partition event)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex}", "enable.auto.commit": False,
+                  "enable.partition.eof": True})
+    out: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        at_end: set[int] = set()
+        while len(at_end) < PARTITIONS:
+            msg = c.poll(5)
+            assert msg is not None, f"stuck with partitions {sorted(at_end)} read"
+            if msg.error() is not None:
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                at_end.add(msg.partition())
+                continue
+            out.setdefault(msg.partition(), []).append((msg.key(), msg.value()))
+    finally:
+        c.close()
+    return out
+
+
+@pytest.mark.integration
+def test_keyed_outputs_land_on_murmur2_partitions_in_order(bootstrap: str) -> None:
+    topic = f"outputs-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(10)
+    w = OutputWriter(bootstrap)
+    keys = [f"model-{i % 7}".encode() for i in range(200)]
+    for i, key in enumerate(keys):
+        w.send(topic, key, b'{"n":%d}' % i)
+    w.send(topic, None, b"unkeyed, to partition 2", partition=2)
+    w.send(topic, b"model-0", b"keyed, but to partition 3", partition=3)
+    w.flush_blocking(30)
+    got = _read_all(bootstrap, topic)
+    expected: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for i, key in enumerate(keys):
+        expected.setdefault(partition_for(key, PARTITIONS), []).append((key, b'{"n":%d}' % i))
+    expected.setdefault(2, []).append((None, b"unkeyed, to partition 2"))
+    expected.setdefault(3, []).append((b"model-0", b"keyed, but to partition 3"))
+    assert got == expected  # murmur2 of the key, as Java and aiokafka; call order per partition
+
+
+def test_flush_raises_when_records_are_not_delivered() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    w = OutputWriter(f"127.0.0.1:{port}", {"message.timeout.ms": 300, "log_level": 0})
+    w.send("anything", b"k", b"v")
+    with pytest.raises(KafkaException, match="undelivered"):
+        w.flush_blocking(10)
