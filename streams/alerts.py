@@ -306,19 +306,12 @@ class AlertEngine:
             prediction = r.get("role") == "prediction"
             metric = f"prediction_{r['statistic']}" if prediction else f"feature_{r['statistic']}.{r['feature']}"
             severity = "critical" if r.get("severity") == "drift" else "warning"
-            key = self._key(win, "feature_drift", metric)
             what = "the prediction distribution" if prediction else f"feature {r['feature']}"
             message = (f"data drift on {win['model_id']} {win['model_version']}: {what} "
                        f"{r['statistic'].upper()} {r['value']:.3g} (drift limit {r['limit']:.3g}, {r['limits']})")
-            evidence = {**_drift_evidence(r), "reference_version": reference_version}
-            if r.get("severity") and key in self.active:
-                out += self._escalate(key, win, severity, value=r["value"], threshold=r["limit"],
-                                      detected_at=win["window_end"], emitted_at=emitted_at, message=message,
-                                      evidence={"metric": metric, "value": r["value"], "threshold": r["limit"],
-                                                "events": int(r["n_window"]), "revision": win.get("revision", 0),
-                                                **evidence})
             out += self._condition(cfg, win, "feature_drift", "data_drift", metric, bool(r.get("severity")), severity,
-                                   r["value"], r["limit"], int(r["n_window"]), emitted_at, message, evidence,
+                                   r["value"], r["limit"], int(r["n_window"]), emitted_at, message,
+                                   {**_drift_evidence(r), "reference_version": reference_version},
                                    feature=str(r["feature"]))
         return out
 
@@ -369,10 +362,12 @@ class AlertEngine:
                    extra: dict[str, Any] | None = None, feature: str = "") -> list[Alert]:
         key = self._key(win, rule, metric)
         if bad:
-            if key in self.active:
-                return []
             evidence = {"metric": metric, "value": value, "threshold": threshold, "events": n,
                         "revision": win.get("revision", 0), **(extra or {})}
+            if key in self.active:  # still bad: it may have turned from warning to critical
+                return self._escalate(key, win, severity, value=value, threshold=threshold,
+                                      detected_at=win["window_end"], emitted_at=emitted_at, message=message,
+                                      evidence=evidence)
             return self._fire(cfg, key, win, rule=rule, kind=kind, metric=metric, severity=severity, value=value,
                               threshold=threshold, detected_at=win["window_end"], emitted_at=emitted_at,
                               message=message, evidence=evidence, feature=feature)
