@@ -62,23 +62,26 @@ class AlertEngine:
         self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
         self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
         self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
-        # SeriesKey.encode() -> highest revision judged that no recorded window state covers
-        # yet (``WindowMerger.state_records`` forgets the covered ones)
-        self.judged: dict[str, int] = {}
+        # SeriesKey.encode() -> furthest judgement (``_stage``) that no recorded window state
+        # covers yet (``WindowMerger.state_records`` forgets the covered ones)
+        self.judged: dict[str, float] = {}
 
-    def first_judgement(self, win: dict[str, Any]) -> bool:
-        """``True`` (and remembered) unless this window revision, or a later one, was judged.
+    def first_judgement(self, win: dict[str, Any], complete: bool) -> bool:
+        """``True`` (and remembered) unless this window revision, or a later one, was judged,
+        with every partition's partial (``complete``) if it is now.
 
         After a crash the merge stage may emit a window again that the engine has already
         judged (its state is recorded before the window's), possibly at an older revision
         when the replayed partials fall into other batches: judging it again could resolve
-        or re-time an incident the alerts topic already carries.
+        or re-time an incident the alerts topic already carries. A revision first judged
+        incomplete is judged again once complete: the rules that wait for completeness
+        (volume, data drift and quality) judge it then.
         """
         key = SeriesKey(win["model_id"], win["model_version"], win["segment"], float(win["window_start"])).encode()
-        revision = int(win.get("revision", 0))
-        if self.judged.get(key, -1) >= revision:
+        stage = judgement_stage(int(win.get("revision", 0)), complete)
+        if self.judged.get(key, -1) >= stage:
             return False
-        self.judged[key] = revision
+        self.judged[key] = stage
         return True
 
     # ---- entry points --------------------------------------------------------------------
@@ -452,6 +455,12 @@ class AlertEngine:
         eng.active, eng.resolved_at, eng.history = d["active"], d["resolved_at"], d["history"]
         eng.judged = d.get("judged", {})
         return eng
+
+
+def judgement_stage(revision: int, complete: bool) -> float:
+    """The order of a window's judgements: by revision, and at one revision incomplete first
+    (a float: engines recorded before completeness held revisions, which read as incomplete)."""
+    return revision + (0.5 if complete else 0.0)
 
 
 def _drift_evidence(r: dict[str, Any]) -> dict[str, Any]:

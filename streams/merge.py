@@ -23,7 +23,10 @@ reference (``driftline.detectors.datadrift.compare_profiles``, ``driftline.detec
 the statistics join the metrics message (``feature_psi.<f>``, ``feature_js.<f>``,
 ``feature_ks.<f>``, ``feature_chi2_pvalue.<f>``, ``feature_missing_rate.<f>``, ...,
 ``prediction_psi``, ``multivariate_reconstruction_error``: ``judgements.data_metrics``) and the
-alert engine judges them (kinds ``data_drift``, one incident per feature, and ``data_quality``).
+alert engine judges them (kinds ``data_drift``, one incident per feature, and ``data_quality``)
+once every input partition has closed the window, like volume: a partial window is a smaller
+sample, and judging it would make the incident's first window depend on which partition's
+partial came first.
 
 Reference from the first hours (``data_drift: {baseline: first_hours}``, no reference yet):
 every whole-model partial's unbinned profile goes into the model's ``ReferenceBuilder`` as it
@@ -67,7 +70,7 @@ from driftline.detectors.profile import Profile
 from driftline.detectors.quality import check_quality
 from driftline.schemas.messages import make_comparison, make_metrics
 from driftline.streams import retained as records
-from driftline.streams.alerts import AlertEngine
+from driftline.streams.alerts import AlertEngine, judgement_stage
 from driftline.streams.baseline_cmd import ReferenceBuilder
 from driftline.streams.judgements import (
     compare_windows,
@@ -247,14 +250,16 @@ class WindowMerger:
         else:
             self.windows[skey] = MergedWindow.from_state(records.decode_window_record(value)["w"])
 
-    def _covered(self, key: SeriesKey, revision: int, out: MergeOutput) -> bool:
+    def _covered(self, key: SeriesKey, stage: float, out: MergeOutput) -> bool:
         """Whether a judgement is safe to forget: its window was dropped, or an earlier call
-        recorded the window at that revision or later (a revision changes only by an emission,
-        which puts the window in ``changed_windows``: outside this call's it is as recorded)."""
+        recorded the window at that judgement stage or later (it changes only by an emission,
+        which puts the window in ``changed_windows``: outside this call's it is as recorded;
+        ``volume_judged`` is set by the first emission of a complete window)."""
         if key in out.dropped_windows or key in self.retained:  # retained: recorded before it settled
             return True
         mw = self.windows.get(key)
-        return mw is not None and key not in out.changed_windows and mw.revision >= revision
+        return (mw is not None and key not in out.changed_windows
+                and judgement_stage(mw.revision, mw.volume_judged) >= stage)
 
     def engine(self, model_id: str) -> AlertEngine:
         eng = self.engines.get(model_id)
@@ -461,7 +466,11 @@ class WindowMerger:
         return self.keep_seconds if self.keep_seconds is not None else cfg.label_horizon_s
 
     def _emit(self, key: SeriesKey, mw: MergedWindow, now: float, out: MergeOutput) -> None:
-        judge_volume = not mw.volume_judged and key.segment == "" and self._complete(key)
+        # Volume, data drift and data quality are judged on whole-model windows that every input
+        # partition has closed: a partial window is a smaller sample (a "drop", a noisier
+        # distribution), and which partition's partial came first is timing, not data.
+        complete = key.segment == "" and self._complete(key)
+        judge_volume = complete and not mw.volume_judged
         if judge_volume:
             mw.volume_judged = True
         mw.revision = mw.merged - 1
@@ -479,10 +488,10 @@ class WindowMerger:
         out.metrics.append(dict(msg))
         out.changed_windows.add(key)
         out.changed_models.add(key.model_id)
-        if not self.engine(key.model_id).first_judgement(dict(msg)):  # judged before a crash
+        if not self.engine(key.model_id).first_judgement(dict(msg), complete):  # judged before a crash
             return
         alerts = self.engine(key.model_id).on_window(cfg, dict(msg), emitted_at=now, judge_volume=judge_volume)
-        if data is not None:
+        if data is not None and complete:
             alerts += self.engine(key.model_id).on_data(cfg, dict(msg), data[0], data[1], emitted_at=now,
                                                         reference_version=data[2], multivariate=data[3])
         if fairness:
