@@ -41,11 +41,11 @@ from driftline.streams.changelog import ChangelogWriter, read_range
 from driftline.streams.commit import apply_join_batches, apply_merge
 from driftline.streams.halt import halt_on_error
 from driftline.streams.joininput import INPUT_ORDER, JoinInput
-from driftline.streams.kafkawrite import OutputWriter
 from driftline.streams.malloc import FreeMemoryReleaser
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.models import ModelsConfig
 from driftline.streams.observe import PipelineMetrics
+from driftline.streams.outputs import OutputWriter
 from driftline.streams.partition import BatchResult, Message, PartitionProcessor
 from driftline.streams.recovery import plan_rewinds, with_skipped
 from driftline.streams.references import References

@@ -1,4 +1,5 @@
-"""Records to Kafka through librdkafka: the worker's outputs and its tables' changelogs.
+"""Records to Kafka through librdkafka: the base of the worker's output writer
+(``driftline.streams.outputs``) and of its tables' changelog writers (``driftline.streams.changelog``).
 
 faust sends every record through asyncio and aiokafka, tens of µs each (docs/architecture.md);
 librdkafka queues the same record for ~1 µs and batches it on its own thread. A writer's
@@ -22,6 +23,8 @@ from confluent_kafka import KafkaException, Producer
 
 class RecordWriter:
     """One idempotent librdkafka producer, with delivery failures collected for ``flush``."""
+
+    what = "records"  # what a failed flush says was not delivered
 
     def __init__(self, bootstrap: str, client_config: Mapping[str, Any] | None = None,
                  settings: Mapping[str, Any] | None = None) -> None:
@@ -63,24 +66,10 @@ class RecordWriter:
 
     def flush_blocking(self, timeout: float = 60.0) -> None:
         """Wait until every record queued so far is delivered; raise if one was not."""
-        self._raise_if_failed(self._producer.flush(timeout), "outputs")
+        self._raise_if_failed(self._producer.flush(timeout), self.what)
 
     async def flush(self, timeout: float = 60.0) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
-
-
-class OutputWriter(RecordWriter):
-    """The worker's output records: outcomes, dead letters, forwards, partials, metrics, alerts.
-
-    Keyed records are partitioned by murmur2 of the key, as Java's and aiokafka's default
-    partitioners do (librdkafka's own default, CRC32, would put them elsewhere).
-    """
-
-    def __init__(self, bootstrap: str, client_config: Mapping[str, Any] | None = None) -> None:
-        super().__init__(bootstrap, client_config, {"partitioner": "murmur2_random"})
-
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        self._produce(topic, key, value, partition)

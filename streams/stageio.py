@@ -1,6 +1,6 @@
 """The I/O one stage's apply order needs (``driftline.streams.commit``), on faust.
 
-Outputs go through the worker's librdkafka output writer (``driftline.streams.kafkawrite``),
+Outputs go through the worker's librdkafka output writer (``driftline.streams.outputs``),
 state through the stage's faust table (in the partition's changelog context) and its changelog
 writer; ``save_reference`` stores a first-hours reference the merge stage froze.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from driftline.detectors.profile import Profile
 from driftline.streams import faust_compat
 from driftline.streams.changelog import ChangelogWriter
-from driftline.streams.kafkawrite import OutputWriter
+from driftline.streams.outputs import OutputWriter
 
 
 class StageIO:

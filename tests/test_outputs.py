@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.schemas.partitioning import partition_for
-from driftline.streams.kafkawrite import OutputWriter
+from driftline.streams.outputs import OutputWriter
 
 PARTITIONS = 4
 
