@@ -20,6 +20,14 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+#: The largest record a writer sends (librdkafka's ``message.max.bytes``).
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: The most a writer's queue holds (librdkafka's ``queue.buffering.max.kbytes``, 1 GB by
+#: default, per producer, and the worker has three). The apply order flushes after every stage,
+#: so the queue holds one batch's records; a larger burst waits for room (``_produce``). Four
+#: of the largest records, so that one always fits.
+QUEUE_KBYTES = 4 * MAX_RECORD_BYTES // 1024
+
 
 class RecordWriter:
     """One idempotent librdkafka producer, with delivery failures collected for ``flush``."""
@@ -34,7 +42,8 @@ class RecordWriter:
             "enable.idempotence": True,  # in order, no duplicates, across retries
             "linger.ms": 2,
             "batch.num.messages": 10000,
-            "message.max.bytes": 16 * 1024 * 1024,
+            "message.max.bytes": MAX_RECORD_BYTES,
+            "queue.buffering.max.kbytes": QUEUE_KBYTES,
             # Delivery reports for failures only: a Python callback per record cost ~1 us.
             "on_delivery": self._on_delivery,
             "delivery.report.only.error": True,
