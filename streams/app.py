@@ -227,6 +227,21 @@ class DriftlineApp:
             self._merge_changelog = ChangelogWriter(self.settings.bootstrap, topic, self.settings.kafka)
         return self._merge_changelog
 
+    def close(self, timeout: float = 10.0) -> None:
+        """At shutdown, once faust has stopped: deliver what the writers still queue, outputs
+        before changelogs as in the apply order (``commit``). A changelog record is only ever
+        queued after its batch's outputs were delivered, so a failed output flush (logged) does
+        not hold the changelogs back; what is not delivered is processed again after a restart.
+        """
+        deadline = time.monotonic() + timeout  # for all of them: a broker that is gone costs it once
+        for writer in (self._outputs, self._changelog, self._merge_changelog):
+            if writer is None:
+                continue
+            try:
+                writer.close(max(deadline - time.monotonic(), 0.0))
+            except Exception as exc:  # the broker is gone: the restart replays
+                log.warning("records not delivered at shutdown: %s", exc)
+
     def _join_store(self) -> Any:
         """``_raw_store`` of the join table, looked up once (it is called per applied batch)."""
         if self._join_raw is None:

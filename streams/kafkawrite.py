@@ -81,4 +81,8 @@ class RecordWriter:
         await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        self._producer.flush(timeout)
+        """At shutdown: deliver what is queued (``flush_blocking``: raises if some was not).
+
+        The producer stays usable; librdkafka drops what is still queued when it is destroyed.
+        """
+        self.flush_blocking(timeout)

@@ -4,8 +4,10 @@
 With an embedded chdb store the worker owns the store (only one process may open a
 chdb path), so it also serves read-only queries at ``/query`` for ``driftline query``.
 
-Shutdown (SIGTERM or SIGINT): faust stops the agents after their current batch, flushes
-the producer (changelogs and outputs) and commits the offsets of what was processed;
+Shutdown (SIGTERM or SIGINT): faust stops the agents after their current batch and commits
+the offsets of what was processed; the worker's librdkafka writers deliver what they still
+queue, outputs before changelogs (``DriftlineApp.close``: a batch cut short by the stop is
+processed again after the restart, its outputs deduplicated downstream as after a crash);
 then alert delivery gives its queued deliveries a few seconds and commits what they
 finished (the rest is delivered after the restart), and the sink writes what it buffered
 and commits its own offsets. Open windows are
@@ -158,6 +160,7 @@ def run_worker(settings: Settings) -> int:
     except SystemExit:
         pass
     finally:
+        dl.close()
         if delivery is not None:
             delivery.stop()
         if runner is not None:

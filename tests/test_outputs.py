@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -44,9 +45,7 @@ def _read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | None, 
 
 @pytest.mark.integration
 def test_keyed_outputs_land_on_murmur2_partitions_in_order(bootstrap: str) -> None:
-    topic = f"outputs-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(10)
+    topic = _new_topic(bootstrap)
     w = OutputWriter(bootstrap)
     keys = [f"model-{i % 7}".encode() for i in range(200)]
     for i, key in enumerate(keys):
@@ -61,6 +60,35 @@ def test_keyed_outputs_land_on_murmur2_partitions_in_order(bootstrap: str) -> No
     expected.setdefault(2, []).append((None, b"unkeyed, to partition 2"))
     expected.setdefault(3, []).append((b"model-0", b"keyed, but to partition 3"))
     assert got == expected  # murmur2 of the key, as Java and aiokafka; call order per partition
+
+
+def _new_topic(bootstrap: str) -> str:
+    topic = f"outputs-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(10)
+    return topic
+
+
+@pytest.mark.integration
+def test_worker_close_delivers_queued_outputs(bootstrap: str, tmp_path: Path) -> None:
+    """At shutdown the worker flushes its output writer (``DriftlineApp.close``, from
+    ``run_worker``): records queued but not flushed yet reach the broker then, not later."""
+    from driftline.streams.app import DriftlineApp
+    from driftline.streams.models import ModelsConfig
+    from driftline.streams.settings import Settings
+
+    topic = _new_topic(bootstrap)
+    # librdkafka would hold the records for a minute before sending them (a setting from the
+    # environment, as SASL/TLS ones reach the writer); only a flush sends them sooner.
+    env = {"DRIFTLINE_BOOTSTRAP": bootstrap, "DRIFTLINE_DATA_DIR": str(tmp_path), "DRIFTLINE_KAFKA_LINGER_MS": "60000"}
+    dl = DriftlineApp(Settings.from_env(env), ModelsConfig())
+    for i in range(50):
+        dl.outputs().send(topic, None, b"%d" % i, partition=i % PARTITIONS)
+    assert _read_all(bootstrap, topic) == {}  # still queued
+    dl.close(10)
+    got = _read_all(bootstrap, topic)
+    assert {p: [v for _, v in recs] for p, recs in got.items()} == {
+        p: [b"%d" % i for i in range(p, 50, PARTITIONS)] for p in range(PARTITIONS)}
 
 
 def test_flush_raises_when_records_are_not_delivered() -> None:
