@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -70,6 +71,21 @@ def _new_topic(bootstrap: str) -> str:
 
 
 @pytest.mark.integration
+def test_flush_raises_on_a_delivery_error_then_the_writer_carries_on(bootstrap: str) -> None:
+    """The broker is up, the record cannot be delivered (a partition the topic does not have):
+    the error comes back as a delivery report, and ``flush`` raises it instead of returning."""
+    topic = _new_topic(bootstrap)
+    w = OutputWriter(bootstrap)
+    w.send(topic, b"k", b"to a partition that does not exist", partition=PARTITIONS + 3)
+    w.send(topic, b"k", b"delivered", partition=1)
+    with pytest.raises(KafkaException, match="outputs: 0 records undelivered; errors: .*[Pp]artition"):
+        w.flush_blocking(30)
+    w.send(topic, b"k", b"after the failure", partition=1)
+    w.flush_blocking(30)  # the failure was reported once, not to every later flush
+    assert _read_all(bootstrap, topic) == {1: [(b"k", b"delivered"), (b"k", b"after the failure")]}
+
+
+@pytest.mark.integration
 def test_worker_close_delivers_queued_outputs(bootstrap: str, tmp_path: Path) -> None:
     """At shutdown the worker flushes its output writer (``DriftlineApp.close``, from
     ``run_worker``): records queued but not flushed yet reach the broker then, not later."""
@@ -89,6 +105,35 @@ def test_worker_close_delivers_queued_outputs(bootstrap: str, tmp_path: Path) ->
     got = _read_all(bootstrap, topic)
     assert {p: [v for _, v in recs] for p, recs in got.items()} == {
         p: [b"%d" % i for i in range(p, 50, PARTITIONS)] for p in range(PARTITIONS)}
+
+
+def test_worker_output_writer_gets_the_client_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``DRIFTLINE_KAFKA_*`` (SASL/TLS) reach the output writer's librdkafka producer as they are."""
+    import driftline.streams.kafkawrite as kafkawrite
+    from driftline.streams.app import DriftlineApp
+    from driftline.streams.models import ModelsConfig
+    from driftline.streams.settings import Settings
+
+    seen: list[dict[str, Any]] = []
+    real = kafkawrite.Producer
+
+    def spy(conf: dict[str, Any]) -> Any:
+        seen.append(dict(conf))
+        return real({**conf, "log_level": 0})  # librdkafka itself accepts them (quiet: nothing listens)
+
+    monkeypatch.setattr(kafkawrite, "Producer", spy)
+    env = {"DRIFTLINE_BOOTSTRAP": "127.0.0.1:1", "DRIFTLINE_DATA_DIR": str(tmp_path),
+           "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DRIFTLINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "DRIFTLINE_KAFKA_SASL_USERNAME": "u", "DRIFTLINE_KAFKA_SASL_PASSWORD": "p"}
+    dl = DriftlineApp(Settings.from_env(env), ModelsConfig())
+    dl.outputs()
+    assert len(seen) == 1
+    conf = seen[0]
+    assert {k: conf[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password")} == {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
+        "sasl.password": "p"}
+    assert conf["partitioner"] == "murmur2_random" and conf["enable.idempotence"] is True
+    assert conf["queue.buffering.max.kbytes"] * 1024 >= conf["message.max.bytes"]  # the largest record fits
 
 
 def test_flush_raises_when_records_are_not_delivered() -> None:
