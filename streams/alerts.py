@@ -62,7 +62,7 @@ class AlertEngine:
         self.active: dict[str, dict[str, Any]] = {}  # incident key -> incident
         self.resolved_at: dict[str, float] = {}  # incident key -> event time of last resolve
         self.history: dict[str, dict[str, float]] = {}  # series|metric -> {window_start: value}
-        # SeriesKey.encode() -> furthest judgement (``_stage``) that no recorded window state
+        # SeriesKey.encode() -> furthest judgement (``judgement_stage``) that no recorded window state
         # covers yet (``WindowMerger.state_records`` forgets the covered ones)
         self.judged: dict[str, float] = {}
 
@@ -211,9 +211,6 @@ class AlertEngine:
             threshold = min((o["threshold"] for o in offenders if o.get("threshold") is not None), default=None)
             names = ", ".join(o["feature"] for o in offenders[:5])
             n = int(win["counts"].get("prediction_count", 0))
-            key = self._key(win, check, f"data_{check}")
-            if offenders and severity == "critical" and key in self.active:
-                self.active[key]["severity"] = "critical"
             out += self._condition(
                 cfg, win, check, "data_quality", f"data_{check}", bool(offenders), severity, value, threshold, n,
                 emitted_at, f"data quality on {win['model_id']} {win['model_version']}: {check} ({names})",

@@ -164,12 +164,14 @@ def _result(feature: str, value: float, limit: float = 0.1, role: str = "feature
             "top_shifted": [("(0.1, 0.5]", 0.1, 0.3)]}
 
 
+def win(i: int) -> dict[str, Any]:
+    """Whole-model window ``i`` of model m: 60 s, 500 predictions."""
+    return {"model_id": "m", "model_version": "v1", "segment": "", "window_start": 60.0 * i,
+            "window_end": 60.0 * (i + 1), "revision": 0, "metrics": {}, "counts": {"prediction_count": 500}}
+
+
 def test_each_drifting_feature_is_its_own_incident() -> None:
     eng, cfg = AlertEngine("m"), ModelConfig()
-
-    def win(i: int) -> dict[str, Any]:
-        return {"model_id": "m", "model_version": "v1", "segment": "", "window_start": 60.0 * i,
-                "window_end": 60.0 * (i + 1), "revision": 0, "metrics": {}, "counts": {"prediction_count": 500}}
 
     steps = [
         {"a": 0.3, "b": 0.05, "p": 0.05},  # a drifts
@@ -197,10 +199,6 @@ def test_each_drifting_feature_is_its_own_incident() -> None:
 
 def test_a_feature_warning_that_turns_to_drift_escalates_its_incident() -> None:
     eng, cfg = AlertEngine("m"), ModelConfig()
-
-    def win(i: int) -> dict[str, Any]:
-        return {"model_id": "m", "model_version": "v1", "segment": "", "window_start": 60.0 * i,
-                "window_end": 60.0 * (i + 1), "revision": 0, "metrics": {}, "counts": {"prediction_count": 500}}
 
     warn = {**_result("a", 0.08), "severity": "warning"}  # past the warning cut, under the limit
     seen = [eng.on_data(cfg, win(i), [r], {}, emitted_at=60.0 * (i + 1))
@@ -281,3 +279,20 @@ def test_models_file_selects_statistic_and_limits() -> None:
     for bad in ({"statistic": "ks"}, {"limits": "adaptive"}, {"sigmas": 0}):
         with pytest.raises(ConfigError, match="models.m.data_drift"):
             parse_models_config({"models": {"m": {"data_drift": bad}}})
+
+
+def test_a_quality_warning_that_turns_critical_escalates_its_incident() -> None:
+    eng, cfg = AlertEngine("m"), ModelConfig()
+
+    def missing(rate: float, level: str) -> dict[str, list[dict[str, Any]]]:
+        return {"missing_rate": [{"feature": "a", "value": rate, "level": level, "threshold": 0.05}]}
+
+    seen = [eng.on_data(cfg, win(i), [], q, emitted_at=60.0 * (i + 1))
+            for i, q in enumerate([missing(0.1, "warning"), missing(0.3, "critical"), missing(0.3, "critical"),
+                                   {"missing_rate": []}])]
+    (fired,), (up,), again, (resolved,) = seen
+    assert (fired["status"], fired["severity"]) == ("firing", "warning")
+    assert (up["status"], up["severity"], up["value"]) == ("firing", "critical", 0.3)
+    assert up["incident_id"] == fired["incident_id"] and up["alert_id"] != fired["alert_id"]
+    assert again == []
+    assert (resolved["status"], resolved["severity"]) == ("resolved", "critical")
