@@ -267,6 +267,24 @@ def test_raw_outcomes_with_a_bad_event_take_the_column_path(sink: ClickHouseSink
     assert st["raw_fallbacks"] == 1 and count(sink, "outcomes") == st["rows_written"]["outcomes"] == 24
 
 
+def test_raw_outcome_inserts_take_the_statements_settings(sink: ClickHouseSink) -> None:
+    """The raw insert's settings ride in its SETTINGS clause, not in the client's per-call
+    settings: an outcome repeated inside one insert stays twice in the part (``optimize_on_insert
+    = 0``, ClickHouse's default would collapse it), and the deduplication token, still a client
+    setting, makes a repeat of the batch write nothing."""
+    sink.client.command("SYSTEM STOP MERGES driftline.outcomes")
+    twice = [MSGS["outcomes"][0], MSGS["outcomes"][0], *MSGS["outcomes"][1:5]]
+    sink.add("driftline.outcomes", 0, 0, orjson.dumps({"events": twice}))
+    sink.flush()
+    sink.reset_offsets({})
+    sink.add("driftline.outcomes", 0, 0, orjson.dumps({"events": twice}))
+    sink.flush()
+    st = sink.stats()
+    assert (st["inserts"], st["raw_fallbacks"]) == (2, 0)
+    assert count(sink, "outcomes") == 6  # both copies, once: the second insert was deduplicated
+    assert sink.client.command("SELECT count() FROM driftline.outcomes FINAL") == 5
+
+
 def test_raw_outcomes_of_several_partitions_go_in_one_insert_and_each_once(sink: ClickHouseSink) -> None:
     """Envelopes of three partitions: one insert; a bad event in one partition sends the whole
     insert down the column path, which writes every partition's good rows once; a replay of
