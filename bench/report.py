@@ -112,9 +112,15 @@ def render(res: dict[str, Any]) -> str:
             return
         L.append(f"{name:<44} {_num(d.get(rate)):>11} {_num(d.get('events_per_cpu_s')):>10} {_num(d.get(cpu), 1):>10} "
                  f"{_num(d.get('peak_rss_mb')):>12} {_num(d.get('elapsed_s', d.get('join_elapsed_s')), 2):>10}  {note}")
-        if d.get("cpu_us_per_event_by_stage"):
-            L.append(f"{'':<6}CPU-us per event by stage (main thread): "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in d["cpu_us_per_event_by_stage"].items()))
+        stages = d.get("cpu_us_per_event_by_stage") or {}
+        main = {k: v for k, v in stages.items() if not k.startswith("sink_")}
+        sink = {k.removeprefix("sink_"): v for k, v in stages.items() if k.startswith("sink_")}
+        if main:
+            L.append(f"{'':<6}CPU-us per event by stage (main thread): " + ", ".join(f"{k} {v:.2f}" for k, v in main.items())
+                     + ("; sink thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sink.items()) if sink else ""))
+        if d.get("cpu_us_per_event_by_thread"):
+            L.append(f"{'':<6}CPU-us per event by thread: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in d["cpu_us_per_event_by_thread"].items()))
 
     def cores(d: dict[str, Any]) -> str:
         return f"cores: workers {_num(d.get('cpu_cores_used'), 2)}, broker {_num(d.get('broker_cores_used'), 2)}"

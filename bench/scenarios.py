@@ -208,6 +208,9 @@ class Bench:
                 # where a worker's CPU went, by thread (the main thread runs faust and our code)
                 "cpu_s_by_thread": [{k: round(v - t0.get(k, 0.0), 2) for k, v in sorted(t1.items(), key=lambda kv: -kv[1])
                                      if v - t0.get(k, 0.0) >= 0.01} for t0, t1 in zip(threads0, threads1, strict=True)],
+                # the same, per input event and summed over the workers: the CPU outside the main
+                # thread (the sink's thread and ClickHouse's pool, librdkafka) shows here
+                "cpu_us_per_event_by_thread": per_event_by_thread(threads0, threads1, events),
                 "peak_rss_mb": max(peak_rss_mb(w.pid) for w in workers),
                 "peak_rss_mb_each": [round(peak_rss_mb(w.pid), 1) for w in workers],
                 "startup_to_first_message_s": round(startup, 2),
@@ -668,11 +671,24 @@ def _time_log_prediction(prod: Any, calls: int, progress: Progress, mode: str) -
     return lat
 
 
+def per_event_by_thread(before: list[dict[str, float]], after: list[dict[str, float]], events: int) -> dict[str, float]:
+    """CPU-us per event of each thread name, summed over the workers, largest first (>= 0.05)."""
+    total: dict[str, float] = {}
+    for t0, t1 in zip(before, after, strict=True):
+        for name, v in t1.items():
+            total[name] = total.get(name, 0.0) + v - t0.get(name, 0.0)
+    per = {k: round(v * 1e6 / events, 2) for k, v in total.items()} if events else {}
+    return {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
 def stage_cpu(healths: list[dict[str, Any] | None]) -> dict[str, float]:
-    """The workers' CPU seconds by stage (``/health`` ``stage_cpu_s``), summed."""
+    """The workers' CPU seconds by stage (``/health`` ``stage_cpu_s``), and their embedded sink
+    thread's (``sink.cpu_s``, as ``sink_read``, ``sink_write``...), summed."""
     total: dict[str, float] = {}
     for h in healths:
-        for k, v in ((h or {}).get("stage_cpu_s") or {}).items():
+        sink = ((h or {}).get("sink") or {}).get("cpu_s") or {}
+        stages = {**((h or {}).get("stage_cpu_s") or {}), **{f"sink_{k}": v for k, v in sink.items()}}
+        for k, v in stages.items():
             total[k] = total.get(k, 0.0) + v
     return total
 

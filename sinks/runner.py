@@ -132,6 +132,10 @@ class SinkRunner:
         }  # fmt: skip
         self._error: BaseException | None = None
         self._raw_topics: dict[str, bool] = {}
+        # The consumer thread's own CPU seconds: reading (consume and buffer) and writing (the
+        # sink's flush, which for chdb runs ClickHouse in this thread), in ``stats()["cpu_s"]``.
+        # ClickHouse's own pool threads are not counted: they show in the process's threads.
+        self._cpu = {"read": 0.0, "write": 0.0, "jobs": 0.0}
 
     def _wants_raw(self, topic: str) -> bool:
         raw = self._raw_topics.get(topic)
@@ -170,9 +174,11 @@ class SinkRunner:
 
     def stats(self) -> dict[str, Any]:
         """Counters: messages, batches, retries, failures, undecodable, commits, buffered_rows,
-        backpressured, last_error, and the sink's own (``rows_written`` per table...)."""
+        backpressured, last_error, the consumer thread's CPU seconds (``cpu_s``: read, write,
+        jobs), and the sink's own (``rows_written`` per table...)."""
         with self._lock:
             out = dict(self._stats)
+            out["cpu_s"] = {k: round(v, 4) for k, v in self._cpu.items()}
         sink_stats = getattr(self.sink, "stats", None)
         if callable(sink_stats):
             s = sink_stats()
@@ -193,7 +199,9 @@ class SinkRunner:
         c = self._consumer
         try:
             while not self._stop.is_set():
+                at = time.thread_time()
                 self._run_jobs()
+                at = self._charge("jobs", at)
                 for m in self._consume(c):
                     self._take(m)
                 with self._lock:
@@ -204,9 +212,13 @@ class SinkRunner:
                     or self._pending_bytes >= self.batch_bytes
                     or (self._first_at is not None and now - self._first_at >= self.batch_seconds)
                 )
+                at = self._charge("read", at)
                 if due and now >= self._retry_at:
                     self._flush()
+                    self._charge("write", at)
+            at = time.thread_time()
             self._flush()
+            self._charge("write", at)
         except BaseException as exc:  # surfaced via stats(); the thread must not die silently
             log.exception("sink runner crashed")
             self._error = exc
@@ -219,6 +231,13 @@ class SinkRunner:
             finally:
                 with self._lock:
                     self._stats["running"] = False
+
+    def _charge(self, part: str, since: float) -> float:
+        """Add this thread's CPU since ``since`` to ``part``; return the clock's reading."""
+        now = time.thread_time()
+        with self._lock:
+            self._cpu[part] += now - since
+        return now
 
     def _consume(self, c: Any) -> list[Any]:
         """What the consumer has fetched, or else the next message within 0.1 s.

@@ -94,6 +94,10 @@ def test_runner_writes_each_row_once_across_restarts(
         )
         st = runner.stats()
         assert st["batches"] >= 1 and st["failures"] == 0 and not st["backpressured"]
+        # the consumer thread's CPU by part (the bench's "sink thread" figures): chdb runs the
+        # inserts in this thread, so writing costs more than reading these few hundred rows
+        cpu = st["cpu_s"]
+        assert set(cpu) == {"read", "write", "jobs"} and cpu["write"] > cpu["read"] > 0.0
     assert counts(tmp_chdb) == want
 
     # a new group has no committed offsets: resume_offsets (what ClickHouse holds) decides
