@@ -234,7 +234,11 @@ class DriftlineApp:
         not hold the changelogs back; what is not delivered is processed again after a restart.
         """
         deadline = time.monotonic() + timeout  # for all of them: a broker that is gone costs it once
-        for writer in (self._outputs, self._changelog, self._merge_changelog):
+        writers = (self._outputs, self._changelog, self._merge_changelog)
+        # Released, so their librdkafka producers go now, not at interpreter exit: a producer
+        # left alive keeps reconnecting (and logging) once the broker is gone.
+        self._outputs = self._changelog = self._merge_changelog = None
+        for writer in writers:
             if writer is None:
                 continue
             try:
