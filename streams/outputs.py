@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from driftline.streams.kafkawrite import RecordWriter
 
 
@@ -28,5 +30,14 @@ class OutputWriter(RecordWriter):
         super().__init__(bootstrap, client_config, {"partitioner": "murmur2_random"})
 
     def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        """Queue one record: to ``partition``, else to murmur2(``key``)'s, else to any."""
-        self._produce(topic, key, value, partition)
+        """Queue one record: to ``partition``, else to murmur2(``key``)'s, else to any.
+
+        A record librdkafka refuses at once (a partition the topic does not have, once it knows
+        the topic's metadata) fails the next ``flush``, as one the broker refuses does: whether
+        librdkafka knew yet is timing, so the error comes back in one place either way. (The
+        changelog writer raises at once instead: nothing may follow a record it lost.)
+        """
+        try:
+            self._produce(topic, key, value, partition)
+        except KafkaException as exc:
+            self._errors.append(str(exc))

@@ -86,6 +86,22 @@ def test_flush_raises_on_a_delivery_error_then_the_writer_carries_on(bootstrap: 
 
 
 @pytest.mark.integration
+def test_a_record_refused_at_once_fails_the_next_flush_the_same_way(bootstrap: str) -> None:
+    """Once librdkafka knows the topic's partitions it refuses a record for a missing one inside
+    ``produce``: ``send`` still queues the rest, and ``flush`` raises, as for a delivery report."""
+    topic = _new_topic(bootstrap)
+    w = OutputWriter(bootstrap)
+    w.send(topic, b"k", b"first", partition=1)
+    w.flush_blocking(30)  # the writer now holds the topic's metadata
+    w.send(topic, b"k", b"to a partition that does not exist", partition=PARTITIONS + 3)
+    w.send(topic, b"k", b"delivered", partition=1)
+    with pytest.raises(KafkaException, match="outputs: 0 records undelivered; errors: .*[Pp]artition"):
+        w.flush_blocking(30)
+    w.flush_blocking(30)  # reported once
+    assert _read_all(bootstrap, topic) == {1: [(b"k", b"first"), (b"k", b"delivered")]}
+
+
+@pytest.mark.integration
 def test_worker_close_delivers_queued_outputs(bootstrap: str, tmp_path: Path) -> None:
     """At shutdown the worker flushes its output writer (``DriftlineApp.close``, from
     ``run_worker``): records queued but not flushed yet reach the broker then, not later."""
