@@ -193,6 +193,7 @@ class Bench:
             elapsed = t1 - t0
             cpu = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
             stages1 = stage_cpu(poll())
+            thread_cpu = [thread_deltas(a, b) for a, b in zip(threads0, threads1, strict=True)]
             by_stage = {k: round((v - stages0.get(k, 0.0)) * 1e6 / events, 2) for k, v in stages1.items()} if events else {}
             res = {
                 "mode": "live" if live is not None else "backlog",
@@ -206,11 +207,10 @@ class Bench:
                 # the embedded broker shares the machine's cores with the workers
                 "broker_cores_used": round(broker_cpu / elapsed, 2) if elapsed > 0 and self.broker_pid else None,
                 # where a worker's CPU went, by thread (the main thread runs faust and our code)
-                "cpu_s_by_thread": [{k: round(v - t0.get(k, 0.0), 2) for k, v in sorted(t1.items(), key=lambda kv: -kv[1])
-                                     if v - t0.get(k, 0.0) >= 0.01} for t0, t1 in zip(threads0, threads1, strict=True)],
+                "cpu_s_by_thread": [{k: round(v, 2) for k, v in d.items() if v >= 0.01} for d in thread_cpu],
                 # the same, per input event and summed over the workers: the CPU outside the main
                 # thread (the sink's thread and ClickHouse's pool, librdkafka) shows here
-                "cpu_us_per_event_by_thread": per_event_by_thread(threads0, threads1, events),
+                "cpu_us_per_event_by_thread": per_event_by_thread(thread_cpu, events),
                 "peak_rss_mb": max(peak_rss_mb(w.pid) for w in workers),
                 "peak_rss_mb_each": [round(peak_rss_mb(w.pid), 1) for w in workers],
                 "startup_to_first_message_s": round(startup, 2),
@@ -671,12 +671,17 @@ def _time_log_prediction(prod: Any, calls: int, progress: Progress, mode: str) -
     return lat
 
 
-def per_event_by_thread(before: list[dict[str, float]], after: list[dict[str, float]], events: int) -> dict[str, float]:
+def thread_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """One worker's CPU seconds per thread name between two readings, largest first."""
+    return dict(sorted(((k, v - before.get(k, 0.0)) for k, v in after.items()), key=lambda kv: -kv[1]))
+
+
+def per_event_by_thread(thread_cpu: list[dict[str, float]], events: int) -> dict[str, float]:
     """CPU-us per event of each thread name, summed over the workers, largest first (>= 0.05)."""
     total: dict[str, float] = {}
-    for t0, t1 in zip(before, after, strict=True):
-        for name, v in t1.items():
-            total[name] = total.get(name, 0.0) + v - t0.get(name, 0.0)
+    for deltas in thread_cpu:
+        for name, v in deltas.items():
+            total[name] = total.get(name, 0.0) + v
     per = {k: round(v * 1e6 / events, 2) for k, v in total.items()} if events else {}
     return {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
