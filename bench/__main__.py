@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "retained": ("retained", measure_retained),
         "check": ("partition_check", measure_partition_check),
         "stages": ("stages", lambda: measure_stages(*b.data())),
-        "floor": ("floor", lambda: measure_floor(*b.data())),
+        "floor": ("floor", lambda: measure_floor(*b.data(), tmp=b.tmp)),
         "quix": ("quix", lambda: b.quix(allow_install=not a.smoke)),
         "quixlive": ("quixlive", lambda: b.quix(allow_install=not a.smoke, live=True)),
         "naive": ("naive", lambda: b.naive_faust(a.naive_time_box)),

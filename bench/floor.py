@@ -16,19 +16,30 @@ Nothing up to there validates, windows, detects or sends an output: every design
 durable record per waiting prediction pays at least this, and what it adds on top is the
 difference to the target. A sixth figure adds our validators (``schemas.events``), run on
 every event as the join stage runs them, to show what checking the input costs on top.
+
+The target counts the sink too, and the embedded default's ClickHouse (chdb) runs inside the
+worker's process. So a last figure is ClickHouse's own cost of storing the joined outcome rows:
+the outcome envelopes of every partition, as the join stage sends them, written through the
+sink's raw path (``ClickHouseSink``: ClickHouse parses the envelopes) in the sink runner's
+batches, timed as this process's CPU (ClickHouse's pool threads included), per input event.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
 
+from bench.outcomes import outcome_envelopes
 from driftline.schemas.events import _label, _prediction
 from driftline.schemas.partitioning import partition_for
+from driftline.sinks.clickhouse import ClickHouseSink
+from driftline.sinks.runner import BATCH_BYTES
 
 PARTITIONS = 8
 ENVELOPE_EVENTS = 500
@@ -51,7 +62,34 @@ def _cpu(fn: Callable[[], int], repeat: int = 3) -> tuple[float, int]:
     return best, n
 
 
-def measure_floor(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_sink(preds: list[dict[str, Any]], labels: list[dict[str, Any]], tmp: Path, repeat: int = 3) -> float:
+    """ClickHouse's CPU-µs per input event for storing the outcome rows (best of ``repeat``)."""
+    envelopes = list(outcome_envelopes(preds, labels, PARTITIONS))
+    expected = sum(n for _, _, n in envelopes)
+    best = float("inf")
+    for i in range(repeat):
+        sink = ClickHouseSink(f"chdb://{tmp / f'floor-{i}'}")
+        sink.setup()  # the schema's migrations: once per store, not per row
+        offsets: dict[int, int] = {}
+        pending = 0
+        t = time.process_time()  # every thread of this process: ClickHouse's pool parses too
+        for part, envelope, _ in envelopes:
+            offsets[part] = offsets.get(part, -1) + 1
+            sink.add("outcomes", part, offsets[part], envelope)
+            pending += len(envelope)
+            if pending >= BATCH_BYTES:  # as the sink runner flushes
+                sink.flush()
+                pending = 0
+        sink.flush()
+        best = min(best, time.process_time() - t)
+        rows = sink.stats()["rows_written"]["outcomes"]
+        sink.close()
+        if rows != expected:  # every row stored, or the figure is not the cost of storing them
+            raise RuntimeError(f"floor sink: {rows} outcome rows written of {expected}")
+    return best / (len(preds) + len(labels)) * 1e6
+
+
+def measure_floor(preds: list[dict[str, Any]], labels: list[dict[str, Any]], tmp: Path | None = None) -> dict[str, Any]:
     pred_msgs, label_msgs = _envelopes(preds), _envelopes(labels)
     # No broker: produce() only queues (what the worker's hot path pays; sending is librdkafka's thread).
     producer = Producer({"bootstrap.servers": "127.0.0.1:9", "queue.buffering.max.messages": 2_000_000,
@@ -104,6 +142,14 @@ def measure_floor(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> 
     total = out["cumulative_us_per_event"]["changelog"]  # the floor: no validation
     out["floor_us_per_event"] = total
     out["events_per_cpu_s"] = round(1e6 / total)
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        sink = measure_sink(preds, labels, Path(d))
+    out["sink_us_per_event"] = round(sink, 2)
+    # What is left of the target's 4 µs once ClickHouse has stored the rows: with and without
+    # the durable record per waiting prediction (``changelog`` / ``encode``).
+    out["floor_with_sink_us_per_event"] = round(total + sink, 2)
+    out["join_with_sink_us_per_event"] = round(out["cumulative_us_per_event"]["encode"] + sink, 2)
+    out["events_per_cpu_s_with_sink"] = round(1e6 / (total + sink))
     return out
 
 

@@ -361,47 +361,26 @@ class Bench:
     def scenario5(self) -> dict[str, Any]:
         from confluent_kafka import Producer
 
-        from driftline.schemas import validate_label, validate_prediction
-        from driftline.schemas.messages import make_outcome
-        from driftline.schemas.partitioning import partition_for
-        from driftline.streams.commit import OUTCOMES_PER_ENVELOPE
+        from bench.outcomes import outcome_envelopes
 
         preds, labels = self.data()
         prefix = new_prefix("s5")
         create_all_topics(self.bootstrap, prefix, self.partitions)
         topic = prefix + "outcomes"
-        by_id = {lab["prediction_id"]: lab for lab in labels}
-        now = time.time()
         prod = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
         t0 = time.monotonic()
         n = 0
-        # As the join stage sends them: envelopes of OUTCOMES_PER_ENVELOPE outcomes per partition.
-        chunk: dict[int, list[dict[str, Any]]] = {}
-
-        def send(part: int) -> None:
+        for part, envelope, rows in outcome_envelopes(preds, labels, self.partitions):
             while True:
                 try:
-                    prod.produce(topic, orjson.dumps({"events": chunk.pop(part)}), partition=part)
-                    return
+                    prod.produce(topic, envelope, partition=part)
+                    break
                 except BufferError:
                     prod.poll(0.05)
-
-        for pe in preds:
-            le = by_id.get(pe["prediction_id"])
-            if le is None:
-                continue
-            o = make_outcome(validate_prediction(pe, now=now), validate_label(le, now=now))  # type: ignore[arg-type]
-            part = partition_for(pe["prediction_id"], self.partitions)
-            chunk.setdefault(part, []).append(dict(o))
-            if len(chunk[part]) >= OUTCOMES_PER_ENVELOPE:
-                send(part)
-            n += 1
-            if not n & 0x3FFF:
-                prod.poll(0)
-                self.p.update(f"  producing s5 outcomes: {n:,}/{len(labels):,}")
-        for part in list(chunk):
-            send(part)
+            n += rows
+            prod.poll(0)
+            self.p.update(f"  producing s5 outcomes: {n:,}/{len(labels):,}")
         prod.flush(120)
         self.p.update(f"  produced {n:,} outcomes in {time.monotonic() - t0:.1f}s", force=True)
         dsn = f"chdb://{(self.tmp / 'ch-s5').resolve()}"

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 Pending = tuple[str, int, int, dict[str, Any] | bytes | None]
 Job = tuple[float, Callable[[], object]]  # (interval in seconds, function)
 
+#: A batch is written once its message values add up to this many bytes (``batch_bytes``).
+BATCH_BYTES = 8 << 20
+
 
 def consumer_config(bootstrap: str, group_id: str, client_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings of a consumer that commits offsets itself, after its writes.
@@ -89,7 +92,7 @@ class SinkRunner:
         group_id: str = "driftline-sink",
         batch_rows: int = 20000,
         batch_seconds: float = 1.0,
-        batch_bytes: int = 8 << 20,
+        batch_bytes: int = BATCH_BYTES,
         max_buffer_rows: int = 200000,
         client_config: dict[str, Any] | None = None,
         jobs: Sequence[Job] = (),

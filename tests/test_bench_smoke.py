@@ -37,6 +37,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         # tick: the CPU figure is reported but may read 0 at this size (full runs measure it).
         assert r[key]["events_per_s"] > 0 and r[key]["cpu_us_per_event"] >= 0 and r[key]["peak_rss_mb"] > 0
     assert r["s5"]["rows"] == size and r["s5"]["rows_per_s"] > 0
+    # the floor stores every outcome row in chdb (it raises otherwise) and adds that cost
+    assert r["floor"]["floor_with_sink_us_per_event"] > r["floor"]["floor_us_per_event"] > 0
     assert r["naive"]["events"] > 0
     assert r["sdk"]["broker_down"]["median_us"] < 1000  # never blocks on the closed port
     assert {t["id"] for t in res["targets"]} >= {"s1live_cpu", "s2live_cpu", "s1_cpu", "s1_vs_naive", "sdk_median"}
