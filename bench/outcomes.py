@@ -1,4 +1,4 @@
-"""Outcome envelopes as the join stage sends them, for the sink's measurements (scenario 5, floor)."""
+"""Outcomes as the join stage sends them, for the sink's measurements (scenario 5, floor)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
 from driftline.schemas import validate_label, validate_prediction
 from driftline.schemas.messages import make_outcome
 from driftline.schemas.partitioning import partition_for
 from driftline.streams.commit import OUTCOMES_PER_ENVELOPE
 
 
-def outcome_envelopes(preds: list[dict[str, Any]], labels: list[dict[str, Any]],
-                      partitions: int) -> Iterator[tuple[int, bytes, int]]:
-    """``(partition, envelope, outcomes in it)`` for every labelled prediction's outcome, in prediction order:
-    ``{"events": [...]}`` of ``OUTCOMES_PER_ENVELOPE`` outcomes per partition, the last ones
-    shorter (``streams.commit`` sends a batch's outcomes so)."""
+def outcome_chunks(preds: list[dict[str, Any]], labels: list[dict[str, Any]],
+                   partitions: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """``(partition, outcomes)`` for every labelled prediction, in prediction order: chunks of
+    ``OUTCOMES_PER_ENVELOPE`` per partition, the last ones shorter (``streams.commit`` sends a
+    batch's outcomes so, one envelope per chunk)."""
     by_id = {lab["prediction_id"]: lab for lab in labels}
     now = time.time()
     chunk: dict[int, list[dict[str, Any]]] = {}
@@ -30,6 +28,5 @@ def outcome_envelopes(preds: list[dict[str, Any]], labels: list[dict[str, Any]],
         part = partition_for(pe["prediction_id"], partitions)
         chunk.setdefault(part, []).append(dict(o))
         if len(chunk[part]) >= OUTCOMES_PER_ENVELOPE:
-            yield part, orjson.dumps({"events": chunk[part]}), len(chunk.pop(part))
-    for part, rows in chunk.items():
-        yield part, orjson.dumps({"events": rows}), len(rows)
+            yield part, chunk.pop(part)
+    yield from chunk.items()

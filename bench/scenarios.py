@@ -361,7 +361,8 @@ class Bench:
     def scenario5(self) -> dict[str, Any]:
         from confluent_kafka import Producer
 
-        from bench.outcomes import outcome_envelopes
+        from bench.outcomes import outcome_chunks
+        from driftline.schemas.codec import encode_envelope
 
         preds, labels = self.data()
         prefix = new_prefix("s5")
@@ -371,14 +372,15 @@ class Bench:
                          "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
         t0 = time.monotonic()
         n = 0
-        for part, envelope, rows in outcome_envelopes(preds, labels, self.partitions):
+        for part, outcomes in outcome_chunks(preds, labels, self.partitions):
+            envelope = encode_envelope(outcomes)
             while True:
                 try:
                     prod.produce(topic, envelope, partition=part)
                     break
                 except BufferError:
                     prod.poll(0.05)
-            n += rows
+            n += len(outcomes)
             prod.poll(0)
             self.p.update(f"  producing s5 outcomes: {n:,}/{len(labels):,}")
         prod.flush(120)

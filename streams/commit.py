@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from driftline.schemas.codec import encode_envelope
 from driftline.streams.merge import MergeOutput, WindowMerger
 from driftline.streams.partition import BatchResult, PartitionProcessor
 
@@ -84,7 +85,7 @@ async def apply_join_batches(steps: list[tuple[PartitionProcessor, BatchResult]]
             await io.send("repartition", key, wrapped, target)
         for i in range(0, len(res.outcomes), OUTCOMES_PER_ENVELOPE):
             chunk = res.outcomes[i : i + OUTCOMES_PER_ENVELOPE]
-            await io.send("outcomes", None, orjson.dumps({"events": chunk}), proc.partition)
+            await io.send("outcomes", None, encode_envelope(chunk), proc.partition)
         sent = sent or bool(res.dlq or res.outcomes or res.forwards)
     if sent:
         await io.flush_outputs()
