@@ -90,46 +90,45 @@ def make_outcome(pred: Prediction, label: Label) -> Outcome:
     >>> o["y_pred"], o["y_true"], o["correct"], o["label_delay_s"]
     ('1', '1', True, 30.0)
     """
-    y_pred: str | None = None
-    y_true: str | None = None
-    correct: bool | None = None
-    abs_error: float | None = None
-    if pred.task == "regression":
-        if pred.value is not None and label.value is not None:
-            abs_error = abs(pred.value - label.value)
-    elif pred.task != "ranking":  # a ranking outcome carries the list counts below instead
-        y_pred = str(pred.label)
-        if label.label is not None:
-            if pred.task == "binary":
-                b = binary_label(label.label)
-                y_true = str(label.label) if b is None else str(b)
+    # One unpacking each instead of a NamedTuple attribute lookup per field, and a copy of a
+    # template dict with the fields set instead of a 21-key literal (0.3 vs 0.7 µs): this runs
+    # once per joined label, on the join stage's hot path.
+    (prediction_id, model_id, model_version, prediction_ts, task, pred_label, score, _scores, value_pred,
+     _features, latency_ms, segments, items, _item_scores, _status, _error_code) = pred
+    _, _, label_ts, true_label, value_true, feedback = label
+    o = _EMPTY_OUTCOME.copy()
+    o["prediction_id"] = prediction_id
+    o["model_id"] = model_id
+    o["model_version"] = model_version
+    o["segments"] = segments
+    o["task"] = task
+    o["score"] = score
+    o["value_pred"] = value_pred
+    o["value_true"] = value_true
+    o["latency_ms"] = latency_ms
+    o["prediction_ts"] = prediction_ts
+    o["label_ts"] = label_ts
+    o["label_delay_s"] = label_ts - prediction_ts
+    if task == "regression":
+        if value_pred is not None and value_true is not None:
+            o["abs_error"] = abs(value_pred - value_true)
+    elif task == "ranking":  # a ranking outcome carries the list counts instead
+        (o["items_shown"], o["clicked_shown"], o["converted_shown"], o["relevant_count"],
+         o["first_relevant_rank"]) = _ranking_counts(items, feedback)
+    else:
+        y_pred = o["y_pred"] = str(pred_label)
+        if true_label is not None:
+            if task == "binary":
+                b = binary_label(true_label)
+                y_true = str(true_label) if b is None else str(b)
             else:
-                y_true = str(label.label)
-            correct = y_pred == y_true
-    rank = _ranking_counts(pred.items, label.feedback) if pred.task == "ranking" else (None,) * 5
-    return {
-        "prediction_id": pred.prediction_id,
-        "model_id": pred.model_id,
-        "model_version": pred.model_version,
-        "segments": pred.segments,
-        "task": pred.task,
-        "y_pred": y_pred,
-        "y_true": y_true,
-        "score": pred.score,
-        "value_pred": pred.value,
-        "value_true": label.value,
-        "latency_ms": pred.latency_ms,
-        "prediction_ts": pred.timestamp,
-        "label_ts": label.timestamp,
-        "label_delay_s": label.timestamp - pred.timestamp,
-        "correct": correct,
-        "abs_error": abs_error,
-        "items_shown": rank[0],
-        "clicked_shown": rank[1],
-        "converted_shown": rank[2],
-        "relevant_count": rank[3],
-        "first_relevant_rank": rank[4],
-    }
+                y_true = str(true_label)
+            o["y_true"] = y_true
+            o["correct"] = y_pred == y_true
+    return o
+
+
+_EMPTY_OUTCOME: Outcome = dict.fromkeys(OUTCOME_FIELDS)  # type: ignore[assignment]
 
 
 def _ranking_counts(
