@@ -14,7 +14,8 @@ TARGETS: list[tuple[str, str, str, Any, str]] = [
     ("s1_cpu", "envelopes backlog, no sink: events/CPU-s", "(info)", lambda r: _g(r, "s1", "events_per_cpu_s"), ""),
     ("s2_cpu", "single events backlog, no sink: events/CPU-s", "(info)", lambda r: _g(r, "s2", "events_per_cpu_s"), ""),
     ("s1_vs_quix", "s1 / Quix backlog (per CPU-s)", "(info)", lambda r: _cpu_ratio(r, "s1", "quix"), ""),
-    # The most any design reaches with every outcome row stored by the worker's own ClickHouse.
+    # The most a join with a changelog record per waiting prediction reaches while the worker's
+    # own ClickHouse stores every outcome row (the floor's note gives it without those records).
     ("floor_sink_cpu", "floor + chdb storing outcomes: events/CPU-s", "(info)",
      lambda r: _g(r, "floor", "events_per_cpu_s_with_sink"), ""),
     ("s1_vs_naive", "s1 / naive faust (b)", ">= 20x", lambda r: _ratio(r, "s1", "naive"), ">=20"),
